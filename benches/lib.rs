@@ -1,0 +1,1 @@
+//! Benchmarks only; see `codec.rs` and `crypto.rs`.

@@ -1,0 +1,1 @@
+//! Cross-process tests live in `interop/`; this library is empty.
