@@ -1,0 +1,266 @@
+//! Both sides of `_auth` wired together in memory, with a fake clock.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::codec;
+use crate::crypt::{CountingEntropy, Crypticle, PrivateKey};
+use crate::envelope::Request;
+use crate::loads::AuthRequest;
+use crate::value::Value;
+
+fn keys() -> &'static (PrivateKey, PrivateKey, PrivateKey) {
+    static K: OnceLock<(PrivateKey, PrivateKey, PrivateKey)> = OnceLock::new();
+    K.get_or_init(|| {
+        (
+            PrivateKey::generate(2048).unwrap(),
+            PrivateKey::generate(2048).unwrap(),
+            PrivateKey::generate(2048).unwrap(),
+        )
+    })
+}
+
+struct Pair {
+    minion: MinionAuth,
+    master: MasterIdentity,
+    state: KeyState,
+    policy: AuthPolicy,
+    aes: Crypticle,
+    session: Crypticle,
+    rng: CountingEntropy,
+    now: Instant,
+}
+
+impl Pair {
+    fn new(cached_master: Option<crate::crypt::PublicKey>) -> Self {
+        let (master_key, minion_key, _) = keys();
+        let mut rng = CountingEntropy::default();
+        let me = MinionIdentity::new("m1", minion_key.clone()).unwrap();
+        let minion = MinionAuth::new(me, MinionAuthConfig::default(), cached_master, &mut rng);
+        Self {
+            minion,
+            master: MasterIdentity::new(master_key.clone(), 4505),
+            state: KeyState::Unknown,
+            policy: AuthPolicy {
+                auto_sign: true,
+                ..AuthPolicy::default()
+            },
+            aes: Crypticle::generate(&mut rng),
+            session: Crypticle::generate(&mut rng),
+            rng,
+            now: Instant::now(),
+        }
+    }
+
+    /// Deliver the minion's pending request to the master and the reply back; returns the
+    /// master's decision.
+    fn exchange(&mut self) -> AuthDecision {
+        let frame = self.minion.poll_transmit().expect("a request to send");
+        let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else {
+            panic!("auth is clear")
+        };
+        let req = AuthRequest::from_value(&load).unwrap();
+        let d = decide_auth(
+            &req,
+            &self.state,
+            self.policy,
+            &self.master,
+            &self.aes,
+            &self.session,
+            &mut self.rng,
+        )
+        .unwrap();
+        for a in &d.actions {
+            match a {
+                KeyAction::WriteAccepted(k) => self.state = KeyState::Accepted(k.clone()),
+                KeyAction::WritePending(k) => self.state = KeyState::Pending(k.clone()),
+                KeyAction::WriteRejected(_) | KeyAction::MovePendingToRejected => {
+                    self.state = KeyState::Rejected;
+                }
+                KeyAction::WriteDenied(_) | KeyAction::RemovePending => {}
+            }
+        }
+        self.minion
+            .handle_reply(&codec::encode_wire(&d.reply), self.now);
+        d
+    }
+}
+
+#[test]
+fn auto_accept_gives_both_keys() {
+    let mut p = Pair::new(None);
+    p.minion.start(p.now, &mut p.rng).unwrap();
+    let d = p.exchange();
+    assert_eq!(d.verdict, Verdict::Accept);
+    assert!(matches!(d.actions[..], [KeyAction::WriteAccepted(_)]));
+    assert_eq!(d.event.unwrap().get("act").unwrap().as_str(), Some("accept"));
+    match p.minion.poll_event() {
+        Some(AuthEvent::Accepted(c)) => {
+            assert_eq!(c.aes, p.aes);
+            assert_eq!(c.session, p.session);
+            assert!(c.master_key_new);
+            assert_eq!(c.publish_port, Some(4505));
+        }
+        other => panic!("expected Accepted, got {other:?}"),
+    }
+    assert!(p.minion.poll_timeout().is_none());
+}
+
+#[test]
+fn pending_then_manual_accept_with_token() {
+    let master_pub = keys().0.public_key();
+    let mut p = Pair::new(Some(master_pub));
+    p.policy.auto_sign = false;
+    p.minion.start(p.now, &mut p.rng).unwrap();
+    assert_eq!(p.exchange().verdict, Verdict::Pend);
+    assert!(matches!(p.minion.poll_event(), Some(AuthEvent::Pending)));
+    assert!(matches!(p.state, KeyState::Pending(_)));
+    // Nothing is sent before acceptance_wait_time has passed.
+    let retry_at = p.minion.poll_timeout().unwrap();
+    assert_eq!(retry_at - p.now, Duration::from_secs(10));
+    p.minion.handle_timeout(p.now + Duration::from_secs(1), &mut p.rng).unwrap();
+    assert!(p.minion.poll_transmit().is_none());
+    // Still pending on the retry; then the operator accepts (salt-key -a).
+    p.now = retry_at;
+    p.minion.handle_timeout(p.now, &mut p.rng).unwrap();
+    assert_eq!(p.exchange().verdict, Verdict::Pend);
+    assert!(matches!(p.minion.poll_event(), Some(AuthEvent::Pending)));
+    let KeyState::Pending(k) = p.state.clone() else { panic!() };
+    p.state = KeyState::Accepted(k);
+    p.now = p.minion.poll_timeout().unwrap();
+    p.minion.handle_timeout(p.now, &mut p.rng).unwrap();
+    assert_eq!(p.exchange().verdict, Verdict::Accept);
+    match p.minion.poll_event() {
+        Some(AuthEvent::Accepted(c)) => assert!(!c.master_key_new),
+        other => panic!("expected Accepted, got {other:?}"),
+    }
+}
+
+#[test]
+fn rejected_and_denied_keys() {
+    let mut p = Pair::new(None);
+    p.state = KeyState::Rejected;
+    p.minion.start(p.now, &mut p.rng).unwrap();
+    assert_eq!(p.exchange().verdict, Verdict::Reject);
+    assert!(matches!(p.minion.poll_event(), Some(AuthEvent::Rejected)));
+
+    // Another key is already accepted under this id: deny, keep a copy in minions_denied.
+    let mut p = Pair::new(None);
+    p.state = KeyState::Accepted(keys().2.public_key().to_clean_pem());
+    p.minion.start(p.now, &mut p.rng).unwrap();
+    let d = p.exchange();
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(matches!(d.actions[..], [KeyAction::WriteDenied(_)]));
+    assert!(matches!(p.minion.poll_event(), Some(AuthEvent::Rejected)));
+}
+
+#[test]
+fn changed_master_key_is_refused() {
+    // The minion cached a different master key (say, from before a re-install).
+    let mut p = Pair::new(Some(keys().2.public_key()));
+    p.minion.start(p.now, &mut p.rng).unwrap();
+    let frame = p.minion.poll_transmit().unwrap();
+    let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else { panic!() };
+    let req = AuthRequest::from_value(&load).unwrap();
+    // The token was encrypted to the cached key, which this master cannot decrypt.
+    let err = decide_auth(&req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng);
+    assert!(matches!(err, Err(AuthError::BadToken)));
+    // Without a token (a master that ignores it), the minion still refuses the new key.
+    let mut req = req;
+    req.token = None;
+    let d = decide_auth(&req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng).unwrap();
+    p.minion.handle_reply(&codec::encode_wire(&d.reply), p.now);
+    assert!(matches!(p.minion.poll_event(), Some(AuthEvent::MasterKeyChanged)));
+}
+
+#[test]
+fn timeout_resends() {
+    let mut p = Pair::new(None);
+    p.minion.start(p.now, &mut p.rng).unwrap();
+    let first = p.minion.poll_transmit().unwrap();
+    let deadline = p.minion.poll_timeout().unwrap();
+    assert_eq!(deadline - p.now, Duration::from_secs(5));
+    p.minion.handle_timeout(deadline, &mut p.rng).unwrap();
+    assert!(matches!(p.minion.poll_event(), Some(AuthEvent::TimedOut)));
+    let second = p.minion.poll_transmit().unwrap();
+    assert_ne!(first, second, "a fresh nonce per attempt");
+    // A stale reply for the first attempt's nonce is refused.
+    let Request::Clear { load, .. } = Request::decode(&first).unwrap() else { panic!() };
+    let req = AuthRequest::from_value(&load).unwrap();
+    let d = decide_auth(&req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng).unwrap();
+    p.minion.handle_reply(&codec::encode_wire(&d.reply), p.now);
+    assert!(matches!(
+        p.minion.poll_event(),
+        Some(AuthEvent::Invalid(AuthError::NonceMismatch))
+    ));
+}
+
+#[test]
+fn hostile_ids_are_refused_without_touching_keys() {
+    for id in ["../../etc/x", "a/b", "", "..", "bad\0id", "x\\y"] {
+        assert!(!valid_minion_id(id), "{id:?}");
+    }
+    assert!(valid_minion_id("web-01.example.com"));
+    let (master_key, minion_key, _) = keys();
+    let mut rng = CountingEntropy::default();
+    let req = AuthRequest {
+        id: "../../etc/x".into(),
+        nonce: "n".into(),
+        enc_algo: "OAEP-SHA1".into(),
+        sig_algo: "PKCS1v15-SHA1".into(),
+        autosign_grains: None,
+        token: None,
+        pub_key: minion_key.public_key().to_clean_pem(),
+    };
+    let aes = Crypticle::generate(&mut rng);
+    let d = decide_auth(
+        &req,
+        &KeyState::Unknown,
+        AuthPolicy {
+            auto_sign: true,
+            ..AuthPolicy::default()
+        },
+        &MasterIdentity::new(master_key.clone(), 4505),
+        &aes,
+        &aes,
+        &mut rng,
+    )
+    .unwrap();
+    assert_eq!(d.verdict, Verdict::InvalidId);
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn request_channel_round_trip_and_forgeries() {
+    let (_, minion_key, other) = keys();
+    let mut rng = CountingEntropy::default();
+    let session = Crypticle::generate(&mut rng);
+    let me = MinionIdentity::new("m1", minion_key.clone()).unwrap();
+    let chan = MinionSession::new(me, session.clone(), Default::default(), Default::default());
+    let load = Value::map().with("cmd", "_return").with("id", "m1");
+    let sealed = chan.seal(load, 1_795_744_611, &mut rng);
+    let req = Request::decode(&sealed.frame).unwrap();
+    let opened = open_request(&req, &session, &minion_key.public_key()).unwrap();
+    assert_eq!(opened.cmd, "_return");
+    assert_eq!(opened.sealed.nonce, sealed.nonce);
+    let reply = seal_reply(&Value::Nil, &opened.sealed.nonce, &session, &mut rng);
+    assert_eq!(
+        chan.open_reply(&codec::encode_wire(&reply), &sealed.nonce).unwrap(),
+        Value::Nil
+    );
+    // A tok from another key, a wrong session key, a "bad load" answer.
+    assert!(matches!(
+        open_request(&req, &session, &other.public_key()),
+        Err(AuthError::BadToken)
+    ));
+    let wrong = Crypticle::generate(&mut rng);
+    assert!(matches!(
+        open_request(&req, &wrong, &minion_key.public_key()),
+        Err(AuthError::Crypticle(CrypticleError::BadMac))
+    ));
+    assert!(matches!(
+        chan.open_reply(&codec::encode_wire(&Value::str("bad load")), &sealed.nonce),
+        Err(AuthError::Crypticle(CrypticleError::BadMac))
+    ));
+}
