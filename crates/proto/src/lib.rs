@@ -9,6 +9,7 @@
 //! system. Callers pass the time and an [`crypt::Entropy`] source in, and perform the I/O the
 //! state machines ask for. `brine-transport` drives this crate over ZeroMQ.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;

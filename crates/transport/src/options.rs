@@ -1,0 +1,139 @@
+//! Socket options, with Salt's defaults (Salt 3007.17, `salt/transport/zeromq.py`).
+
+use std::time::Duration;
+
+use rand::Rng as _;
+
+/// ZMTP heartbeats (`ZMQ_HEARTBEAT_*`). Salt 3006/3008 masters use 10 s / 30 s on PUB (and, in
+/// 3008, ROUTER); minions set none. libzmq answers a peer's PINGs whether or not this is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Interval between PINGs.
+    pub interval: Duration,
+    /// Drop the peer if nothing arrives for this long after a PING.
+    pub timeout: Duration,
+}
+
+impl Heartbeat {
+    /// Salt 3006/3008's master setting: 10 s interval, 30 s timeout.
+    pub const SALT_MASTER: Self = Self {
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(30),
+    };
+}
+
+/// Salt's reconnect schedule (`recon_default`, `recon_max`, `recon_randomize`): each socket gets
+/// a first retry delay drawn uniformly from `[default, default + max]`, doubling up to `max`, so
+/// a fleet reconnecting after a master restart is spread out instead of stampeding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectBackoff {
+    /// `recon_default` (1000 ms).
+    pub default: Duration,
+    /// `recon_max` (10000 ms).
+    pub max: Duration,
+    /// `recon_randomize` (true).
+    pub randomize: bool,
+}
+
+impl Default for ReconnectBackoff {
+    fn default() -> Self {
+        Self {
+            default: Duration::from_millis(1000),
+            max: Duration::from_millis(10_000),
+            randomize: true,
+        }
+    }
+}
+
+impl ReconnectBackoff {
+    /// The `ZMQ_RECONNECT_IVL` for one socket.
+    pub fn initial_interval(&self) -> Duration {
+        if self.randomize {
+            let lo = self.default.as_millis() as u64;
+            let hi = lo + self.max.as_millis() as u64;
+            Duration::from_millis(rand::rng().random_range(lo..=hi))
+        } else {
+            self.default
+        }
+    }
+}
+
+/// Options applied when a socket is created.
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    /// `ZMQ_ROUTING_ID`: the minion id on a SUB, `salt-req/minion/<id>/<pid>/<n>` on a 3006 REQ.
+    pub identity: Option<Vec<u8>>,
+    /// `ZMQ_LINGER`.
+    pub linger: Duration,
+    /// TCP keepalive: `(idle, interval, count)`, `None` for libzmq's default (OS settings).
+    pub tcp_keepalive: Option<(i32, i32, i32)>,
+    /// Reconnect schedule (connecting sockets).
+    pub reconnect: ReconnectBackoff,
+    /// `ZMQ_SNDHWM`/`ZMQ_RCVHWM` (Salt's `pub_hwm` is 1000; 0 = unlimited).
+    pub hwm: i32,
+    /// `ZMQ_BACKLOG` (Salt's `zmq_backlog`: 1000).
+    pub backlog: i32,
+    /// ZMTP heartbeats, if this side sends them.
+    pub heartbeat: Option<Heartbeat>,
+    /// Received messages buffered between the socket and the application.
+    pub inbound_queue: usize,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            identity: None,
+            linger: Duration::from_millis(1),
+            tcp_keepalive: Some((300, -1, -1)),
+            reconnect: ReconnectBackoff::default(),
+            hwm: 1000,
+            backlog: 1000,
+            heartbeat: None,
+            inbound_queue: 1024,
+        }
+    }
+}
+
+impl SocketOptions {
+    /// Salt's master ROUTER: linger 1 s, keepalive 60/15/3, large queues.
+    pub fn master_router() -> Self {
+        Self {
+            linger: Duration::from_millis(1000),
+            tcp_keepalive: Some((60, 15, 3)),
+            hwm: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Salt's master PUB: `pub_hwm` 1000 per subscriber.
+    pub fn master_pub() -> Self {
+        Self {
+            linger: Duration::from_millis(1),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn apply(&self, s: &zmq::Socket) -> Result<(), zmq::Error> {
+        if let Some(id) = &self.identity {
+            s.set_identity(id)?;
+        }
+        s.set_linger(self.linger.as_millis() as i32)?;
+        if let Some((idle, intvl, cnt)) = self.tcp_keepalive {
+            s.set_tcp_keepalive(1)?;
+            s.set_tcp_keepalive_idle(idle)?;
+            s.set_tcp_keepalive_intvl(intvl)?;
+            s.set_tcp_keepalive_cnt(cnt)?;
+        }
+        s.set_reconnect_ivl(self.reconnect.initial_interval().as_millis() as i32)?;
+        s.set_reconnect_ivl_max(self.reconnect.max.as_millis() as i32)?;
+        s.set_sndhwm(self.hwm)?;
+        s.set_rcvhwm(self.hwm)?;
+        s.set_backlog(self.backlog)?;
+        if let Some(hb) = self.heartbeat {
+            s.set_heartbeat_ivl(hb.interval.as_millis() as i32)?;
+            s.set_heartbeat_timeout(hb.timeout.as_millis() as i32)?;
+            s.set_heartbeat_ttl(hb.timeout.as_millis() as i32)?;
+        }
+        Ok(())
+    }
+}

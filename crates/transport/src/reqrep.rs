@@ -1,0 +1,252 @@
+//! The request channel: the master's ROUTER, and REQ/DEALER clients.
+
+use std::time::Duration;
+
+use crate::context::Context;
+use crate::driver::{self, Handle, Multipart};
+use crate::options::SocketOptions;
+use crate::pubsub::{last_endpoint, port_of};
+use crate::TransportError;
+
+/// A bound ROUTER socket (the master's ret port).
+#[derive(Debug)]
+pub struct Router {
+    h: Handle,
+    endpoint: String,
+}
+
+/// One request received by a [`Router`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterRequest {
+    /// The peer's routing id (pass it back to [`Router::reply`]).
+    pub peer: Vec<u8>,
+    /// The payload frame (after the empty delimiter a REQ peer sends).
+    pub payload: Vec<u8>,
+    /// Whether the peer framed it as REQ does (`[id, "", payload]`), so the reply needs the
+    /// delimiter too.
+    pub delimited: bool,
+}
+
+impl Router {
+    /// Bind a ROUTER socket on `endpoint` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// [`TransportError::Zmq`] if the address cannot be bound.
+    pub fn bind(ctx: &Context, endpoint: &str, opts: &SocketOptions) -> Result<Self, TransportError> {
+        let s = ctx
+            .socket(zmq::ROUTER)
+            .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
+        opts.apply(&s)
+            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
+        s.set_router_handover(true)
+            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
+        s.bind(endpoint)
+            .map_err(|e| TransportError::zmq("bind", endpoint, e))?;
+        let endpoint = last_endpoint(&s).unwrap_or_else(|| endpoint.to_owned());
+        Ok(Self {
+            h: driver::spawn(s, "router", opts.inbound_queue)?,
+            endpoint,
+        })
+    }
+
+    /// The bound endpoint, with the real port.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The bound TCP port.
+    pub fn port(&self) -> u16 {
+        port_of(&self.endpoint)
+    }
+
+    /// The next request. Messages that are not `[id, payload]` or `[id, "", payload]` are
+    /// skipped (a peer speaking some other pattern).
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] if the socket is gone.
+    pub async fn recv(&mut self) -> Result<RouterRequest, TransportError> {
+        loop {
+            let mut m = self.h.rx.recv().await.ok_or(TransportError::Closed)?;
+            match m.len() {
+                3 if m[1].is_empty() => {
+                    let payload = m.pop().expect("invariant: 3 frames");
+                    let peer = m.swap_remove(0);
+                    return Ok(RouterRequest {
+                        peer,
+                        payload,
+                        delimited: true,
+                    });
+                }
+                2 => {
+                    let payload = m.pop().expect("invariant: 2 frames");
+                    let peer = m.pop().expect("invariant: 2 frames");
+                    return Ok(RouterRequest {
+                        peer,
+                        payload,
+                        delimited: false,
+                    });
+                }
+                n => tracing::debug!(frames = n, "router: ignoring oddly framed message"),
+            }
+        }
+    }
+
+    /// A sender that can reply from other tasks.
+    pub fn replier(&self) -> RouterReplier {
+        RouterReplier {
+            tx: self.h.tx.clone(),
+        }
+    }
+
+    /// Reply to `req`.
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] if the socket is gone.
+    pub async fn reply(&self, req: &RouterRequest, payload: Vec<u8>) -> Result<(), TransportError> {
+        self.replier().reply(req, payload).await
+    }
+}
+
+/// Sends replies through a [`Router`] (cloneable, for handler tasks).
+#[derive(Debug, Clone)]
+pub struct RouterReplier {
+    tx: tokio::sync::mpsc::Sender<Multipart>,
+}
+
+impl RouterReplier {
+    /// Reply to `req`.
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] if the socket is gone.
+    pub async fn reply(&self, req: &RouterRequest, payload: Vec<u8>) -> Result<(), TransportError> {
+        let m = if req.delimited {
+            vec![req.peer.clone(), Vec::new(), payload]
+        } else {
+            vec![req.peer.clone(), payload]
+        };
+        self.tx.send(m).await.map_err(|_| TransportError::Closed)
+    }
+}
+
+/// A REQ client with Salt's semantics: one request at a time; on timeout the socket is closed
+/// and a new one (a new TCP connection) is made for the next request.
+#[derive(Debug)]
+pub struct ReqClient {
+    ctx: Context,
+    endpoint: String,
+    opts: SocketOptions,
+    h: Option<Handle>,
+}
+
+impl ReqClient {
+    /// A client for `endpoint`. Nothing is connected until the first request; connecting never
+    /// blocks, even if no server is listening.
+    pub fn new(ctx: &Context, endpoint: &str, opts: SocketOptions) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            endpoint: endpoint.to_owned(),
+            opts,
+            h: None,
+        }
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn socket(&mut self) -> Result<&mut Handle, TransportError> {
+        if self.h.is_none() {
+            let s = self
+                .ctx
+                .socket(zmq::REQ)
+                .map_err(|e| TransportError::zmq("socket", &self.endpoint, e))?;
+            self.opts
+                .apply(&s)
+                .map_err(|e| TransportError::zmq("setsockopt", &self.endpoint, e))?;
+            s.connect(&self.endpoint)
+                .map_err(|e| TransportError::zmq("connect", &self.endpoint, e))?;
+            self.h = Some(driver::spawn(s, "req", 1)?);
+        }
+        Ok(self.h.as_mut().expect("invariant: just created"))
+    }
+
+    /// Send `payload` and wait up to `timeout` for the reply frame.
+    ///
+    /// # Errors
+    /// [`TransportError::Timeout`] (the socket is discarded), or [`TransportError::Closed`].
+    pub async fn request(&mut self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+        let h = self.socket()?;
+        let exchange = async {
+            h.tx.send(vec![payload]).await.map_err(|_| TransportError::Closed)?;
+            let mut reply = h.rx.recv().await.ok_or(TransportError::Closed)?;
+            reply.pop().ok_or(TransportError::Closed)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.h = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.h = None;
+                Err(TransportError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Close the current socket (the next request opens a new connection).
+    pub fn reset(&mut self) {
+        self.h = None;
+    }
+}
+
+/// A DEALER socket: asynchronous requests to a ROUTER, framed `["", payload]` like REQ.
+#[derive(Debug)]
+pub struct Dealer {
+    h: Handle,
+}
+
+impl Dealer {
+    /// Connect to `endpoint` (returns at once; libzmq reconnects on its own).
+    ///
+    /// # Errors
+    /// [`TransportError::Zmq`] for a malformed endpoint.
+    pub fn connect(ctx: &Context, endpoint: &str, opts: &SocketOptions) -> Result<Self, TransportError> {
+        let s = ctx
+            .socket(zmq::DEALER)
+            .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
+        opts.apply(&s)
+            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
+        s.connect(endpoint)
+            .map_err(|e| TransportError::zmq("connect", endpoint, e))?;
+        Ok(Self {
+            h: driver::spawn(s, "dealer", opts.inbound_queue)?,
+        })
+    }
+
+    /// Queue a request.
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] if the socket is gone.
+    pub async fn send(&self, payload: Vec<u8>) -> Result<(), TransportError> {
+        self.h
+            .tx
+            .send(vec![Vec::new(), payload])
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+
+    /// The next reply's payload.
+    ///
+    /// # Errors
+    /// [`TransportError::Closed`] if the socket is gone.
+    pub async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
+        loop {
+            let mut m = self.h.rx.recv().await.ok_or(TransportError::Closed)?;
+            if let Some(p) = m.pop() {
+                return Ok(p);
+            }
+        }
+    }
+}
