@@ -1,1 +1,335 @@
-pub fn x(){}
+//! Test harnesses for brine: real Salt daemons on loopback, and logging for tests.
+//!
+//! Real Salt comes from `scripts/salt-peer.sh`, which installs each release into
+//! `$BRINE_SALT_PEERS/<version>` (default `~/.cache/brine/salt-peers`). A test that needs a peer
+//! that is not installed fails and prints the command that installs it: interop tests never
+//! skip.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// The Salt releases brine is tested against.
+pub const SALT_VERSIONS: [&str; 3] = ["3006.30", "3007.17", "3008.5"];
+
+/// Install tracing output for a test (once per process), honouring `BRINE_LOG`.
+pub fn subscribe() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("BRINE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Where the Salt peer venvs live.
+pub fn peers_root() -> PathBuf {
+    match std::env::var_os("BRINE_SALT_PEERS") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/brine/salt-peers"),
+    }
+}
+
+/// The repository root (for scripts and fixtures).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A fixture file under `tests/support/data/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(rel)
+}
+
+/// An installed Salt release.
+#[derive(Debug, Clone)]
+pub struct SaltPeer {
+    /// `3007.17` etc.
+    pub version: String,
+    /// The venv's `bin/`.
+    pub bin: PathBuf,
+}
+
+impl SaltPeer {
+    /// The installed peer for `version`.
+    ///
+    /// # Panics
+    /// If it is not installed, with the command that installs it.
+    pub fn get(version: &str) -> Self {
+        let dir = peers_root().join(version);
+        let bin = dir.join("bin");
+        assert!(
+            dir.join(".brine-complete").exists() && bin.join("salt-master").exists(),
+            "Salt {version} is not installed in {}.\n\
+             Install it with:  scripts/salt-peer.sh {version}\n\
+             (interop tests never skip: they need the real Salt peer)",
+            dir.display()
+        );
+        Self {
+            version: version.to_owned(),
+            bin,
+        }
+    }
+
+    /// A command for one of the venv's programs (`salt`, `salt-key`...).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bin.join(program));
+        c.env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.display()))
+            .env_remove("PYTHONPATH")
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race remains until it is bound).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Poll `cond` every 100 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A daemon process started in its own process group, stopped (the whole group) on drop.
+#[derive(Debug)]
+struct Daemon {
+    child: Child,
+    name: String,
+}
+
+impl Daemon {
+    fn spawn(mut cmd: Command, name: &str, log: &Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let out = std::fs::File::create(log).expect("create daemon log");
+        let err = out.try_clone().expect("clone log handle");
+        cmd.stdout(out).stderr(err).process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    fn signal_group(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.signal_group("-TERM");
+        let stopped = wait_for(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        // Salt's worker processes share the group; make sure none outlives the test.
+        self.signal_group("-KILL");
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = &self.name;
+    }
+}
+
+fn write_config(path: &Path, body: &str) {
+    std::fs::create_dir_all(path.parent().expect("config has a parent")).expect("mkdir config dir");
+    let mut f = std::fs::File::create(path).expect("write config");
+    f.write_all(body.as_bytes()).expect("write config");
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A real `salt-master` on loopback with its own temporary `root_dir`.
+#[derive(Debug)]
+pub struct SaltMaster {
+    /// The peer it runs.
+    pub peer: SaltPeer,
+    /// Temporary directory holding config and `root_dir`.
+    pub dir: TempDir,
+    /// Publish (PUB) port.
+    pub publish_port: u16,
+    /// Request (ROUTER) port.
+    pub ret_port: u16,
+    daemon: Daemon,
+}
+
+impl SaltMaster {
+    /// Start a master with `auto_accept: True` plus `extra` YAML, and wait until it serves.
+    ///
+    /// # Panics
+    /// If it does not come up within 90 s (the log tail is printed).
+    pub fn start(peer: &SaltPeer, extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("brine-salt-master-")
+            .tempdir()
+            .expect("tempdir");
+        let publish_port = free_port();
+        let ret_port = free_port();
+        let root = dir.path().join("root");
+        let conf = format!(
+            "root_dir: {root}\ninterface: 127.0.0.1\npublish_port: {publish_port}\n\
+             ret_port: {ret_port}\nuser: root\nauto_accept: True\nworker_threads: 2\n\
+             log_file: {log}\nlog_level_logfile: debug\n{extra}\n",
+            root = root.display(),
+            log = root.join("master.log").display(),
+        );
+        write_config(&dir.path().join("etc/master"), &conf);
+        let mut cmd = peer.command("salt-master");
+        cmd.arg("-c").arg(dir.path().join("etc")).args(["-l", "warning"]);
+        let daemon = Daemon::spawn(cmd, "salt-master", &dir.path().join("master.out"));
+        let mut m = Self {
+            peer: peer.clone(),
+            dir,
+            publish_port,
+            ret_port,
+            daemon,
+        };
+        let pull = m.sock_dir().join("publish_pull.ipc");
+        let ready = wait_for(Duration::from_secs(90), || {
+            if !m.daemon.alive() {
+                return false;
+            }
+            pull.exists()
+                && TcpStream::connect(("127.0.0.1", ret_port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", publish_port)).is_ok()
+        });
+        assert!(
+            ready,
+            "salt-master {} did not come up:\n{}\n{}",
+            m.peer.version,
+            tail(&m.dir.path().join("master.out"), 30),
+            tail(&m.dir.path().join("root/master.log"), 30)
+        );
+        m
+    }
+
+    /// The directory passed as `-c`.
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    /// `sock_dir` under the root.
+    pub fn sock_dir(&self) -> PathBuf {
+        self.dir.path().join("root/var/run/salt/master")
+    }
+
+    /// `pki_dir` under the root.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("root/etc/salt/pki/master")
+    }
+
+    /// Run the real `salt` CLI against this master.
+    pub fn salt(&self, args: &[&str]) -> Output {
+        self.peer
+            .command("salt")
+            .arg("-c")
+            .arg(self.config_dir())
+            .args(args)
+            .output()
+            .expect("run salt")
+    }
+
+    /// The `salt` CLI as a command, to run in the background.
+    pub fn salt_command(&self, args: &[&str]) -> Command {
+        let mut c = self.peer.command("salt");
+        c.arg("-c").arg(self.config_dir()).args(args);
+        c
+    }
+
+    /// The end of the master's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.dir.path().join("root/master.log"), lines)
+    }
+}
+
+/// A real `salt-minion` on loopback with its own temporary `root_dir`.
+#[derive(Debug)]
+pub struct SaltMinion {
+    /// The peer it runs.
+    pub peer: SaltPeer,
+    /// Temporary directory holding config and `root_dir`.
+    pub dir: TempDir,
+    /// Minion id.
+    pub id: String,
+    daemon: Daemon,
+}
+
+impl SaltMinion {
+    /// Start a minion `id` pointed at `127.0.0.1:ret_port` / `publish_port`, plus `extra` YAML.
+    /// Returns once the process runs; what it does next is the test's to observe.
+    pub fn start(peer: &SaltPeer, id: &str, publish_port: u16, ret_port: u16, extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("brine-salt-minion-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        let conf = format!(
+            "root_dir: {root}\nmaster: 127.0.0.1\nmaster_port: {ret_port}\n\
+             publish_port: {publish_port}\nid: {id}\nuser: root\nacceptance_wait_time: 2\n\
+             log_file: {log}\nlog_level_logfile: debug\n{extra}\n",
+            root = root.display(),
+            log = root.join("minion.log").display(),
+        );
+        write_config(&dir.path().join("etc/minion"), &conf);
+        let mut cmd = peer.command("salt-minion");
+        cmd.arg("-c").arg(dir.path().join("etc")).args(["-l", "warning"]);
+        let daemon = Daemon::spawn(cmd, "salt-minion", &dir.path().join("minion.out"));
+        Self {
+            peer: peer.clone(),
+            dir,
+            id: id.to_owned(),
+            daemon,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.daemon.alive()
+    }
+
+    /// The end of the minion's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        format!(
+            "{}\n{}",
+            tail(&self.dir.path().join("minion.out"), lines),
+            tail(&self.dir.path().join("root/minion.log"), lines)
+        )
+    }
+}
