@@ -451,10 +451,7 @@ mod tests {
             &[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01],
             &[0xdf, 0xff, 0xff, 0xff, 0xff, 0x01, 0x01],
         ] {
-            assert!(matches!(
-                decode(input),
-                Err(DecodeError::Incomplete { .. })
-            ));
+            assert!(matches!(decode(input), Err(DecodeError::Incomplete { .. })));
         }
     }
 

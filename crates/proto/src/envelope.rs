@@ -109,15 +109,15 @@ impl Request {
                     .to_owned();
                 let enc_algo = match v.get("enc_algo").and_then(Value::as_str) {
                     None => None,
-                    Some(s) => {
-                        Some(EncAlgo::parse(s).ok_or_else(|| EnvelopeError::UnknownAlgo(s.into()))?)
-                    }
+                    Some(s) => Some(
+                        EncAlgo::parse(s).ok_or_else(|| EnvelopeError::UnknownAlgo(s.into()))?,
+                    ),
                 };
                 let sig_algo = match v.get("sig_algo").and_then(Value::as_str) {
                     None => None,
-                    Some(s) => {
-                        Some(SigAlgo::parse(s).ok_or_else(|| EnvelopeError::UnknownAlgo(s.into()))?)
-                    }
+                    Some(s) => Some(
+                        SigAlgo::parse(s).ok_or_else(|| EnvelopeError::UnknownAlgo(s.into()))?,
+                    ),
                 };
                 Ok(Self::Aes {
                     id,

@@ -104,7 +104,10 @@ mod tests {
     fn formats_like_salt() {
         // 2026-11-27T01:56:50.747396Z, the jid of the captured 3007 test.ping.
         let micros = 1_795_744_610_747_396;
-        assert_eq!(Jid::from_unix_micros(micros).as_str(), "20261127015650747396");
+        assert_eq!(
+            Jid::from_unix_micros(micros).as_str(),
+            "20261127015650747396"
+        );
         assert_eq!(iso_stamp(micros), "2026-11-27T01:56:50.747396");
         assert_eq!(Jid::from_unix_micros(0).as_str(), "19700101000000000000");
         assert_eq!(

@@ -457,7 +457,7 @@ impl PillarRequest {
         check_cmd(v, "_pillar")?;
         Ok(Self {
             id: req_str(v, "id")?,
-            grains: v.get("grains").cloned().unwrap_or(Value::map()),
+            grains: v.get("grains").cloned().unwrap_or_else(Value::map),
             saltenv: v.get("saltenv").cloned().unwrap_or(Value::Nil),
             pillarenv: v.get("pillarenv").cloned().unwrap_or(Value::Nil),
             ver: opt_str(v, "ver"),
@@ -640,7 +640,7 @@ impl CliPublish {
             tgt_type: opt_str(v, "tgt_type").unwrap_or_else(|| "glob".into()),
             ret: opt_str(v, "ret").unwrap_or_default(),
             jid: opt_str(v, "jid").unwrap_or_default(),
-            kwargs: v.get("kwargs").cloned().unwrap_or(Value::map()),
+            kwargs: v.get("kwargs").cloned().unwrap_or_else(Value::map),
             user: opt_str(v, "user").unwrap_or_default(),
             extra: extras(
                 v,

@@ -26,9 +26,9 @@ pub enum Value {
     /// The msgpack bin family. Written as str on Salt's wire, as bin in modern mode.
     Bin(Vec<u8>),
     /// An array (Python list, tuple or set).
-    Array(Vec<Value>),
+    Array(Vec<Self>),
     /// A map, in wire order.
-    Map(Vec<(Value, Value)>),
+    Map(Vec<(Self, Self)>),
     /// An extension value: Salt uses 78 for datetimes and 79 for constants.
     Ext(i8, Vec<u8>),
 }
@@ -179,7 +179,10 @@ impl fmt::Debug for Value {
             },
             Self::Bin(b) => write!(f, "bin<{} bytes>", b.len()),
             Self::Array(a) => f.debug_list().entries(a).finish(),
-            Self::Map(m) => f.debug_map().entries(m.iter().map(|(k, v)| (k, v))).finish(),
+            Self::Map(m) => f
+                .debug_map()
+                .entries(m.iter().map(|(k, v)| (k, v)))
+                .finish(),
             Self::Ext(t, d) => write!(f, "ext({t}, {} bytes)", d.len()),
         }
     }
@@ -230,6 +233,12 @@ impl From<u16> for Value {
 impl From<u64> for Value {
     fn from(u: u64) -> Self {
         Self::from_u64(u)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(f: f64) -> Self {
+        Self::F64(f)
     }
 }
 

@@ -8,9 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use brine_proto::auth::{
-    AuthPolicy, KeyState, MasterIdentity, Verdict, decide_auth, pillar_reply,
-};
+use brine_proto::auth::{AuthPolicy, KeyState, MasterIdentity, Verdict, decide_auth, pillar_reply};
 use brine_proto::codec::{self, Mode};
 use brine_proto::crypt::rsa::oaep_seed_of;
 use brine_proto::crypt::{
@@ -24,7 +22,9 @@ use brine_proto::value::Value;
 use serde_json::Value as Json;
 
 fn data_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/support/data")
+        .join(name)
 }
 
 struct Vectors {
@@ -97,7 +97,11 @@ fn check_message(v: &Vectors, m: &Json) -> usize {
 
     // 1. The outer msgpack layer re-encodes to the same bytes.
     let outer = codec::decode(&frame).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    assert_eq!(codec::encode(&outer, Mode::Wire), frame, "{ctx}: outer repack");
+    assert_eq!(
+        codec::encode(&outer, Mode::Wire),
+        frame,
+        "{ctx}: outer repack"
+    );
     checks += 1;
     let channel = m["channel"].as_str().unwrap();
     let dir = m["dir"].as_str().unwrap();
@@ -122,10 +126,10 @@ fn check_message(v: &Vectors, m: &Json) -> usize {
     let inner = &m["inner"];
     if inner.get("iv_hex").is_some() {
         let key = match inner["key_ref"].as_str().unwrap() {
-            r if r.starts_with("pillar_key") => Crypticle::from_key_string(
-                m["pillar_key_decrypted"].as_str().unwrap().as_bytes(),
-            )
-            .unwrap(),
+            r if r.starts_with("pillar_key") => {
+                Crypticle::from_key_string(m["pillar_key_decrypted"].as_str().unwrap().as_bytes())
+                    .unwrap()
+            }
             r => v.secret(r),
         };
         let iv: [u8; 16] = hx(&inner["iv_hex"]).try_into().unwrap();
@@ -145,9 +149,15 @@ fn check_message(v: &Vectors, m: &Json) -> usize {
         assert_eq!(located, blob, "{ctx}: blob is where the envelope says");
         let plaintext = hx(&inner["plaintext_hex"]);
         assert_eq!(key.decrypt(&blob).unwrap(), plaintext, "{ctx}: decrypt");
-        assert_eq!(key.encrypt_with_iv(&plaintext, &iv), blob, "{ctx}: re-encrypt");
+        assert_eq!(
+            key.encrypt_with_iv(&plaintext, &iv),
+            blob,
+            "{ctx}: re-encrypt"
+        );
         let nonce = inner.get("nonce").and_then(Json::as_str);
-        let value = key.loads(&blob, nonce).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let value = key
+            .loads(&blob, nonce)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let mp = hx(&inner["msgpack_hex"]);
         assert_eq!(codec::encode_wire(&value), mp, "{ctx}: inner repack");
         assert_eq!(key.dumps_with_iv(&value, nonce, &iv), blob, "{ctx}: dumps");
@@ -180,13 +190,13 @@ fn check_message(v: &Vectors, m: &Json) -> usize {
 fn check_load(v: &Vectors, m: &Json, ctx: &str, value: &Value) -> usize {
     let name = m["name"].as_str().unwrap();
     let mut checks = 0;
-    if name.starts_with("publish_") {
+    if let Some(fun) = name.strip_prefix("publish_") {
         let job = JobLoad::from_value(value).unwrap();
         assert!(
             codec::encode_wire(&job.to_value()) == codec::encode_wire(value),
             "{ctx}: typed job load, in Salt's key order"
         );
-        assert_eq!(Some(&name["publish_".len()..]), job.fun_name());
+        assert_eq!(Some(fun), job.fun_name());
         checks += 2;
     }
     if name.starts_with("req__") && !name.ends_with("_reply") {
@@ -194,7 +204,11 @@ fn check_load(v: &Vectors, m: &Json, ctx: &str, value: &Value) -> usize {
         let tok = value.get("tok").and_then(Value::as_bytes).unwrap();
         let minion_pub = v.minion.public_key();
         assert_eq!(minion_pub.recover_x931(tok).unwrap(), b"salt", "{ctx}: tok");
-        assert_eq!(v.minion.sign_x931(b"salt").unwrap(), tok, "{ctx}: tok re-signed");
+        assert_eq!(
+            v.minion.sign_x931(b"salt").unwrap(),
+            tok,
+            "{ctx}: tok re-signed"
+        );
         checks += 2;
         let mut load = value.clone();
         let sealed = unseal_fields(&mut load);
@@ -202,7 +216,12 @@ fn check_load(v: &Vectors, m: &Json, ctx: &str, value: &Value) -> usize {
         // Re-sealing the stripped load reproduces the plaintext (insert-or-replace order).
         // `id` goes where the sender had it: in the load already, or added by the channel.
         let mut resealed = load.clone();
-        let keys: Vec<&str> = value.as_map().unwrap().iter().filter_map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = value
+            .as_map()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| k.as_str())
+            .collect();
         if keys.last() == Some(&"id") {
             resealed.remove("id");
         }
@@ -267,7 +286,11 @@ fn check_auth_request(v: &Vectors, m: &Json, ctx: &str, outer: &Value) -> usize 
         codec::encode_wire(&req.to_value()) == codec::encode_wire(load),
         "{ctx}: typed auth request"
     );
-    assert_eq!(req.pub_key, v.minion.public_key().to_clean_pem(), "{ctx}: clean_key pub");
+    assert_eq!(
+        req.pub_key,
+        v.minion.public_key().to_clean_pem(),
+        "{ctx}: clean_key pub"
+    );
     let mut checks = 2;
     if let Some(tok) = &req.token {
         let plain = v.master.decrypt_oaep(tok, EncAlgo::OaepSha1).unwrap();
@@ -276,8 +299,8 @@ fn check_auth_request(v: &Vectors, m: &Json, ctx: &str, outer: &Value) -> usize 
             m["token_decrypted_with_master_key"].as_str().unwrap(),
             "{ctx}: token"
         );
-        let seed = oaep_seed_of(&v.master.raw_private(tok).unwrap(), 256, EncAlgo::OaepSha1)
-            .unwrap();
+        let seed =
+            oaep_seed_of(&v.master.raw_private(tok).unwrap(), 256, EncAlgo::OaepSha1).unwrap();
         assert_eq!(
             v.master
                 .public_key()
@@ -297,7 +320,10 @@ fn check_auth_reply(v: &Vectors, m: &Json, ctx: &str, outer: &Value) -> usize {
     let signed = outer.get("load").and_then(Value::as_bytes).unwrap();
     let sig = outer.get("sig").and_then(Value::as_bytes).unwrap();
     let master_pub = v.master.public_key();
-    assert!(master_pub.verify(signed, sig, SigAlgo::Pkcs1v15Sha1), "{ctx}: outer sig");
+    assert!(
+        master_pub.verify(signed, sig, SigAlgo::Pkcs1v15Sha1),
+        "{ctx}: outer sig"
+    );
     let inner = codec::decode(signed).unwrap();
     assert_eq!(codec::encode_wire(&inner), signed, "{ctx}: inner repack");
     let derived = &m["derived"];
@@ -353,7 +379,11 @@ fn check_pillar_reply(v: &Vectors, m: &Json, ctx: &str) -> usize {
     let req = v.by_seq(m["reply_to_seq"].as_u64().unwrap());
     let nonce = req["request_nonce"].as_str().unwrap();
     let signed: Json = m["signed_data"]["decoded"]["pillar"].clone();
-    assert_eq!(signed, Json::Object(Default::default()), "captured pillars are empty");
+    assert_eq!(
+        signed,
+        Json::Object(Default::default()),
+        "captured pillars are empty"
+    );
     let reply = pillar_reply(
         &Value::map(),
         nonce,
@@ -364,7 +394,11 @@ fn check_pillar_reply(v: &Vectors, m: &Json, ctx: &str) -> usize {
         &mut FixedEntropy::new(rng_bytes),
     )
     .unwrap();
-    assert_eq!(codec::encode_wire(&reply), frame, "{ctx}: pillar reply rebuilt byte for byte");
+    assert_eq!(
+        codec::encode_wire(&reply),
+        frame,
+        "{ctx}: pillar reply rebuilt byte for byte"
+    );
     1
 }
 
@@ -386,7 +420,11 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 fn run(name: &'static str, min_messages: usize) {
     let v = Vectors::load(name);
-    assert!(v.messages.len() >= min_messages, "{name}: {} messages", v.messages.len());
+    assert!(
+        v.messages.len() >= min_messages,
+        "{name}: {} messages",
+        v.messages.len()
+    );
     let mut checks = 0;
     for m in &v.messages {
         checks += check_message(&v, m);
@@ -397,7 +435,10 @@ fn run(name: &'static str, min_messages: usize) {
         std::fs::read(data_dir(name).join("keys/minion.pub")).unwrap(),
         "{name}: minion.pub written as Salt writes it"
     );
-    eprintln!("{name}: {} messages, {checks} checks passed", v.messages.len());
+    eprintln!(
+        "{name}: {} messages, {checks} checks passed",
+        v.messages.len()
+    );
 }
 
 #[test]

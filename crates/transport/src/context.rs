@@ -34,7 +34,10 @@ impl Context {
     }
 
     pub(crate) fn socket(&self, kind: zmq::SocketType) -> Result<zmq::Socket, zmq::Error> {
-        let mut pool = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pool = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if pool.current.is_none() || pool.used >= SOCKETS_PER_CONTEXT {
             pool.current = Some(zmq::Context::new());
             pool.used = 0;

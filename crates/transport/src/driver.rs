@@ -39,7 +39,11 @@ pub(crate) struct Handle {
 
 /// Start a driver task for `sock`. Dropping the returned [`Handle`]'s sender ends the task and
 /// closes the socket.
-pub(crate) fn spawn(sock: zmq::Socket, label: &'static str, inbound: usize) -> std::io::Result<Handle> {
+pub(crate) fn spawn(
+    sock: zmq::Socket,
+    label: &'static str,
+    inbound: usize,
+) -> std::io::Result<Handle> {
     let fd = sock.get_fd().map_err(std::io::Error::other)?;
     // SAFETY: the descriptor belongs to libzmq and stays open as long as `sock` lives. The
     // driver task owns both and drops the AsyncFd (deregistering it) before the socket.
@@ -118,7 +122,7 @@ async fn drive(
         }
         if progressed {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 tokio::task::yield_now().await;
             }
             continue;

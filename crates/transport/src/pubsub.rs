@@ -1,9 +1,9 @@
 //! The publish channel: the master's PUB and the minion's SUB.
 
+use crate::TransportError;
 use crate::context::Context;
 use crate::driver::{self, Handle, Multipart};
 use crate::options::SocketOptions;
-use crate::TransportError;
 
 /// A bound PUB socket (the master's publish port).
 #[derive(Debug)]
@@ -17,7 +17,11 @@ impl Publisher {
     ///
     /// # Errors
     /// [`TransportError::Zmq`] if the address cannot be bound.
-    pub fn bind(ctx: &Context, endpoint: &str, opts: &SocketOptions) -> Result<Self, TransportError> {
+    pub fn bind(
+        ctx: &Context,
+        endpoint: &str,
+        opts: &SocketOptions,
+    ) -> Result<Self, TransportError> {
         let s = ctx
             .socket(zmq::PUB)
             .map_err(|e| TransportError::zmq("socket", endpoint, e))?;

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use crate::TransportError;
 use crate::context::Context;
 use crate::driver::{self, Handle, Multipart};
 use crate::options::SocketOptions;
 use crate::pubsub::{last_endpoint, port_of};
-use crate::TransportError;
 
 /// A bound ROUTER socket (the master's ret port).
 #[derive(Debug)]
@@ -32,7 +32,11 @@ impl Router {
     ///
     /// # Errors
     /// [`TransportError::Zmq`] if the address cannot be bound.
-    pub fn bind(ctx: &Context, endpoint: &str, opts: &SocketOptions) -> Result<Self, TransportError> {
+    pub fn bind(
+        ctx: &Context,
+        endpoint: &str,
+        opts: &SocketOptions,
+    ) -> Result<Self, TransportError> {
         let s = ctx
             .socket(zmq::ROUTER)
             .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
@@ -175,10 +179,16 @@ impl ReqClient {
     ///
     /// # Errors
     /// [`TransportError::Timeout`] (the socket is discarded), or [`TransportError::Closed`].
-    pub async fn request(&mut self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+    pub async fn request(
+        &mut self,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
         let h = self.socket()?;
         let exchange = async {
-            h.tx.send(vec![payload]).await.map_err(|_| TransportError::Closed)?;
+            h.tx.send(vec![payload])
+                .await
+                .map_err(|_| TransportError::Closed)?;
             let mut reply = h.rx.recv().await.ok_or(TransportError::Closed)?;
             reply.pop().ok_or(TransportError::Closed)
         };
@@ -212,7 +222,11 @@ impl Dealer {
     ///
     /// # Errors
     /// [`TransportError::Zmq`] for a malformed endpoint.
-    pub fn connect(ctx: &Context, endpoint: &str, opts: &SocketOptions) -> Result<Self, TransportError> {
+    pub fn connect(
+        ctx: &Context,
+        endpoint: &str,
+        opts: &SocketOptions,
+    ) -> Result<Self, TransportError> {
         let s = ctx
             .socket(zmq::DEALER)
             .map_err(|e| TransportError::zmq("socket", endpoint, e))?;

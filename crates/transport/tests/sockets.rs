@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use brine_transport::{Context, Dealer, Heartbeat, Publisher, ReqClient, Router, SocketOptions, Subscriber, TransportError};
+use brine_transport::{
+    Context, Dealer, Heartbeat, Publisher, ReqClient, Router, SocketOptions, Subscriber,
+    TransportError,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -16,7 +19,11 @@ fn fast() -> SocketOptions {
 
 /// Publish until the subscriber has joined (PUB drops messages for subscribers that are not
 /// connected yet: the slow-joiner problem every Salt master has too).
-async fn publish_until_received(p: &Publisher, s: &mut Subscriber, frames: &[&[u8]]) -> Vec<Vec<u8>> {
+async fn publish_until_received(
+    p: &Publisher,
+    s: &mut Subscriber,
+    frames: &[&[u8]],
+) -> Vec<Vec<u8>> {
     loop {
         if frames.len() == 1 {
             p.send(frames[0].to_vec()).await.unwrap();
@@ -45,9 +52,17 @@ async fn pub_sub_with_and_without_topics() {
     let mut filtered = Subscriber::connect(&ctx, &ep, &[b"broadcast", mine], &fast()).unwrap();
     let got = publish_until_received(&p, &mut filtered, &[b"broadcast", b"b1"]).await;
     assert_eq!(got, vec![b"broadcast".to_vec(), b"b1".to_vec()]);
-    p.send_topic(b"0000000000000000000000000000000000000000", b"not-mine".to_vec()).await.unwrap();
+    p.send_topic(
+        b"0000000000000000000000000000000000000000",
+        b"not-mine".to_vec(),
+    )
+    .await
+    .unwrap();
     p.send_topic(mine, b"mine".to_vec()).await.unwrap();
-    let got = tokio::time::timeout(T, filtered.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(T, filtered.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, vec![mine.to_vec(), b"mine".to_vec()]);
 }
 
@@ -81,29 +96,55 @@ async fn router_req_dealer_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_nothing_does_not_block_and_times_out() {
     let ctx = Context::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let ep = format!("tcp://127.0.0.1:{port}");
     let started = std::time::Instant::now();
     let _sub = Subscriber::connect(&ctx, &ep, &[b""], &fast()).unwrap();
     let _dealer = Dealer::connect(&ctx, &ep, &fast()).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1), "connect returned at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "connect returned at once"
+    );
     let mut c = ReqClient::new(&ctx, &ep, fast());
-    let err = c.request(b"x".to_vec(), Duration::from_millis(300)).await.unwrap_err();
+    let err = c
+        .request(b"x".to_vec(), Duration::from_millis(300))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransportError::Timeout(_)), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_reconnect_after_server_restart() {
     let ctx = Context::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let ep = format!("tcp://127.0.0.1:{port}");
     let mut dealer = Dealer::connect(&ctx, &ep, &fast()).unwrap();
     for round in 0..2 {
         let mut r = Router::bind(&ctx, &ep, &SocketOptions::master_router()).unwrap();
-        dealer.send(format!("hello {round}").into_bytes()).await.unwrap();
-        let req = tokio::time::timeout(T, r.recv()).await.expect("request after (re)start").unwrap();
+        dealer
+            .send(format!("hello {round}").into_bytes())
+            .await
+            .unwrap();
+        let req = tokio::time::timeout(T, r.recv())
+            .await
+            .expect("request after (re)start")
+            .unwrap();
         r.reply(&req, b"ok".to_vec()).await.unwrap();
-        assert_eq!(tokio::time::timeout(T, dealer.recv()).await.unwrap().unwrap(), b"ok");
+        assert_eq!(
+            tokio::time::timeout(T, dealer.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+            b"ok"
+        );
         drop(r); // the "master" goes away; libzmq reconnects the dealer on its own
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -56,9 +56,20 @@ impl MiniMaster {
                     .entry(auth.id.clone())
                     .or_insert_with(|| Crypticle::generate(&mut Rng))
                     .clone();
-                let policy = AuthPolicy { auto_sign: true, ..AuthPolicy::default() };
-                let d = decide_auth(&auth, &state, policy, &self.identity, &self.aes, &session, &mut Rng)
-                    .expect("auth decision");
+                let policy = AuthPolicy {
+                    auto_sign: true,
+                    ..AuthPolicy::default()
+                };
+                let d = decide_auth(
+                    &auth,
+                    &state,
+                    policy,
+                    &self.identity,
+                    &self.aes,
+                    &session,
+                    &mut Rng,
+                )
+                .expect("auth decision");
                 for a in &d.actions {
                     if let KeyAction::WriteAccepted(k) = a {
                         self.keys.insert(auth.id.clone(), k.clone());
@@ -93,13 +104,24 @@ impl MiniMaster {
                     }
                     "_minion_event" => {
                         let ev = MinionEvent::from_value(&opened.load).expect("typed event");
-                        (codec::encode_wire(&seal_reply(&Value::Nil, &nonce, session, &mut Rng)), vec![ev])
+                        (
+                            codec::encode_wire(&seal_reply(&Value::Nil, &nonce, session, &mut Rng)),
+                            vec![ev],
+                        )
                     }
                     "_register_resources" => (
-                        codec::encode_wire(&seal_reply(&Value::Bool(true), &nonce, session, &mut Rng)),
+                        codec::encode_wire(&seal_reply(
+                            &Value::Bool(true),
+                            &nonce,
+                            session,
+                            &mut Rng,
+                        )),
                         vec![],
                     ),
-                    _ => (codec::encode_wire(&seal_reply(&Value::map(), &nonce, session, &mut Rng)), vec![]),
+                    _ => (
+                        codec::encode_wire(&seal_reply(&Value::map(), &nonce, session, &mut Rng)),
+                        vec![],
+                    ),
                 }
             }
         }
@@ -110,8 +132,10 @@ async fn run(version: &str) {
     subscribe();
     let peer = SaltPeer::get(version);
     let ctx = Context::new();
-    let mut router = Router::bind(&ctx, "tcp://127.0.0.1:0", &SocketOptions::master_router()).unwrap();
-    let publisher = Publisher::bind(&ctx, "tcp://127.0.0.1:0", &SocketOptions::master_pub()).unwrap();
+    let mut router =
+        Router::bind(&ctx, "tcp://127.0.0.1:0", &SocketOptions::master_router()).unwrap();
+    let publisher =
+        Publisher::bind(&ctx, "tcp://127.0.0.1:0", &SocketOptions::master_pub()).unwrap();
     let mut master = MiniMaster {
         identity: MasterIdentity::new(PrivateKey::generate(2048).unwrap(), publisher.port()),
         aes: Crypticle::generate(&mut Rng),
@@ -124,14 +148,18 @@ async fn run(version: &str) {
     let (pport, rport) = (publisher.port(), router.port());
     let pid = id.clone();
     let peer2 = peer.clone();
-    let minion = tokio::task::spawn_blocking(move || SaltMinion::start(&peer2, &pid, pport, rport, ""))
-        .await
-        .unwrap();
+    let minion =
+        tokio::task::spawn_blocking(move || SaltMinion::start(&peer2, &pid, pport, rport, ""))
+            .await
+            .unwrap();
 
     let start_tag = format!("salt/minion/{id}/start");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut events: Vec<MinionEvent> = Vec::new();
-    while !events.iter().any(|e| e.events.iter().any(|(t, _)| t == &start_tag)) {
+    while !events
+        .iter()
+        .any(|e| e.events.iter().any(|(t, _)| t == &start_tag))
+    {
         let Ok(req) = tokio::time::timeout_at(deadline, router.recv()).await else {
             panic!(
                 "salt-minion {version} sent no start event; requests seen: {:?}\n{}",
@@ -145,7 +173,11 @@ async fn run(version: &str) {
         events.extend(evs);
     }
     assert_eq!(master.verdicts.first(), Some(&Verdict::Accept));
-    assert!(master.cmds.contains(&"_pillar".to_string()), "{:?}", master.cmds);
+    assert!(
+        master.cmds.contains(&"_pillar".to_string()),
+        "{:?}",
+        master.cmds
+    );
     if version.starts_with("3008") {
         assert!(master.cmds.contains(&"_register_resources".to_string()));
     }
@@ -155,12 +187,18 @@ async fn run(version: &str) {
         .find(|(t, _)| t == &start_tag)
         .unwrap();
     assert_eq!(tag, &start_tag);
-    let text = data.as_str().or_else(|| data.get("data").and_then(Value::as_str)).unwrap_or_default();
+    let text = data
+        .as_str()
+        .or_else(|| data.get("data").and_then(Value::as_str))
+        .unwrap_or_default();
     assert!(
         text.starts_with(&format!("Minion {id} started at ")),
         "start event data: {data:?}"
     );
-    let ev = events.iter().find(|e| e.events.iter().any(|(t, _)| t == &start_tag)).unwrap();
+    let ev = events
+        .iter()
+        .find(|e| e.events.iter().any(|(t, _)| t == &start_tag))
+        .unwrap();
     assert_eq!(ev.id, id);
     drop(publisher);
 }

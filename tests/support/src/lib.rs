@@ -15,6 +15,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub mod sim;
+
+pub use sim::SimMinion;
 pub use tempfile::TempDir;
 
 /// The Salt releases brine is tested against.
@@ -85,9 +88,12 @@ impl SaltPeer {
     /// A command for one of the venv's programs (`salt`, `salt-key`...).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new(self.bin.join(program));
-        c.env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.display()))
-            .env_remove("PYTHONPATH")
-            .stdin(Stdio::null());
+        c.env(
+            "PATH",
+            format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.display()),
+        )
+        .env_remove("PYTHONPATH")
+        .stdin(Stdio::null());
         c
     }
 }
@@ -127,9 +133,7 @@ impl Daemon {
         let out = std::fs::File::create(log).expect("create daemon log");
         let err = out.try_clone().expect("clone log handle");
         cmd.stdout(out).stderr(err).process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         Self {
             child,
             name: name.to_owned(),
@@ -212,7 +216,9 @@ impl SaltMaster {
         );
         write_config(&dir.path().join("etc/master"), &conf);
         let mut cmd = peer.command("salt-master");
-        cmd.arg("-c").arg(dir.path().join("etc")).args(["-l", "warning"]);
+        cmd.arg("-c")
+            .arg(dir.path().join("etc"))
+            .args(["-l", "warning"]);
         let daemon = Daemon::spawn(cmd, "salt-master", &dir.path().join("master.out"));
         let mut m = Self {
             peer: peer.clone(),
@@ -309,7 +315,9 @@ impl SaltMinion {
         );
         write_config(&dir.path().join("etc/minion"), &conf);
         let mut cmd = peer.command("salt-minion");
-        cmd.arg("-c").arg(dir.path().join("etc")).args(["-l", "warning"]);
+        cmd.arg("-c")
+            .arg(dir.path().join("etc"))
+            .args(["-l", "warning"]);
         let daemon = Daemon::spawn(cmd, "salt-minion", &dir.path().join("minion.out"));
         Self {
             peer: peer.clone(),

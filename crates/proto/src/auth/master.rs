@@ -140,7 +140,11 @@ impl MasterIdentity {
     ///
     /// # Errors
     /// [`AuthError::Rsa`] if signing fails.
-    pub fn with_signing_key(mut self, sign_key: &PrivateKey, algo: SigAlgo) -> Result<Self, AuthError> {
+    pub fn with_signing_key(
+        mut self,
+        sign_key: &PrivateKey,
+        algo: SigAlgo,
+    ) -> Result<Self, AuthError> {
         use base64::Engine as _;
         let sig = sign_key.sign(self.pub_pem.as_bytes(), algo)?;
         let mut s = base64::engine::general_purpose::STANDARD.encode(sig);
@@ -190,28 +194,32 @@ pub fn decide_auth(
         if let Some(a) = act {
             e.insert("act", a);
         }
-        e.with("id", req.id.as_str()).with("pub", req.pub_key.as_str())
+        e.with("id", req.id.as_str())
+            .with("pub", req.pub_key.as_str())
     };
     let signed = |ret: Value| -> Result<Value, AuthError> {
         clear_signed(
-            &Value::map().with("ret", ret).with("nonce", req.nonce.as_str()),
+            &Value::map()
+                .with("ret", ret)
+                .with("nonce", req.nonce.as_str()),
             &master.key,
             sig_algo,
         )
     };
-    let refuse = |verdict: Verdict, actions: Vec<KeyAction>, ev: Value| -> Result<AuthDecision, AuthError> {
-        let ret = match verdict {
-            Verdict::Pend => Value::Bool(true),
-            Verdict::Full => Value::str("full"),
-            _ => Value::Bool(false),
+    let refuse =
+        |verdict: Verdict, actions: Vec<KeyAction>, ev: Value| -> Result<AuthDecision, AuthError> {
+            let ret = match verdict {
+                Verdict::Pend => Value::Bool(true),
+                Verdict::Full => Value::str("full"),
+                _ => Value::Bool(false),
+            };
+            Ok(AuthDecision {
+                verdict,
+                actions,
+                event: Some(ev),
+                reply: signed(ret)?,
+            })
         };
-        Ok(AuthDecision {
-            verdict,
-            actions,
-            event: Some(ev),
-            reply: signed(ret)?,
-        })
-    };
 
     if !valid_minion_id(&req.id) {
         return Ok(AuthDecision {
@@ -308,7 +316,11 @@ pub fn decide_auth(
     );
     inner.insert(
         "sig",
-        Value::bin(master.key.sign_x931(sha256_hex(aes_string.as_bytes()).as_bytes())?),
+        Value::bin(
+            master
+                .key
+                .sign_x931(sha256_hex(aes_string.as_bytes()).as_bytes())?,
+        ),
     );
     inner.insert("nonce", req.nonce.as_str());
     Ok(AuthDecision {
@@ -381,7 +393,11 @@ pub fn open_request(
         });
     }
     let tok = sealed.tok.as_deref().ok_or(AuthError::BadToken)?;
-    if minion_pub.recover_x931(tok).map_err(|_| AuthError::BadToken)? != b"salt" {
+    if minion_pub
+        .recover_x931(tok)
+        .map_err(|_| AuthError::BadToken)?
+        != b"salt"
+    {
         return Err(AuthError::BadToken);
     }
     let cmd = load
@@ -398,7 +414,12 @@ pub fn open_request(
 }
 
 /// Seal a reply to an `aes` request: `Crypticle(session).dumps(result, nonce)` as a str value.
-pub fn seal_reply(result: &Value, nonce: &str, session: &Crypticle, rng: &mut dyn Entropy) -> Value {
+pub fn seal_reply(
+    result: &Value,
+    nonce: &str,
+    session: &Crypticle,
+    rng: &mut dyn Entropy,
+) -> Value {
     Value::bin(session.dumps(result, Some(nonce), rng))
 }
 

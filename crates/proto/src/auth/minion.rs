@@ -199,7 +199,9 @@ impl MinionAuth {
     pub fn start(&mut self, now: Instant, rng: &mut dyn Entropy) -> Result<(), AuthError> {
         let nonce = new_nonce(rng);
         let token = match &self.cached_master {
-            Some(m) => Some(m.encrypt_oaep(self.token.key_string().as_bytes(), self.cfg.enc_algo, rng)?),
+            Some(m) => {
+                Some(m.encrypt_oaep(self.token.key_string().as_bytes(), self.cfg.enc_algo, rng)?)
+            }
             None => None,
         };
         let req = AuthRequest {
@@ -234,7 +236,9 @@ impl MinionAuth {
         match self.check_reply(frame, &nonce) {
             Ok(ev) => {
                 match &ev {
-                    AuthEvent::Accepted(_) | AuthEvent::Rejected | AuthEvent::Full
+                    AuthEvent::Accepted(_)
+                    | AuthEvent::Rejected
+                    | AuthEvent::Full
                     | AuthEvent::MasterKeyChanged => self.state = State::Done,
                     _ => self.schedule_retry(now),
                 }
@@ -302,7 +306,9 @@ impl MinionAuth {
                 _ => Err(AuthError::Malformed("unsigned auth reply")),
             };
         }
-        let signed = load.as_bytes().ok_or(AuthError::Malformed("load not bytes"))?;
+        let signed = load
+            .as_bytes()
+            .ok_or(AuthError::Malformed("load not bytes"))?;
         let sig = outer
             .get("sig")
             .and_then(Value::as_bytes)
@@ -336,7 +342,10 @@ impl MinionAuth {
         let master_key_new = self.cached_master.as_ref() != Some(&master_pub);
         if master_key_new && self.cached_master.is_some() {
             // A changed key is only acceptable when signed by master_sign.pub.
-            let ok = match (&self.cfg.master_sign_pub, inner.get("pub_sig").and_then(Value::as_str)) {
+            let ok = match (
+                &self.cfg.master_sign_pub,
+                inner.get("pub_sig").and_then(Value::as_str),
+            ) {
                 (Some(sign_pub), Some(pub_sig)) => {
                     use base64::Engine as _;
                     base64::engine::general_purpose::STANDARD
@@ -368,7 +377,10 @@ impl MinionAuth {
                 .ok_or(AuthError::BadToken)?;
             let tok = self.me.key.decrypt_oaep(tok_ct, self.cfg.enc_algo)?;
             let mine = self.token.key_string();
-            if !bool::from(subtle::ConstantTimeEq::ct_eq(tok.as_slice(), mine.as_bytes())) {
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                tok.as_slice(),
+                mine.as_bytes(),
+            )) {
                 return Err(AuthError::BadToken);
             }
         }
@@ -423,7 +435,12 @@ pub struct SealedRequest {
 
 impl MinionSession {
     /// A channel using `session` (from [`Credentials`]).
-    pub fn new(me: MinionIdentity, session: Crypticle, enc_algo: EncAlgo, sig_algo: SigAlgo) -> Self {
+    pub fn new(
+        me: MinionIdentity,
+        session: Crypticle,
+        enc_algo: EncAlgo,
+        sig_algo: SigAlgo,
+    ) -> Self {
         Self {
             me,
             session,
@@ -455,7 +472,9 @@ impl MinionSession {
     /// `"bad load"` or the session key is stale: re-authenticate and resend.
     pub fn open_reply(&self, frame: &[u8], nonce: &str) -> Result<Value, AuthError> {
         let v = codec::decode(frame)?;
-        let blob = v.as_bytes().ok_or(AuthError::Malformed("reply is not a blob"))?;
+        let blob = v
+            .as_bytes()
+            .ok_or(AuthError::Malformed("reply is not a blob"))?;
         if blob == b"bad load" {
             return Err(AuthError::Crypticle(CrypticleError::BadMac));
         }
@@ -467,7 +486,12 @@ impl MinionSession {
     ///
     /// # Errors
     /// [`AuthError`] if any check fails.
-    pub fn open_pillar_reply(&self, frame: &[u8], nonce: &str, master: &PublicKey) -> Result<Value, AuthError> {
+    pub fn open_pillar_reply(
+        &self,
+        frame: &[u8],
+        nonce: &str,
+        master: &PublicKey,
+    ) -> Result<Value, AuthError> {
         let v = codec::decode(frame)?;
         let key_ct = v
             .get("key")
@@ -497,6 +521,6 @@ impl MinionSession {
         if d.get("nonce").and_then(Value::as_str) != Some(nonce) {
             return Err(AuthError::NonceMismatch);
         }
-        Ok(d.get("pillar").cloned().unwrap_or(Value::map()))
+        Ok(d.get("pillar").cloned().unwrap_or_else(Value::map))
     }
 }

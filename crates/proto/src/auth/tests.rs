@@ -49,6 +49,8 @@ impl Pair {
             aes: Crypticle::generate(&mut rng),
             session: Crypticle::generate(&mut rng),
             rng,
+            // The fake clock needs an origin; after this it only moves when a test moves it.
+            #[allow(clippy::disallowed_methods)]
             now: Instant::now(),
         }
     }
@@ -94,7 +96,10 @@ fn auto_accept_gives_both_keys() {
     let d = p.exchange();
     assert_eq!(d.verdict, Verdict::Accept);
     assert!(matches!(d.actions[..], [KeyAction::WriteAccepted(_)]));
-    assert_eq!(d.event.unwrap().get("act").unwrap().as_str(), Some("accept"));
+    assert_eq!(
+        d.event.unwrap().get("act").unwrap().as_str(),
+        Some("accept")
+    );
     match p.minion.poll_event() {
         Some(AuthEvent::Accepted(c)) => {
             assert_eq!(c.aes, p.aes);
@@ -119,14 +124,18 @@ fn pending_then_manual_accept_with_token() {
     // Nothing is sent before acceptance_wait_time has passed.
     let retry_at = p.minion.poll_timeout().unwrap();
     assert_eq!(retry_at - p.now, Duration::from_secs(10));
-    p.minion.handle_timeout(p.now + Duration::from_secs(1), &mut p.rng).unwrap();
+    p.minion
+        .handle_timeout(p.now + Duration::from_secs(1), &mut p.rng)
+        .unwrap();
     assert!(p.minion.poll_transmit().is_none());
     // Still pending on the retry; then the operator accepts (salt-key -a).
     p.now = retry_at;
     p.minion.handle_timeout(p.now, &mut p.rng).unwrap();
     assert_eq!(p.exchange().verdict, Verdict::Pend);
     assert!(matches!(p.minion.poll_event(), Some(AuthEvent::Pending)));
-    let KeyState::Pending(k) = p.state.clone() else { panic!() };
+    let KeyState::Pending(k) = p.state.clone() else {
+        panic!()
+    };
     p.state = KeyState::Accepted(k);
     p.now = p.minion.poll_timeout().unwrap();
     p.minion.handle_timeout(p.now, &mut p.rng).unwrap();
@@ -161,17 +170,27 @@ fn changed_master_key_is_refused() {
     let mut p = Pair::new(Some(keys().2.public_key()));
     p.minion.start(p.now, &mut p.rng).unwrap();
     let frame = p.minion.poll_transmit().unwrap();
-    let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else { panic!() };
+    let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else {
+        panic!()
+    };
     let req = AuthRequest::from_value(&load).unwrap();
     // The token was encrypted to the cached key, which this master cannot decrypt.
-    let err = decide_auth(&req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng);
+    let err = decide_auth(
+        &req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng,
+    );
     assert!(matches!(err, Err(AuthError::BadToken)));
     // Without a token (a master that ignores it), the minion still refuses the new key.
     let mut req = req;
     req.token = None;
-    let d = decide_auth(&req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng).unwrap();
+    let d = decide_auth(
+        &req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng,
+    )
+    .unwrap();
     p.minion.handle_reply(&codec::encode_wire(&d.reply), p.now);
-    assert!(matches!(p.minion.poll_event(), Some(AuthEvent::MasterKeyChanged)));
+    assert!(matches!(
+        p.minion.poll_event(),
+        Some(AuthEvent::MasterKeyChanged)
+    ));
 }
 
 #[test]
@@ -186,9 +205,14 @@ fn timeout_resends() {
     let second = p.minion.poll_transmit().unwrap();
     assert_ne!(first, second, "a fresh nonce per attempt");
     // A stale reply for the first attempt's nonce is refused.
-    let Request::Clear { load, .. } = Request::decode(&first).unwrap() else { panic!() };
+    let Request::Clear { load, .. } = Request::decode(&first).unwrap() else {
+        panic!()
+    };
     let req = AuthRequest::from_value(&load).unwrap();
-    let d = decide_auth(&req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng).unwrap();
+    let d = decide_auth(
+        &req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng,
+    )
+    .unwrap();
     p.minion.handle_reply(&codec::encode_wire(&d.reply), p.now);
     assert!(matches!(
         p.minion.poll_event(),
@@ -246,7 +270,8 @@ fn request_channel_round_trip_and_forgeries() {
     assert_eq!(opened.sealed.nonce, sealed.nonce);
     let reply = seal_reply(&Value::Nil, &opened.sealed.nonce, &session, &mut rng);
     assert_eq!(
-        chan.open_reply(&codec::encode_wire(&reply), &sealed.nonce).unwrap(),
+        chan.open_reply(&codec::encode_wire(&reply), &sealed.nonce)
+            .unwrap(),
         Value::Nil
     );
     // A tok from another key, a wrong session key, a "bad load" answer.

@@ -129,7 +129,8 @@ impl Crypticle {
 
     /// Encrypt `data` with the given IV (`Crypticle.encrypt`).
     pub fn encrypt_with_iv(&self, data: &[u8], iv: &[u8; IV_LEN]) -> Vec<u8> {
-        let ct = Aes192CbcEnc::new(&self.aes.into(), &(*iv).into()).encrypt_padded_vec::<Pkcs7>(data);
+        let ct =
+            Aes192CbcEnc::new(&self.aes.into(), &(*iv).into()).encrypt_padded_vec::<Pkcs7>(data);
         let mut out = Vec::with_capacity(IV_LEN + ct.len() + MAC_LEN);
         out.extend_from_slice(iv);
         out.extend_from_slice(&ct);
@@ -213,7 +214,10 @@ impl Crypticle {
         let rest = match nonce {
             Some(n) => {
                 if rest.len() < NONCE_LEN
-                    || !bool::from(subtle::ConstantTimeEq::ct_eq(&rest[..NONCE_LEN], n.as_bytes()))
+                    || !bool::from(subtle::ConstantTimeEq::ct_eq(
+                        &rest[..NONCE_LEN],
+                        n.as_bytes(),
+                    ))
                 {
                     return Err(CrypticleError::NonceMismatch);
                 }

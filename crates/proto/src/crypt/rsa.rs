@@ -495,7 +495,9 @@ mod tests {
         let public = key.public_key();
         let mut rng = CountingEntropy::default();
         for algo in [EncAlgo::OaepSha1, EncAlgo::OaepSha224] {
-            let ct = public.encrypt_oaep(b"secret key string", algo, &mut rng).unwrap();
+            let ct = public
+                .encrypt_oaep(b"secret key string", algo, &mut rng)
+                .unwrap();
             assert_eq!(&*key.decrypt_oaep(&ct, algo).unwrap(), b"secret key string");
             let em = key.raw_private(&ct).unwrap();
             let seed = oaep_seed_of(&em, public.size(), algo).unwrap();
@@ -535,7 +537,10 @@ mod tests {
         let public = key.public_key().to_clean_pem();
         assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
         assert!(public.ends_with("-----END PUBLIC KEY-----"));
-        assert_eq!(PublicKey::from_pem(public.as_bytes()).unwrap(), key.public_key());
+        assert_eq!(
+            PublicKey::from_pem(public.as_bytes()).unwrap(),
+            key.public_key()
+        );
         assert!(format!("{key:?}").contains("redacted"));
         assert!(PrivateKey::from_pem(b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n").is_err());
     }

@@ -122,7 +122,10 @@ pub(super) fn eval(
         };
         toks.push(Tok::Val(value));
     }
-    let mut p = Parser { toks: &toks, pos: 0 };
+    let mut p = Parser {
+        toks: &toks,
+        pos: 0,
+    };
     let v = p.or()?;
     if p.pos != toks.len() {
         return Err(TargetError::BadCompound("unbalanced expression".into()));

@@ -111,14 +111,40 @@ pub fn matches(
     }
 }
 
+/// Compiled expressions kept per thread: a master matches one expression against thousands of
+/// minions, and compiling it each time would cost more than the matching.
+const REGEX_CACHE_SIZE: usize = 256;
+
+thread_local! {
+    static REGEX_CACHE: std::cell::RefCell<std::collections::HashMap<String, Option<regex::Regex>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// `re.match(pattern, text)`: anchored at the start, not the end.
 fn regex_match(pattern: &str, text: &str, case_insensitive: bool) -> Result<bool, TargetError> {
-    let re = regex::RegexBuilder::new(&format!("^(?:{pattern})"))
-        .case_insensitive(case_insensitive)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|_| TargetError::BadRegex(pattern.into()))?;
-    Ok(re.is_match(text))
+    let key = if case_insensitive {
+        format!("(?i){pattern}")
+    } else {
+        pattern.to_owned()
+    };
+    let hit = REGEX_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(re) = c.get(&key) {
+            return re.as_ref().map(|re| re.is_match(text));
+        }
+        if c.len() >= REGEX_CACHE_SIZE {
+            c.clear();
+        }
+        let re = regex::RegexBuilder::new(&format!("^(?:{pattern})"))
+            .case_insensitive(case_insensitive)
+            .size_limit(1 << 20)
+            .build()
+            .ok();
+        let m = re.as_ref().map(|re| re.is_match(text));
+        c.insert(key, re);
+        m
+    });
+    hit.ok_or_else(|| TargetError::BadRegex(pattern.into()))
 }
 
 /// Python `str()` of a grain value, as `subdict_match._match` compares it.
@@ -210,7 +236,10 @@ pub fn subdict_match(data: &Value, expr: &str, delimiter: &str, regex: bool) -> 
         let (matchstr, found) = if key == "*" {
             (expr.to_owned(), Some(data))
         } else {
-            (splits[idx..].join(delimiter), traverse(data, &key, delimiter))
+            (
+                splits[idx..].join(delimiter),
+                traverse(data, &key, delimiter),
+            )
         };
         let Some(found) = found else { continue };
         match found {

@@ -15,14 +15,17 @@ fn grains() -> Value {
         )
         .with(
             "dns",
-            Value::map().with(
-                "nameservers",
-                Value::Array(vec![Value::str("127.0.0.1")]),
-            ),
+            Value::map().with("nameservers", Value::Array(vec![Value::str("127.0.0.1")])),
         )
-        .with("ipv4", Value::Array(vec![Value::str("10.1.2.3"), Value::str("127.0.0.1")]))
+        .with(
+            "ipv4",
+            Value::Array(vec![Value::str("10.1.2.3"), Value::str("127.0.0.1")]),
+        )
         .with("ipv6", Value::Array(vec![Value::str("::1")]))
-        .with("ec2", Value::map().with("tags", Value::map().with("env", "prod")))
+        .with(
+            "ec2",
+            Value::map().with("tags", Value::map().with("env", "prod")),
+        )
         .with("kernelrelease", "6.1.0-foo:bar")
 }
 
@@ -51,7 +54,10 @@ fn glob_list_pcre() {
     assert!(m("web0[0-9].example.com", "glob"));
     assert!(m("db1,web01.example.com", "list"));
     assert!(!m("web01", "list"));
-    assert!(m("web\\d+", "pcre"), "re.match is anchored at the start only");
+    assert!(
+        m("web\\d+", "pcre"),
+        "re.match is anchored at the start only"
+    );
     assert!(!m("example", "pcre"));
     assert!(m(".*example", "pcre"));
     let facts = Facts {
@@ -66,7 +72,10 @@ fn glob_list_pcre() {
 #[test]
 fn grains_nested_globs_and_lists() {
     assert!(m("os:Debian", "grain"));
-    assert!(m("os:debian", "grain"), "grain values compare case-insensitively");
+    assert!(
+        m("os:debian", "grain"),
+        "grain values compare case-insensitively"
+    );
     assert!(m("os:Deb*", "grain"));
     assert!(!m("os:RedHat", "grain"));
     assert!(m("num_cpus:2", "grain"));
@@ -100,7 +109,10 @@ fn compound() {
     assert!(m("( db* or web* ) and E@.*\\.com", "compound"));
     assert!(!m("( db* or web* ) and not E@.*\\.com", "compound"));
     assert!(m("not db*", "compound"));
-    assert!(m("web* not db*", "compound"), "`not` after a word implies `and`");
+    assert!(
+        m("web* not db*", "compound"),
+        "`not` after a word implies `and`"
+    );
     assert!(m("L@a,b,web01.example.com", "compound"));
     assert!(m("S@10.1.0.0/16 and P@os:Deb.*", "compound"));
     assert!(m("I@role:lb", "compound"));

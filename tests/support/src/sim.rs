@@ -1,0 +1,262 @@
+//! A simulated minion built only from brine-proto's minion-side state machine and
+//! brine-transport: it authenticates, subscribes, matches targets and returns results for a
+//! few test functions. Used by interop tests, the demo and (later) the swarm.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brine_proto::Value;
+use brine_proto::auth::{
+    AuthEvent, Credentials, MinionAuth, MinionAuthConfig, MinionIdentity, MinionSession,
+};
+use brine_proto::crypt::{Entropy, PrivateKey, SerialCheck, SerialGuard};
+use brine_proto::envelope::Publish;
+use brine_proto::jid::iso_stamp;
+use brine_proto::loads::{JobLoad, ReturnLoad};
+use brine_proto::target::{self, Facts, NoNodegroups};
+use brine_transport::{Context, OsEntropy, ReqClient, SocketOptions, Subscriber, tcp_endpoint};
+
+/// The OS random source for brine-proto.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rng;
+
+impl Entropy for Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        OsEntropy::fill_bytes(buf);
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Why a simulated minion could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The master did not accept the key.
+    #[error("auth ended with {0}")]
+    Auth(String),
+    /// A transport failure.
+    #[error("transport: {0}")]
+    Transport(#[from] brine_transport::TransportError),
+    /// A protocol failure.
+    #[error("protocol: {0}")]
+    Proto(#[from] brine_proto::auth::AuthError),
+}
+
+/// A running simulated minion. Dropping it stops it.
+#[derive(Debug)]
+pub struct SimMinion {
+    /// Minion id.
+    pub id: String,
+    /// Jobs answered so far.
+    pub answered: Arc<AtomicUsize>,
+    /// Publishes that failed a check (bad signature, replayed serial, undecryptable).
+    pub rejected: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SimMinion {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SimMinion {
+    /// Authenticate `id` with `key` to the master at `host:ret_port` (retrying while pending,
+    /// up to `auth_deadline`), subscribe to `host:publish_port`, and answer jobs from then on.
+    ///
+    /// # Errors
+    /// [`SimError`] if the key is not accepted in time.
+    pub async fn start(
+        ctx: &Context,
+        id: &str,
+        key: PrivateKey,
+        host: &str,
+        ret_port: u16,
+        publish_port: u16,
+        auth_deadline: Duration,
+    ) -> Result<Self, SimError> {
+        let me = MinionIdentity::new(id, key)?;
+        let mut req = ReqClient::new(ctx, &tcp_endpoint(host, ret_port), SocketOptions::default());
+        let creds = authenticate(&me, &mut req, auth_deadline).await?;
+        let session = MinionSession::new(
+            me,
+            creds.session.clone(),
+            Default::default(),
+            Default::default(),
+        );
+        let sub = Subscriber::connect(
+            ctx,
+            &tcp_endpoint(host, publish_port),
+            &[b""],
+            &SocketOptions::default(),
+        )?;
+        let answered = Arc::new(AtomicUsize::new(0));
+        let rejected = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(respond(
+            id.to_owned(),
+            sub,
+            req,
+            session,
+            creds,
+            answered.clone(),
+            rejected.clone(),
+        ));
+        // Give the subscription time to reach the publisher (ZeroMQ's slow joiner).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Self {
+            id: id.to_owned(),
+            answered,
+            rejected,
+            task,
+        })
+    }
+
+    /// Jobs answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+async fn authenticate(
+    me: &MinionIdentity,
+    req: &mut ReqClient,
+    deadline: Duration,
+) -> Result<Box<Credentials>, SimError> {
+    let until = Instant::now() + deadline;
+    let mut auth = MinionAuth::new(me.clone(), MinionAuthConfig::default(), None, &mut Rng);
+    auth.start(Instant::now(), &mut Rng)?;
+    loop {
+        if Instant::now() > until {
+            return Err(SimError::Auth("no acceptance before the deadline".into()));
+        }
+        if let Some(frame) = auth.poll_transmit() {
+            match req.request(frame, Duration::from_secs(5)).await {
+                Ok(reply) => auth.handle_reply(&reply, Instant::now()),
+                Err(brine_transport::TransportError::Timeout(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match auth.poll_event() {
+            Some(AuthEvent::Accepted(c)) => return Ok(c),
+            Some(AuthEvent::Rejected) => return Err(SimError::Auth("rejected".into())),
+            Some(AuthEvent::Full) => return Err(SimError::Auth("master full".into())),
+            Some(AuthEvent::MasterKeyChanged) => {
+                return Err(SimError::Auth("master key changed".into()));
+            }
+            Some(AuthEvent::Pending | AuthEvent::TimedOut | AuthEvent::Invalid(_)) | None => {}
+        }
+        if let Some(t) = auth.poll_timeout() {
+            tokio::time::sleep_until(t.min(until).into()).await;
+            auth.handle_timeout(Instant::now(), &mut Rng)?;
+        }
+    }
+}
+
+/// What a simulated minion answers for `fun(args)`: `(return, retcode, success)`.
+async fn execute(fun: &str, args: &[Value]) -> (Value, i64, bool) {
+    match fun {
+        "test.ping" => (Value::Bool(true), 0, true),
+        "test.echo" => (args.first().cloned().unwrap_or(Value::str("")), 0, true),
+        "test.sleep" => {
+            let secs = args.first().and_then(|a| {
+                a.as_i64()
+                    .or_else(|| a.as_str().and_then(|s| s.parse().ok()))
+            });
+            tokio::time::sleep(Duration::from_secs(secs.unwrap_or(0).clamp(0, 3600) as u64)).await;
+            (Value::Bool(true), 0, true)
+        }
+        "saltutil.find_job" => (Value::map(), 0, true),
+        other => (
+            Value::str(format!("'{other}' is not available.")),
+            254,
+            false,
+        ),
+    }
+}
+
+async fn respond(
+    id: String,
+    mut sub: Subscriber,
+    req: ReqClient,
+    session: MinionSession,
+    creds: Box<Credentials>,
+    answered: Arc<AtomicUsize>,
+    rejected: Arc<AtomicUsize>,
+) {
+    let req = Arc::new(tokio::sync::Mutex::new(req));
+    let mut serials = SerialGuard::default();
+    let grains = Value::map().with("id", id.as_str()).with("os", "Debian");
+    while let Ok(frames) = sub.recv().await {
+        let Some(frame) = frames.last() else { continue };
+        let opened = Publish::decode(frame).ok().and_then(|p| {
+            if !p.verify(&creds.master_pub) {
+                return None;
+            }
+            p.open(&creds.aes).ok()
+        });
+        let Some(mut load) = opened else {
+            rejected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if matches!(serials.check(&mut load), SerialCheck::Replayed { .. }) {
+            rejected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Ok(job) = JobLoad::from_value(&load) else {
+            continue;
+        };
+        let facts = Facts {
+            id: &id,
+            grains: &grains,
+            pillar: &Value::Nil,
+        };
+        let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
+        if !target::matches(&job.tgt, job.tgt_type(), &delim, &facts, &NoNodegroups)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let (id, req, session, answered) =
+            (id.clone(), req.clone(), session.clone(), answered.clone());
+        tokio::spawn(async move {
+            let fun = job.fun_name().unwrap_or_default().to_owned();
+            let args = job.arg.as_array().unwrap_or_default().to_vec();
+            let (ret, retcode, success) = execute(&fun, &args).await;
+            let load = ReturnLoad {
+                id: id.clone(),
+                success,
+                ret,
+                retcode,
+                jid: job.jid.clone(),
+                fun: job.fun.clone(),
+                fun_args: job.arg.clone(),
+                user: job.user.clone(),
+                out: None,
+                stamp: Some(iso_stamp(unix_micros())),
+                extra: vec![],
+            };
+            let sealed = session.seal(
+                load.to_value(),
+                (unix_micros() / 1_000_000) as i64,
+                &mut Rng,
+            );
+            let mut req = req.lock().await;
+            for _ in 0..3 {
+                if let Ok(reply) = req
+                    .request(sealed.frame.clone(), Duration::from_secs(10))
+                    .await
+                {
+                    if session.open_reply(&reply, &sealed.nonce).is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            }
+        });
+    }
+}
