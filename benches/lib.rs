@@ -1,1 +1,2 @@
+#![forbid(unsafe_code)]
 //! Benchmarks only; see `codec.rs` and `crypto.rs`.

@@ -1,1 +1,2 @@
+#![forbid(unsafe_code)]
 //! Cross-process tests live in `interop/`; this library is empty.

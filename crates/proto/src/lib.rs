@@ -10,7 +10,7 @@
 //! state machines ask for. `brine-transport` drives this crate over ZeroMQ.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
 pub mod auth;
 pub mod codec;

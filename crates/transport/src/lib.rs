@@ -11,7 +11,7 @@
 //! commands, answering ZMTP `PING` with `PONG`, asynchronous connects that never block on an
 //! absent server, and reconnection.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
 mod context;
 mod driver;

@@ -6,7 +6,7 @@
 //! skip.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};

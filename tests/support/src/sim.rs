@@ -161,7 +161,11 @@ async fn authenticate(
 async fn execute(fun: &str, args: &[Value]) -> (Value, i64, bool) {
     match fun {
         "test.ping" => (Value::Bool(true), 0, true),
-        "test.echo" => (args.first().cloned().unwrap_or(Value::str("")), 0, true),
+        "test.echo" => (
+            args.first().cloned().unwrap_or_else(|| Value::str("")),
+            0,
+            true,
+        ),
         "test.sleep" => {
             let secs = args.first().and_then(|a| {
                 a.as_i64()
