@@ -3,3 +3,4 @@
 
 mod rust_master;
 mod rust_minion;
+mod salt_harness;

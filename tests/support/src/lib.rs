@@ -200,6 +200,15 @@ impl SaltMaster {
     /// # Panics
     /// If it does not come up within 90 s (the log tail is printed).
     pub fn start(peer: &SaltPeer, extra: &str) -> Self {
+        Self::start_with(peer, extra, None)
+    }
+
+    /// Like [`SaltMaster::start`], also writing `minion_file` (a syndic node's `minion` file,
+    /// with `root_dir` prepended) into the same config directory.
+    ///
+    /// # Panics
+    /// If it does not come up within 90 s.
+    pub fn start_with(peer: &SaltPeer, extra: &str, minion_file: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("brine-salt-master-")
             .tempdir()
@@ -215,6 +224,12 @@ impl SaltMaster {
             log = root.join("master.log").display(),
         );
         write_config(&dir.path().join("etc/master"), &conf);
+        if let Some(m) = minion_file {
+            write_config(
+                &dir.path().join("etc/minion"),
+                &format!("root_dir: {}\nuser: root\n{m}\n", root.display()),
+            );
+        }
         let mut cmd = peer.command("salt-master");
         cmd.arg("-c")
             .arg(dir.path().join("etc"))
@@ -339,5 +354,56 @@ impl SaltMinion {
             tail(&self.dir.path().join("minion.out"), lines),
             tail(&self.dir.path().join("root/minion.log"), lines)
         )
+    }
+}
+
+/// A real syndic node: a `salt-master` for its own minions plus `salt-syndic` linking it to a
+/// master of masters (which needs `order_masters: True`).
+#[derive(Debug)]
+pub struct SaltSyndic {
+    /// The node's own master (minions attach to its ports).
+    pub master: SaltMaster,
+    /// The syndic's id as the MoM sees it.
+    pub id: String,
+    daemon: Daemon,
+}
+
+impl SaltSyndic {
+    /// Start a syndic node `id` under the MoM listening on 127.0.0.1 `mom_publish_port` /
+    /// `mom_ret_port`. Returns once both processes run; use [`SaltSyndic::wait_accepted`] to wait
+    /// for the MoM to accept it.
+    pub fn start(peer: &SaltPeer, id: &str, mom_publish_port: u16, mom_ret_port: u16) -> Self {
+        let master = SaltMaster::start_with(
+            peer,
+            &format!("syndic_master: 127.0.0.1\nsyndic_master_port: {mom_ret_port}\n"),
+            Some(&format!(
+                "id: {id}\npublish_port: {mom_publish_port}\nlog_level_logfile: debug"
+            )),
+        );
+        let mut cmd = peer.command("salt-syndic");
+        cmd.arg("-c")
+            .arg(master.config_dir())
+            .args(["-l", "warning"]);
+        let daemon = Daemon::spawn(cmd, "salt-syndic", &master.dir.path().join("syndic.out"));
+        Self {
+            master,
+            id: id.to_owned(),
+            daemon,
+        }
+    }
+
+    /// Wait until `mom` has accepted this syndic's key.
+    ///
+    /// # Panics
+    /// If that does not happen within `timeout`.
+    pub fn wait_accepted(&mut self, mom: &SaltMaster, timeout: Duration) {
+        let key = mom.pki_dir().join("minions").join(&self.id);
+        let ok = wait_for(timeout, || key.exists() || !self.daemon.alive());
+        assert!(
+            ok && self.daemon.alive(),
+            "salt-syndic {} was not accepted by its MoM:\n{}",
+            self.id,
+            tail(&self.master.dir.path().join("syndic.out"), 30)
+        );
     }
 }
