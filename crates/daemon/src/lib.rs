@@ -1,0 +1,34 @@
+//! Shared daemon plumbing: Salt-style configuration files, logging and signals.
+//!
+//! Owns: reading `CONFIG_DIR/<name>` plus `CONFIG_DIR/<name>.d/*.conf` (Salt's YAML, later files
+//! override earlier keys), typed access helpers that turn bad values into clear errors, tracing
+//! setup from Salt's log levels, and the shutdown signal. Does not own any protocol or daemon
+//! logic.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
+
+pub mod config;
+pub mod logging;
+
+/// Exit code for bad configuration or usage (`EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon can still be stopped by SIGKILL; never resolve.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

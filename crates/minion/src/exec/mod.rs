@@ -1,0 +1,295 @@
+//! Execution modules: the functions a job can call, with outputs shaped like a real Salt 3007
+//! minion's (return value, `retcode`, `success`, `out`).
+
+mod cmd;
+mod grains_mod;
+mod saltutil;
+mod sys;
+mod test;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use brine_proto::Value;
+use brine_proto::loads::JobLoad;
+
+/// What a function produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The return value.
+    pub ret: Value,
+    /// `retcode` (Salt's `__context__["retcode"]`; 0 = success).
+    pub retcode: i64,
+    /// Outputter hint, when the function declares one.
+    pub out: Option<&'static str>,
+}
+
+impl Outcome {
+    /// A successful return.
+    pub fn ok(ret: impl Into<Value>) -> Self {
+        Self {
+            ret: ret.into(),
+            retcode: 0,
+            out: None,
+        }
+    }
+
+    /// A return with the `nested` outputter.
+    pub fn nested(ret: impl Into<Value>) -> Self {
+        Self {
+            out: Some("nested"),
+            ..Self::ok(ret)
+        }
+    }
+
+    /// Salt's error shape: a message, retcode 1 (`EX_GENERIC`), nested outputter.
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self {
+            ret: Value::str(msg.into()),
+            retcode: 1,
+            out: Some("nested"),
+        }
+    }
+}
+
+/// A job as the functions see it.
+#[derive(Debug, Clone)]
+pub struct JobCtx {
+    /// The publish load.
+    pub job: JobLoad,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments (from the trailing `__kwarg__` map), in order.
+    pub kwargs: Vec<(String, Value)>,
+    /// The minion's grains.
+    pub grains: Arc<Value>,
+    /// Running jobs (for `saltutil.*`).
+    pub jobs: JobTable,
+    /// Where `cmd.script` may stage files.
+    pub cachedir: std::path::PathBuf,
+}
+
+impl JobCtx {
+    /// Split Salt's `arg` list into positional and keyword arguments.
+    pub fn new(
+        job: JobLoad,
+        grains: Arc<Value>,
+        jobs: JobTable,
+        cachedir: std::path::PathBuf,
+    ) -> Self {
+        let mut args = Vec::new();
+        let mut kwargs = Vec::new();
+        for a in job.arg.as_array().unwrap_or_default() {
+            if a.get("__kwarg__").is_some_and(Value::is_truthy) {
+                for (k, v) in a.as_map().unwrap_or_default() {
+                    if let Some(k) = k.as_str().filter(|k| *k != "__kwarg__") {
+                        kwargs.push((k.to_owned(), v.clone()));
+                    }
+                }
+            } else {
+                args.push(a.clone());
+            }
+        }
+        Self {
+            job,
+            args,
+            kwargs,
+            grains,
+            jobs,
+            cachedir,
+        }
+    }
+
+    /// Positional argument `i`, or keyword `name`.
+    pub fn arg(&self, i: usize, name: &str) -> Option<&Value> {
+        self.kwarg(name).or_else(|| self.args.get(i))
+    }
+
+    /// Keyword argument `name`.
+    pub fn kwarg(&self, name: &str) -> Option<&Value> {
+        self.kwargs.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Salt's `__pub_*` keyword arguments, in Salt's order.
+    pub fn pub_kwargs(&self) -> Vec<(String, Value)> {
+        let j = &self.job;
+        vec![
+            ("__pub_fun".into(), j.fun.clone()),
+            ("__pub_arg".into(), j.arg.clone()),
+            ("__pub_tgt".into(), j.tgt.clone()),
+            ("__pub_jid".into(), Value::str(&j.jid)),
+            ("__pub_ret".into(), Value::str(&j.ret)),
+            ("__pub_tgt_type".into(), Value::str(j.tgt_type())),
+            (
+                "__pub_user".into(),
+                j.user.clone().map_or(Value::Nil, Value::from),
+            ),
+        ]
+    }
+
+    /// The data `saltutil.find_job`/`running` report for this job.
+    pub fn proc_data(&self) -> Value {
+        let j = &self.job;
+        Value::map()
+            .with("pid", i64::from(std::process::id()))
+            .with("fun", j.fun.clone())
+            .with("arg", j.arg.clone())
+            .with("tgt", j.tgt.clone())
+            .with("jid", j.jid.as_str())
+            .with("ret", j.ret.as_str())
+            .with("tgt_type", j.tgt_type())
+            .with("user", j.user.clone().map_or(Value::Nil, Value::from))
+    }
+}
+
+/// Jobs currently running on this minion.
+#[derive(Debug, Clone, Default)]
+pub struct JobTable {
+    inner: Arc<Mutex<HashMap<String, RunningJob>>>,
+}
+
+#[derive(Debug)]
+struct RunningJob {
+    data: Value,
+    abort: tokio::task::AbortHandle,
+}
+
+impl JobTable {
+    /// Record a running job.
+    pub fn insert(&self, jid: &str, data: Value, abort: tokio::task::AbortHandle) {
+        self.lock()
+            .insert(jid.to_owned(), RunningJob { data, abort });
+    }
+
+    /// Forget a finished job.
+    pub fn remove(&self, jid: &str) {
+        self.lock().remove(jid);
+    }
+
+    /// Whether a job with this jid is running.
+    pub fn contains(&self, jid: &str) -> bool {
+        self.lock().contains_key(jid)
+    }
+
+    /// The proc data of a running job.
+    pub fn get(&self, jid: &str) -> Option<Value> {
+        self.lock().get(jid).map(|j| j.data.clone())
+    }
+
+    /// Proc data of every running job.
+    pub fn all(&self) -> Vec<Value> {
+        self.lock().values().map(|j| j.data.clone()).collect()
+    }
+
+    /// Cancel a running job (its child processes are killed with it).
+    pub fn kill(&self, jid: &str) -> bool {
+        match self.lock().remove(jid) {
+            Some(j) => {
+                j.abort.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Every function this minion provides, sorted (what `sys.list_functions` reports).
+pub const FUNCTIONS: &[&str] = &[
+    "cmd.retcode",
+    "cmd.run",
+    "cmd.run_all",
+    "cmd.run_stderr",
+    "cmd.run_stdout",
+    "cmd.script",
+    "cmd.shell",
+    "grains.get",
+    "grains.item",
+    "grains.items",
+    "grains.ls",
+    "saltutil.find_job",
+    "saltutil.kill_job",
+    "saltutil.running",
+    "saltutil.sync_all",
+    "sys.doc",
+    "sys.list_functions",
+    "test.arg",
+    "test.echo",
+    "test.false",
+    "test.ping",
+    "test.retcode",
+    "test.sleep",
+    "test.true",
+    "test.version",
+];
+
+/// Run `fun`.
+pub async fn call(fun: &str, ctx: &JobCtx) -> Outcome {
+    match fun {
+        "test.ping" => Outcome::ok(true),
+        "test.true" => Outcome::ok(true),
+        "test.false" => Outcome::ok(false),
+        "test.echo" => test::echo(ctx),
+        "test.arg" => test::arg(ctx),
+        "test.version" => Outcome::ok(crate::grains::SALT_VERSION),
+        "test.sleep" => test::sleep(ctx).await,
+        "test.retcode" => test::retcode(ctx),
+        "cmd.run" | "cmd.shell" => cmd::run(ctx, cmd::Want::Combined).await,
+        "cmd.run_all" => cmd::run(ctx, cmd::Want::All).await,
+        "cmd.run_stdout" => cmd::run(ctx, cmd::Want::Stdout).await,
+        "cmd.run_stderr" => cmd::run(ctx, cmd::Want::Stderr).await,
+        "cmd.retcode" => cmd::run(ctx, cmd::Want::Retcode).await,
+        "cmd.script" => cmd::script(ctx).await,
+        "grains.items" => Outcome::nested((*ctx.grains).clone()),
+        "grains.item" => grains_mod::item(ctx),
+        "grains.get" => grains_mod::get(ctx),
+        "grains.ls" => grains_mod::ls(ctx),
+        "saltutil.find_job" => saltutil::find_job(ctx),
+        "saltutil.running" => Outcome::ok(Value::Array(ctx.jobs.all())),
+        "saltutil.kill_job" => saltutil::kill_job(ctx),
+        "saltutil.sync_all" => saltutil::sync_all(),
+        "sys.list_functions" => sys::list_functions(ctx),
+        "sys.doc" => sys::doc(ctx),
+        other => Outcome::error(format!("'{other}' is not available.")),
+    }
+}
+
+/// `Passed invalid arguments to fun: reason` (Salt's TypeError shape).
+pub(crate) fn invalid_args(ctx: &JobCtx, reason: &str) -> Outcome {
+    Outcome::error(format!(
+        "Passed invalid arguments to {}: {reason}",
+        ctx.job.fun_name().unwrap_or_default()
+    ))
+}
+
+/// An integer argument, given as a number or a numeric string (the CLI yamlifies `5` to 5).
+pub(crate) fn as_int(v: &Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .or_else(|| match v {
+            Value::F64(f) if f.fract() == 0.0 => Some(*f as i64),
+            _ => None,
+        })
+}
+
+/// Text of an argument the way Python's `str()` would render a scalar.
+pub(crate) fn as_text(v: &Value) -> String {
+    match v {
+        Value::Str(b) | Value::Bin(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Int(i) => i.to_string(),
+        Value::Uint(u) => u.to_string(),
+        Value::F64(f) => f.to_string(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Nil => "None".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

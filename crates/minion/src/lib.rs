@@ -1,0 +1,270 @@
+//! brine's minion: a drop-in Salt minion for real salt-masters (3006, 3007, 3008).
+//!
+//! Owns: the minion configuration (`config`), its pki directory (`pki`), native grains
+//! (`grains`), execution modules (`exec`), and the links to masters (`link`): `_auth`, the
+//! publish subscription, job execution and returns. Protocol rules come from `brine-proto`,
+//! sockets from `brine-transport`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
+
+pub mod config;
+pub mod exec;
+pub mod grains;
+pub mod link;
+pub mod pki;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brine_proto::Value;
+use brine_proto::auth::MinionIdentity;
+use brine_proto::jid::iso_stamp;
+use brine_proto::loads::{JobLoad, ReturnLoad};
+use brine_transport::Context;
+use rand::Rng as _;
+use tracing::{error, info, warn};
+
+use crate::config::{MasterAddr, MasterType, MinionConfig};
+use crate::exec::{JobCtx, JobTable};
+use crate::link::{Feed, JobFeed, LinkError, ReqChannel, unix_micros};
+
+pub use link::LinkError as Error;
+
+/// Python's `fnmatch` (shared with `sys.*` pattern arguments).
+pub(crate) fn target_glob(pat: &str, name: &str) -> bool {
+    brine_proto::target::fnmatch(pat, name)
+}
+
+/// `time.asctime()` for a unix time, in UTC: `Fri Nov 27 01:56:30 2026`.
+pub fn asctime(unix: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let jid = brine_proto::jid::Jid::from_unix_micros((unix.max(0) as u64) * 1_000_000);
+    let s = jid.as_str();
+    let month: usize = s[4..6].parse().unwrap_or(1);
+    let day: u32 = s[6..8].parse().unwrap_or(1);
+    format!(
+        "{} {} {day:>2} {}:{}:{} {}",
+        DAYS[(unix.div_euclid(86_400)).rem_euclid(7) as usize],
+        MONTHS[month - 1],
+        &s[8..10],
+        &s[10..12],
+        &s[12..14],
+        &s[0..4]
+    )
+}
+
+/// Shared state of a running minion.
+struct Shared {
+    cfg: Arc<MinionConfig>,
+    me: MinionIdentity,
+    grains: Arc<Value>,
+    jobs: JobTable,
+    ctx: Context,
+}
+
+/// Run the minion until `shutdown` resolves, or a master refuses it for good.
+///
+/// # Errors
+/// [`LinkError::Rejected`] and [`LinkError::MasterKeyChanged`] end the minion, as in Salt.
+pub async fn run(
+    cfg: MinionConfig,
+    key: brine_proto::crypt::PrivateKey,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LinkError> {
+    let me = MinionIdentity::new(&cfg.id, key).map_err(|e| LinkError::Local(e.to_string()))?;
+    let hosts: Vec<String> = cfg.masters.iter().map(|m| m.host.clone()).collect();
+    let grains = Arc::new(grains::collect(&cfg.id, &hosts, &cfg.static_grains));
+    let shared = Arc::new(Shared {
+        cfg: Arc::new(cfg),
+        me,
+        grains,
+        jobs: JobTable::default(),
+        ctx: Context::new(),
+    });
+    info!(id = %shared.cfg.id, masters = ?hosts, "brine minion starting");
+    let mut set = tokio::task::JoinSet::new();
+    match shared.cfg.master_type {
+        MasterType::Disable => {}
+        MasterType::Str => {
+            for m in shared.cfg.masters.clone() {
+                set.spawn(master_loop(shared.clone(), vec![m]));
+            }
+        }
+        MasterType::Failover => {
+            let mut list = shared.cfg.masters.clone();
+            if shared.cfg.random_master {
+                // With failback, the first master stays first; only the secondaries shuffle.
+                let first = usize::from(shared.cfg.master_failback).min(list.len());
+                shuffle(&mut list[first..]);
+            }
+            set.spawn(master_loop(shared.clone(), list));
+        }
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                info!("shutting down");
+                set.abort_all();
+                return Ok(());
+            }
+            done = set.join_next() => match done {
+                Some(Ok(Err(e))) => {
+                    set.abort_all();
+                    return Err(e);
+                }
+                Some(Ok(Ok(()))) | Some(Err(_)) => {}
+                None => {
+                    // Masterless: nothing to do but wait.
+                    shutdown.as_mut().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn shuffle<T>(v: &mut [T]) {
+    let mut rng = rand::rng();
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.random_range(0..=i));
+    }
+}
+
+/// Keep a link to one of `masters` (in order) alive forever; returns only on fatal refusals.
+async fn master_loop(shared: Arc<Shared>, masters: Vec<MasterAddr>) -> Result<(), LinkError> {
+    let mut i = 0usize;
+    loop {
+        let m = masters[i % masters.len()].clone();
+        match serve_master(&shared, &m).await {
+            Err(e @ (LinkError::Rejected | LinkError::MasterKeyChanged(_))) => {
+                error!(master = %m.host, "{e}");
+                return Err(e);
+            }
+            Err(e) => warn!(master = %m.host, error = %e, "link to master lost"),
+            Ok(()) => {}
+        }
+        i += 1;
+        tokio::time::sleep(shared.cfg.acceptance_wait_time.min(Duration::from_secs(2))).await;
+    }
+}
+
+async fn serve_master(shared: &Arc<Shared>, master: &MasterAddr) -> Result<(), LinkError> {
+    let cfg = &shared.cfg;
+    let mut feed = JobFeed::connect(&shared.ctx, cfg, &master.host)?;
+    let chan = Arc::new(
+        ReqChannel::connect(&shared.ctx, cfg.clone(), shared.me.clone(), master.clone()).await?,
+    );
+    info!(master = %master.host, "authenticated");
+    let started = format!(
+        "Minion {} started at {}",
+        cfg.id,
+        asctime(link::unix_secs())
+    );
+    for tag in [
+        "minion_start".to_owned(),
+        format!("salt/minion/{}/start", cfg.id),
+    ] {
+        if let Err(e) = chan.fire_event(&tag, Value::str(&started)).await {
+            warn!(master = %master.host, error = %e, "start event not delivered");
+        }
+    }
+    let (mut aes, _) = chan.creds().await;
+    loop {
+        let raw = feed.next_raw().await?;
+        let job = match feed.decode(&raw, &aes, &shared.grains) {
+            Feed::Job(job) => job,
+            Feed::Skip => continue,
+            Feed::Rekey(raw) => {
+                info!(master = %master.host, "publish did not verify with the current AES key; re-authenticating");
+                aes = chan.reauth().await?;
+                feed.reset_serials();
+                match feed.decode(&raw, &aes, &shared.grains) {
+                    Feed::Job(job) => job,
+                    _ => continue,
+                }
+            }
+        };
+        start_job(shared, &chan, *job);
+    }
+}
+
+fn start_job(shared: &Arc<Shared>, chan: &Arc<ReqChannel>, job: JobLoad) {
+    let jid = job.jid.clone();
+    let ctx = JobCtx::new(
+        job,
+        shared.grains.clone(),
+        shared.jobs.clone(),
+        shared.cfg.cachedir.clone(),
+    );
+    let data = ctx.proc_data();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let shared2 = shared.clone();
+    let chan = chan.clone();
+    let task = tokio::spawn(async move {
+        if go_rx.await.is_err() {
+            return;
+        }
+        let fun = ctx.job.fun_name().unwrap_or_default().to_owned();
+        info!(jid = %ctx.job.jid, fun = %fun, "executing job");
+        let out = exec::call(&fun, &ctx).await;
+        shared2.jobs.remove(&ctx.job.jid);
+        send_return(&shared2, &chan, &ctx.job, out).await;
+    });
+    shared.jobs.insert(&jid, data, task.abort_handle());
+    let _ = go_tx.send(());
+}
+
+async fn send_return(shared: &Shared, chan: &ReqChannel, job: &JobLoad, out: exec::Outcome) {
+    let mut extra = Vec::new();
+    if let Some(m) = &job.master_id {
+        extra.push((Value::str("master_id"), Value::str(m)));
+    }
+    for (k, v) in &job.extra {
+        if k.is_str("metadata") && v.as_map().is_some() {
+            extra.push((k.clone(), v.clone()));
+        }
+    }
+    let load = ReturnLoad {
+        id: shared.cfg.id.clone(),
+        success: out.retcode == 0,
+        ret: out.ret,
+        retcode: out.retcode,
+        jid: job.jid.clone(),
+        fun: job.fun.clone(),
+        fun_args: job.arg.clone(),
+        user: job.user.clone(),
+        out: out.out.map(str::to_owned),
+        stamp: Some(iso_stamp(unix_micros())),
+        extra,
+    }
+    .to_value();
+    let (lo, hi) = shared.cfg.return_retry_timer;
+    for attempt in 1..=shared.cfg.return_retry_tries {
+        match chan.send(&load, Duration::from_secs(60)).await {
+            Ok(_) => return,
+            Err(e) => {
+                warn!(jid = %job.jid, attempt, error = %e, "return not delivered");
+                let wait = rand::rng().random_range(
+                    lo.as_millis() as u64..=hi.as_millis().max(lo.as_millis()) as u64,
+                );
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    }
+    error!(jid = %job.jid, "return lost after {} attempts", shared.cfg.return_retry_tries);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn asctime_like_python() {
+        assert_eq!(super::asctime(1_795_744_590), "Fri Nov 27 01:56:30 2026");
+        assert_eq!(super::asctime(0), "Thu Jan  1 00:00:00 1970");
+    }
+}

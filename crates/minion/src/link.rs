@@ -1,0 +1,412 @@
+//! One authenticated link to one master: `_auth`, the publish subscription, the request
+//! channel (returns, events) with re-authentication when the master answers `"bad load"` or a
+//! publish no longer decrypts (AES rotation).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brine_proto::Value;
+use brine_proto::auth::{
+    AuthError, AuthEvent, Credentials, MinionAuth, MinionAuthConfig, MinionIdentity, MinionSession,
+};
+use brine_proto::crypt::{CrypticleError, Entropy, PublicKey, SerialCheck, SerialGuard, sha1_hex};
+use brine_proto::envelope::Publish;
+use brine_proto::loads::{JobLoad, MinionEvent};
+use brine_proto::target::{self, Facts, NoNodegroups};
+use brine_transport::{
+    Context, OsEntropy, ReqClient, SocketOptions, Subscriber, TransportError, tcp_endpoint,
+};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::config::{MasterAddr, MinionConfig};
+use crate::pki;
+
+/// The OS random source.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rng;
+
+impl Entropy for Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        OsEntropy::fill_bytes(buf);
+    }
+}
+
+/// Seconds since the epoch.
+pub fn unix_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Microseconds since the epoch.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The master rejected or denied our key. Salt's minion exits.
+    #[error(
+        "the Salt Master has rejected this minion's public key (salt-key -r or a key mismatch); to retry, delete the key on the master and restart the minion"
+    )]
+    Rejected,
+    /// The master's key differs from `minion_master.pub`.
+    #[error(
+        "the master key has changed: the master at {0} presents a different key than the cached minion_master.pub; if the change is intended, delete minion_master.pub and restart the minion"
+    )]
+    MasterKeyChanged(String),
+    /// `max_minions` reached on the master.
+    #[error("the master at {0} is full (max_minions)")]
+    Full(String),
+    /// No acceptance in time.
+    #[error("no answer from {0}")]
+    Unreachable(String),
+    /// A local failure (pki, sockets).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// The authenticated request channel to one master, shared by the jobs that return through it.
+pub struct ReqChannel {
+    cfg: Arc<MinionConfig>,
+    me: MinionIdentity,
+    master: MasterAddr,
+    req: Mutex<ReqInner>,
+}
+
+struct ReqInner {
+    client: ReqClient,
+    session: MinionSession,
+    creds: Box<Credentials>,
+}
+
+impl ReqChannel {
+    /// Authenticate to `master` and open the channel.
+    ///
+    /// # Errors
+    /// [`LinkError`] when the master refuses us or cannot be reached.
+    pub async fn connect(
+        ctx: &Context,
+        cfg: Arc<MinionConfig>,
+        me: MinionIdentity,
+        master: MasterAddr,
+    ) -> Result<Self, LinkError> {
+        let mut client = ReqClient::new(
+            ctx,
+            &tcp_endpoint(&master.host, master.ret_port),
+            SocketOptions::default(),
+        );
+        let creds = authenticate(&cfg, &me, &master, &mut client).await?;
+        let session = MinionSession::new(
+            me.clone(),
+            creds.session.clone(),
+            Default::default(),
+            Default::default(),
+        );
+        Ok(Self {
+            cfg,
+            me,
+            master,
+            req: Mutex::new(ReqInner {
+                client,
+                session,
+                creds,
+            }),
+        })
+    }
+
+    /// The current publish key and master key.
+    pub async fn creds(&self) -> (brine_proto::crypt::Crypticle, PublicKey) {
+        let r = self.req.lock().await;
+        (r.creds.aes.clone(), r.creds.master_pub.clone())
+    }
+
+    /// Authenticate again (after an AES rotation); returns the new publish key.
+    ///
+    /// # Errors
+    /// As [`ReqChannel::connect`].
+    pub async fn reauth(&self) -> Result<brine_proto::crypt::Crypticle, LinkError> {
+        let mut r = self.req.lock().await;
+        let creds = authenticate(&self.cfg, &self.me, &self.master, &mut r.client).await?;
+        r.session = MinionSession::new(
+            self.me.clone(),
+            creds.session.clone(),
+            Default::default(),
+            Default::default(),
+        );
+        let aes = creds.aes.clone();
+        r.creds = creds;
+        Ok(aes)
+    }
+
+    /// Send a request load (with `cmd`) and return the decrypted reply. A `"bad load"` answer
+    /// (stale session) re-authenticates once and resends, as Salt's channel does.
+    ///
+    /// # Errors
+    /// [`LinkError`] if the master cannot be reached or keeps refusing.
+    pub async fn send(&self, load: &Value, timeout: Duration) -> Result<Value, LinkError> {
+        let mut r = self.req.lock().await;
+        for attempt in 0..2 {
+            let sealed = r.session.seal(load.clone(), unix_secs(), &mut Rng);
+            let reply = r
+                .client
+                .request(sealed.frame, timeout)
+                .await
+                .map_err(|e| LinkError::Unreachable(format!("{}: {e}", self.master.host)))?;
+            match r.session.open_reply(&reply, &sealed.nonce) {
+                Ok(v) => return Ok(v),
+                Err(AuthError::Crypticle(CrypticleError::BadMac)) if attempt == 0 => {
+                    info!(master = %self.master.host, "session key refused; re-authenticating");
+                    let creds =
+                        authenticate(&self.cfg, &self.me, &self.master, &mut r.client).await?;
+                    r.session = MinionSession::new(
+                        self.me.clone(),
+                        creds.session.clone(),
+                        Default::default(),
+                        Default::default(),
+                    );
+                    r.creds = creds;
+                }
+                Err(e) => {
+                    return Err(LinkError::Local(format!(
+                        "bad reply from {}: {e}",
+                        self.master.host
+                    )));
+                }
+            }
+        }
+        Err(LinkError::Local(format!(
+            "{} keeps refusing our session",
+            self.master.host
+        )))
+    }
+
+    /// Fire an event on the master's bus (`_minion_event`).
+    ///
+    /// # Errors
+    /// As [`ReqChannel::send`].
+    pub async fn fire_event(&self, tag: &str, data: Value) -> Result<(), LinkError> {
+        let ev = MinionEvent {
+            id: self.me.id.clone(),
+            pretag: None,
+            events: vec![(tag.to_owned(), data)],
+            batch: false,
+            extra: vec![],
+        };
+        self.send(&ev.to_value(), Duration::from_secs(60))
+            .await
+            .map(drop)
+    }
+}
+
+async fn authenticate(
+    cfg: &MinionConfig,
+    me: &MinionIdentity,
+    master: &MasterAddr,
+    client: &mut ReqClient,
+) -> Result<Box<Credentials>, LinkError> {
+    let cached_path = cfg.pki_dir.join("minion_master.pub");
+    let cached = pki::read_pub(&cached_path).map_err(|e| LinkError::Local(e.to_string()))?;
+    let master_sign_pub = if cfg.verify_master_pubkey_sign {
+        let p = cfg
+            .pki_dir
+            .join(format!("{}.pub", cfg.master_sign_key_name));
+        Some(
+            pki::read_pub(&p)
+                .map_err(|e| LinkError::Local(e.to_string()))?
+                .ok_or_else(|| {
+                    LinkError::Local(format!(
+                        "verify_master_pubkey_sign is on but {} is missing",
+                        p.display()
+                    ))
+                })?,
+        )
+    } else {
+        None
+    };
+    let acfg = MinionAuthConfig {
+        auth_timeout: cfg.auth_timeout,
+        acceptance_wait_time: cfg.acceptance_wait_time,
+        acceptance_wait_time_max: cfg.acceptance_wait_time_max,
+        master_sign_pub,
+        ..MinionAuthConfig::default()
+    };
+    let mut auth = MinionAuth::new(me.clone(), acfg, cached, &mut Rng);
+    auth.start(Instant::now(), &mut Rng)
+        .map_err(|e| LinkError::Local(e.to_string()))?;
+    let mut timeouts = 0u32;
+    loop {
+        if let Some(frame) = auth.poll_transmit() {
+            match client.request(frame, cfg.auth_timeout).await {
+                Ok(reply) => auth.handle_reply(&reply, Instant::now()),
+                Err(TransportError::Timeout(_)) => {
+                    timeouts += 1;
+                    auth.handle_timeout(Instant::now() + cfg.auth_timeout, &mut Rng)
+                        .map_err(|e| LinkError::Local(e.to_string()))?;
+                }
+                Err(e) => return Err(LinkError::Local(e.to_string())),
+            }
+        }
+        while let Some(ev) = auth.poll_event() {
+            match ev {
+                AuthEvent::Accepted(c) => {
+                    if c.master_key_new {
+                        pki::write_master_pub(&cfg.pki_dir, &c.master_pub)
+                            .map_err(|e| LinkError::Local(e.to_string()))?;
+                    }
+                    return Ok(c);
+                }
+                AuthEvent::Pending => info!(
+                    master = %master.host,
+                    wait = ?cfg.acceptance_wait_time,
+                    "key is pending acceptance on the master (salt-key -a {}); retrying",
+                    me.id
+                ),
+                AuthEvent::Rejected if cfg.rejected_retry => {
+                    warn!(master = %master.host, "key rejected; retrying (rejected_retry)")
+                }
+                AuthEvent::Rejected => return Err(LinkError::Rejected),
+                AuthEvent::Full => return Err(LinkError::Full(master.host.clone())),
+                AuthEvent::MasterKeyChanged => {
+                    return Err(LinkError::MasterKeyChanged(master.host.clone()));
+                }
+                AuthEvent::TimedOut => debug!(master = %master.host, "auth timed out; retrying"),
+                AuthEvent::Invalid(e) => {
+                    warn!(master = %master.host, error = %e, "invalid auth reply; retrying")
+                }
+            }
+        }
+        if timeouts > 0 && timeouts.is_multiple_of(3) {
+            debug!(master = %master.host, timeouts, "master not answering auth");
+        }
+        if let Some(t) = auth.poll_timeout() {
+            tokio::time::sleep_until(t.into()).await;
+            auth.handle_timeout(Instant::now(), &mut Rng)
+                .map_err(|e| LinkError::Local(e.to_string()))?;
+        }
+    }
+}
+
+/// The publish subscription for one master, decoding and filtering jobs for this minion.
+pub struct JobFeed {
+    sub: Subscriber,
+    serials: SerialGuard,
+    seen: VecDeque<String>,
+    id: String,
+}
+
+/// What arrived on the publish channel.
+pub enum Feed {
+    /// A job for this minion.
+    Job(Box<JobLoad>),
+    /// Nothing for us (not targeted, a replay, a duplicate).
+    Skip,
+    /// The publish did not verify with the current key: re-authenticate and retry it.
+    Rekey(Vec<u8>),
+}
+
+/// Salt's `minion_jid_queue_hwm`: how many recent jids are remembered for de-duplication.
+const JID_QUEUE: usize = 100;
+
+impl JobFeed {
+    /// Subscribe to `host:publish_port` (topics per `zmq_filtering`).
+    ///
+    /// # Errors
+    /// [`LinkError::Local`] for a bad endpoint.
+    pub fn connect(ctx: &Context, cfg: &MinionConfig, host: &str) -> Result<Self, LinkError> {
+        let opts = SocketOptions {
+            identity: Some(cfg.id.as_bytes().to_vec()),
+            ..SocketOptions::default()
+        };
+        let topic = sha1_hex(cfg.id.as_bytes());
+        let topics: Vec<&[u8]> = if cfg.zmq_filtering {
+            vec![b"broadcast", topic.as_bytes()]
+        } else {
+            vec![b""]
+        };
+        let sub = Subscriber::connect(ctx, &tcp_endpoint(host, cfg.publish_port), &topics, &opts)
+            .map_err(|e| LinkError::Local(e.to_string()))?;
+        Ok(Self {
+            sub,
+            serials: SerialGuard::default(),
+            seen: VecDeque::new(),
+            id: cfg.id.clone(),
+        })
+    }
+
+    /// Forget serials (new AES key after re-auth).
+    pub fn reset_serials(&mut self) {
+        self.serials.reset();
+    }
+
+    /// The next raw publish payload.
+    ///
+    /// # Errors
+    /// [`LinkError::Local`] if the socket closed.
+    pub async fn next_raw(&mut self) -> Result<Vec<u8>, LinkError> {
+        let mut frames = self
+            .sub
+            .recv()
+            .await
+            .map_err(|e| LinkError::Local(e.to_string()))?;
+        frames
+            .pop()
+            .ok_or_else(|| LinkError::Local("empty publish".into()))
+    }
+
+    /// Decode one publish payload with the current keys.
+    pub fn decode(
+        &mut self,
+        payload: &[u8],
+        aes: &brine_proto::crypt::Crypticle,
+        grains: &Value,
+    ) -> Feed {
+        let Ok(p) = Publish::decode(payload) else {
+            debug!("ignoring a publish that is not an aes envelope");
+            return Feed::Skip;
+        };
+        let mut load = match p.open(aes) {
+            Ok(l) => l,
+            Err(CrypticleError::BadMac) => return Feed::Rekey(payload.to_vec()),
+            Err(e) => {
+                warn!(error = %e, "undecryptable publish dropped");
+                return Feed::Skip;
+            }
+        };
+        if let SerialCheck::Replayed { got, last } = self.serials.check(&mut load) {
+            warn!(got, last, "replayed publish dropped");
+            return Feed::Skip;
+        }
+        let Ok(job) = JobLoad::from_value(&load) else {
+            debug!("publish without tgt/jid/fun/arg ignored");
+            return Feed::Skip;
+        };
+        let facts = Facts {
+            id: &self.id,
+            grains,
+            pillar: &Value::Nil,
+        };
+        let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
+        match target::matches(&job.tgt, job.tgt_type(), &delim, &facts, &NoNodegroups) {
+            Ok(true) => {}
+            Ok(false) => return Feed::Skip,
+            Err(e) => {
+                debug!(jid = %job.jid, error = %e, "target not evaluable here; ignoring job");
+                return Feed::Skip;
+            }
+        }
+        if self.seen.contains(&job.jid) {
+            return Feed::Skip;
+        }
+        if self.seen.len() >= JID_QUEUE {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(job.jid.clone());
+        Feed::Job(Box::new(job))
+    }
+}
