@@ -81,6 +81,9 @@ pub struct MinionConfig {
     pub return_retry_tries: u32,
     /// brine: bytes the on-disk return spool may hold.
     pub return_spool_max_bytes: u64,
+    /// brine: the Salt release this minion presents as (`saltversion` grain, `test.version`,
+    /// version-specific return shapes). Default 3007.17.
+    pub salt_version: String,
     /// Keys present in the files that brine does not implement (warned about at start).
     pub unknown_keys: Vec<String>,
 }
@@ -120,6 +123,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "return_retry_timer_max",
     "return_retry_tries",
     "brine_return_spool_max_bytes",
+    "brine_salt_version",
     "ipv6",
     "sock_dir",
     "pidfile",
@@ -293,6 +297,28 @@ impl MinionConfig {
             return_retry_tries: o.int("return_retry_tries", 3, 1..=1000)? as u32,
             return_spool_max_bytes: o.int("brine_return_spool_max_bytes", 64 << 20, 0..=i64::MAX)?
                 as u64,
+            salt_version: {
+                if matches!(
+                    o.get("brine_salt_version"),
+                    Some(serde_json::Value::Number(_))
+                ) {
+                    return Err(ConfigError::Invalid {
+                        key: "brine_salt_version".into(),
+                        message: "quote the version (YAML reads 3006.30 as the number 3006.3)"
+                            .into(),
+                    });
+                }
+                let v = o
+                    .string("brine_salt_version")?
+                    .unwrap_or_else(|| crate::grains::SALT_VERSION.into());
+                if crate::grains::version_info(&v).is_none() {
+                    return Err(ConfigError::Invalid {
+                        key: "brine_salt_version".into(),
+                        message: format!("{v:?} is not a Salt version like 3007.17"),
+                    });
+                }
+                v
+            },
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
         })
     }

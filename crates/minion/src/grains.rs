@@ -10,8 +10,14 @@ use std::net::IpAddr;
 
 use brine_proto::Value;
 
-/// The Salt release brine's minion behaves as.
+/// The Salt release brine's minion behaves as unless `brine_salt_version` says otherwise.
 pub const SALT_VERSION: &str = "3007.17";
+
+/// `3007.17` → `(3007, 17)`.
+pub fn version_info(v: &str) -> Option<(i64, i64)> {
+    let (major, minor) = v.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -168,7 +174,8 @@ fn iface_map(m: &BTreeMap<String, Vec<String>>) -> Value {
 }
 
 /// Compute the grains for minion `id`, master list `masters`, then apply `static_grains`.
-pub fn collect(id: &str, masters: &[String], static_grains: &Value) -> Value {
+pub fn collect(id: &str, masters: &[String], static_grains: &Value, salt_version: &str) -> Value {
+    let (vmajor, vminor) = version_info(salt_version).unwrap_or((3007, 17));
     let host = hostname();
     let fqdn = fqdn();
     let domain = fqdn
@@ -269,10 +276,10 @@ pub fn collect(id: &str, masters: &[String], static_grains: &Value) -> Value {
             ),
         )
         .with("machine_id", read("/etc/machine-id").trim())
-        .with("saltversion", SALT_VERSION)
+        .with("saltversion", salt_version)
         .with(
             "saltversioninfo",
-            Value::Array(vec![Value::Int(3007), Value::Int(17)]),
+            Value::Array(vec![Value::Int(vmajor), Value::Int(vminor)]),
         )
         .with(
             "shell",
@@ -310,7 +317,7 @@ mod tests {
         let statics = Value::map()
             .with("roles", Value::Array(vec![Value::str("web")]))
             .with("os", "Custom");
-        let g = collect("m1", &["127.0.0.1".into()], &statics);
+        let g = collect("m1", &["127.0.0.1".into()], &statics, SALT_VERSION);
         for k in [
             "id",
             "host",

@@ -78,7 +78,12 @@ pub async fn run(
 ) -> Result<(), LinkError> {
     let me = MinionIdentity::new(&cfg.id, key).map_err(|e| LinkError::Local(e.to_string()))?;
     let hosts: Vec<String> = cfg.masters.iter().map(|m| m.host.clone()).collect();
-    let grains = Arc::new(grains::collect(&cfg.id, &hosts, &cfg.static_grains));
+    let grains = Arc::new(grains::collect(
+        &cfg.id,
+        &hosts,
+        &cfg.static_grains,
+        &cfg.salt_version,
+    ));
     let shared = Arc::new(Shared {
         cfg: Arc::new(cfg),
         me,

@@ -122,13 +122,17 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// A daemon process started in its own process group, stopped (the whole group) on drop.
 #[derive(Debug)]
-struct Daemon {
+pub struct Daemon {
     child: Child,
     name: String,
 }
 
 impl Daemon {
-    fn spawn(mut cmd: Command, name: &str, log: &Path) -> Self {
+    /// Start `cmd` with stdout and stderr to `log`, in a new process group.
+    ///
+    /// # Panics
+    /// If it cannot be started.
+    pub fn spawn(mut cmd: Command, name: &str, log: &Path) -> Self {
         use std::os::unix::process::CommandExt as _;
         let out = std::fs::File::create(log).expect("create daemon log");
         let err = out.try_clone().expect("clone log handle");
@@ -140,15 +144,27 @@ impl Daemon {
         }
     }
 
-    fn signal_group(&self, sig: &str) {
+    /// Send `sig` (e.g. `-STOP`, `-KILL`) to the whole process group.
+    pub fn signal_group(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([sig, "--", &format!("-{}", self.child.id())])
             .stderr(Stdio::null())
             .status();
     }
 
-    fn alive(&mut self) -> bool {
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The exit status, once it has exited.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -174,7 +190,8 @@ fn write_config(path: &Path, body: &str) {
     f.write_all(body.as_bytes()).expect("write config");
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a file (for failure messages).
+pub fn tail(path: &Path, lines: usize) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
@@ -218,10 +235,15 @@ impl SaltMaster {
         let root = dir.path().join("root");
         let conf = format!(
             "root_dir: {root}\ninterface: 127.0.0.1\npublish_port: {publish_port}\n\
-             ret_port: {ret_port}\nuser: root\nauto_accept: True\nworker_threads: 2\n\
+             ret_port: {ret_port}\nuser: root\n{accept}worker_threads: 2\n\
              log_file: {log}\nlog_level_logfile: debug\n{extra}\n",
             root = root.display(),
             log = root.join("master.log").display(),
+            accept = if extra.contains("auto_accept:") {
+                ""
+            } else {
+                "auto_accept: True\n"
+            },
         );
         write_config(&dir.path().join("etc/master"), &conf);
         if let Some(m) = minion_file {

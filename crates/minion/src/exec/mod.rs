@@ -110,10 +110,18 @@ impl JobCtx {
         self.kwargs.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
+    /// The Salt release this minion presents as (the `saltversion` grain).
+    pub fn salt_version(&self) -> &str {
+        self.grains
+            .get("saltversion")
+            .and_then(Value::as_str)
+            .unwrap_or(crate::grains::SALT_VERSION)
+    }
+
     /// Salt's `__pub_*` keyword arguments, in Salt's order.
     pub fn pub_kwargs(&self) -> Vec<(String, Value)> {
         let j = &self.job;
-        vec![
+        let mut v: Vec<(String, Value)> = vec![
             ("__pub_fun".into(), j.fun.clone()),
             ("__pub_arg".into(), j.arg.clone()),
             ("__pub_tgt".into(), j.tgt.clone()),
@@ -124,13 +132,44 @@ impl JobCtx {
                 "__pub_user".into(),
                 j.user.clone().map_or(Value::Nil, Value::from),
             ),
+        ];
+        for (k, val) in self.resource_fields() {
+            v.push((format!("__pub_{k}"), val));
+        }
+        v
+    }
+
+    /// Salt 3008 adds resource targeting to the publish data a job sees (empty for a plain
+    /// minion); earlier releases have none of it.
+    fn resource_fields(&self) -> Vec<(&'static str, Value)> {
+        if !crate::grains::version_info(self.salt_version()).is_some_and(|(major, _)| major >= 3008)
+        {
+            return vec![];
+        }
+        let extra = |k: &str| {
+            self.job
+                .extra
+                .iter()
+                .find(|(key, _)| key.is_str(k))
+                .map(|(_, v)| v.clone())
+        };
+        vec![
+            (
+                "resource_targets",
+                extra("resource_targets").unwrap_or_else(|| Value::Array(vec![])),
+            ),
+            (
+                "pure_resource_target",
+                extra("pure_resource_target").unwrap_or(Value::Bool(false)),
+            ),
+            ("minion_is_target", Value::Bool(true)),
         ]
     }
 
     /// The data `saltutil.find_job`/`running` report for this job.
     pub fn proc_data(&self) -> Value {
         let j = &self.job;
-        Value::map()
+        let mut v = Value::map()
             .with("pid", i64::from(std::process::id()))
             .with("fun", j.fun.clone())
             .with("arg", j.arg.clone())
@@ -138,7 +177,11 @@ impl JobCtx {
             .with("jid", j.jid.as_str())
             .with("ret", j.ret.as_str())
             .with("tgt_type", j.tgt_type())
-            .with("user", j.user.clone().map_or(Value::Nil, Value::from))
+            .with("user", j.user.clone().map_or(Value::Nil, Value::from));
+        for (k, val) in self.resource_fields() {
+            v.insert(k, val);
+        }
+        v
     }
 }
 
@@ -236,7 +279,7 @@ pub async fn call(fun: &str, ctx: &JobCtx) -> Outcome {
         "test.false" => Outcome::ok(false),
         "test.echo" => test::echo(ctx),
         "test.arg" => test::arg(ctx),
-        "test.version" => Outcome::ok(crate::grains::SALT_VERSION),
+        "test.version" => Outcome::ok(ctx.salt_version().to_owned()),
         "test.sleep" => test::sleep(ctx).await,
         "test.retcode" => test::retcode(ctx),
         "cmd.run" | "cmd.shell" => cmd::run(ctx, cmd::Want::Combined).await,
@@ -250,9 +293,16 @@ pub async fn call(fun: &str, ctx: &JobCtx) -> Outcome {
         "grains.get" => grains_mod::get(ctx),
         "grains.ls" => grains_mod::ls(ctx),
         "saltutil.find_job" => saltutil::find_job(ctx),
-        "saltutil.running" => Outcome::ok(Value::Array(ctx.jobs.all())),
+        // Like Salt's, the list leaves out the job asking.
+        "saltutil.running" => Outcome::ok(Value::Array(
+            ctx.jobs
+                .all()
+                .into_iter()
+                .filter(|j| !j.get("jid").is_some_and(|v| v.is_str(&ctx.job.jid)))
+                .collect(),
+        )),
         "saltutil.kill_job" => saltutil::kill_job(ctx),
-        "saltutil.sync_all" => saltutil::sync_all(),
+        "saltutil.sync_all" => saltutil::sync_all(ctx),
         "sys.list_functions" => sys::list_functions(ctx),
         "sys.doc" => sys::doc(ctx),
         other => Outcome::error(format!("'{other}' is not available.")),

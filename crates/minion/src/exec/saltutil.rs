@@ -33,7 +33,7 @@ pub(super) fn kill_job(ctx: &JobCtx) -> Outcome {
 
 /// brine has no custom modules to sync: report every sync target empty, as a real minion with
 /// nothing in `salt://_*` does.
-pub(super) fn sync_all() -> Outcome {
+pub(super) fn sync_all(ctx: &JobCtx) -> Outcome {
     let mut v = Value::map();
     for k in [
         "clouds",
@@ -55,6 +55,10 @@ pub(super) fn sync_all() -> Outcome {
         "matchers",
     ] {
         v.insert(k, Value::Array(vec![]));
+    }
+    // Salt 3008 added resource modules to the sync targets.
+    if crate::grains::version_info(ctx.salt_version()).is_some_and(|(major, _)| major >= 3008) {
+        v.insert("resources", Value::Array(vec![]));
     }
     Outcome::ok(v)
 }
