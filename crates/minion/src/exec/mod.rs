@@ -118,6 +118,11 @@ impl JobCtx {
             .unwrap_or(crate::grains::SALT_VERSION)
     }
 
+    /// The major Salt release this minion presents as (3006, 3007, 3008...).
+    pub fn salt_major(&self) -> i64 {
+        crate::grains::version_info(self.salt_version()).map_or(3007, |(major, _)| major)
+    }
+
     /// Salt's `__pub_*` keyword arguments, in Salt's order.
     pub fn pub_kwargs(&self) -> Vec<(String, Value)> {
         let j = &self.job;
@@ -142,8 +147,7 @@ impl JobCtx {
     /// Salt 3008 adds resource targeting to the publish data a job sees (empty for a plain
     /// minion); earlier releases have none of it.
     fn resource_fields(&self) -> Vec<(&'static str, Value)> {
-        if !crate::grains::version_info(self.salt_version()).is_some_and(|(major, _)| major >= 3008)
-        {
+        if self.salt_major() < 3008 {
             return vec![];
         }
         let extra = |k: &str| {

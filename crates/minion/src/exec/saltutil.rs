@@ -57,7 +57,7 @@ pub(super) fn sync_all(ctx: &JobCtx) -> Outcome {
         v.insert(k, Value::Array(vec![]));
     }
     // Salt 3008 added resource modules to the sync targets.
-    if crate::grains::version_info(ctx.salt_version()).is_some_and(|(major, _)| major >= 3008) {
+    if ctx.salt_major() >= 3008 {
         v.insert("resources", Value::Array(vec![]));
     }
     Outcome::ok(v)
