@@ -13,6 +13,7 @@ pub mod exec;
 pub mod grains;
 pub mod link;
 pub mod pki;
+pub mod spool;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ struct Shared {
     grains: Arc<Value>,
     jobs: JobTable,
     ctx: Context,
+    spool: spool::Spool,
 }
 
 /// Run the minion until `shutdown` resolves, or a master refuses it for good.
@@ -84,12 +86,14 @@ pub async fn run(
         &cfg.static_grains,
         &cfg.salt_version,
     ));
+    let spool = spool::Spool::new(&cfg.cachedir, cfg.return_spool_max_bytes);
     let shared = Arc::new(Shared {
         cfg: Arc::new(cfg),
         me,
         grains,
         jobs: JobTable::default(),
         ctx: Context::new(),
+        spool,
     });
     info!(id = %shared.cfg.id, masters = ?hosts, "brine minion starting");
     let mut set = tokio::task::JoinSet::new();
@@ -141,25 +145,76 @@ fn shuffle<T>(v: &mut [T]) {
     }
 }
 
-/// Keep a link to one of `masters` (in order) alive forever; returns only on fatal refusals.
+/// How a link to a master ended (other than by an error).
+enum LinkEnd {
+    /// The liveness probe declared the master dead (killed, hung, or partitioned).
+    Dead,
+    /// Failover: the primary master is back and has been stable; go back to it.
+    Failback,
+}
+
+/// Keep a link to one of `masters` alive forever (walking the list on failure, failing back to
+/// the first with `master_failback`); returns only on fatal refusals or when `master_tries`
+/// rounds have failed.
 async fn master_loop(shared: Arc<Shared>, masters: Vec<MasterAddr>) -> Result<(), LinkError> {
+    let cfg = shared.cfg.clone();
     let mut i = 0usize;
+    let mut failed_rounds = 0i64;
     loop {
         let m = masters[i % masters.len()].clone();
-        match serve_master(&shared, &m).await {
+        let primary = (cfg.master_type == MasterType::Failover
+            && cfg.master_failback
+            && i % masters.len() != 0)
+            .then(|| masters[0].clone());
+        let failed = match serve_master(&shared, &m, primary.as_ref()).await {
             Err(e @ (LinkError::Rejected | LinkError::MasterKeyChanged(_))) => {
                 error!(master = %m.host, "{e}");
                 return Err(e);
             }
-            Err(e) => warn!(master = %m.host, error = %e, "link to master lost"),
-            Ok(()) => {}
-        }
+            Err(e) => {
+                warn!(master = %m.host, error = %e, "cannot use master");
+                true
+            }
+            Ok(LinkEnd::Dead) => {
+                warn!(master = %m.host, "master is gone; failing over");
+                false
+            }
+            Ok(LinkEnd::Failback) => {
+                info!(master = %masters[0].host, "primary master is back; failing back");
+                i = 0;
+                continue;
+            }
+        };
         i += 1;
-        tokio::time::sleep(shared.cfg.acceptance_wait_time.min(Duration::from_secs(2))).await;
+        if i % masters.len() == 0 && failed {
+            failed_rounds += 1;
+            if cfg.master_tries >= 0 && failed_rounds >= cfg.master_tries.max(1) {
+                return Err(LinkError::Unreachable(format!(
+                    "no master answered in {failed_rounds} round(s)"
+                )));
+            }
+            // A whole round failed: pause like Salt's acceptance_wait_time before the next.
+            tokio::time::sleep(cfg.acceptance_wait_time.min(Duration::from_secs(10))).await;
+        } else if masters.len() == 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
-async fn serve_master(shared: &Arc<Shared>, master: &MasterAddr) -> Result<(), LinkError> {
+/// The probe period and timeout for `master_alive_interval`: four probes per interval, a
+/// master is dead after two unanswered probes in a row, so death is noticed within the interval.
+fn probe_period(alive: Duration) -> Duration {
+    (alive / 4).max(Duration::from_millis(250))
+}
+
+/// Consecutive answered probes of the primary before failing back (no flapping).
+const FAILBACK_STABLE_PROBES: u32 = 3;
+
+async fn serve_master(
+    shared: &Arc<Shared>,
+    master: &MasterAddr,
+    primary: Option<&MasterAddr>,
+) -> Result<LinkEnd, LinkError> {
     let cfg = &shared.cfg;
     let mut feed = JobFeed::connect(&shared.ctx, cfg, &master.host)?;
     let chan = Arc::new(
@@ -179,23 +234,93 @@ async fn serve_master(shared: &Arc<Shared>, master: &MasterAddr) -> Result<(), L
             warn!(master = %master.host, error = %e, "start event not delivered");
         }
     }
+    flush_spool(shared, &chan).await;
     let (mut aes, _) = chan.creds().await;
+
+    let alive = cfg.master_alive_interval;
+    let period = probe_period(if alive.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        alive
+    });
+    let mut probe_tick = tokio::time::interval(period);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prober = link::Prober::new(&shared.ctx, master);
+    let mut misses = 0u32;
+    let failback_period = probe_period(if cfg.master_failback_interval.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        cfg.master_failback_interval
+    });
+    let mut failback_tick = tokio::time::interval(failback_period);
+    let mut primary_prober = primary.map(|p| link::Prober::new(&shared.ctx, p));
+    let mut primary_ok = 0u32;
+    let mut flush_tick = tokio::time::interval(Duration::from_secs(2));
+
     loop {
-        let raw = feed.next_raw().await?;
-        let job = match feed.decode(&raw, &aes, &shared.grains) {
-            Feed::Job(job) => job,
-            Feed::Skip => continue,
-            Feed::Rekey(raw) => {
-                info!(master = %master.host, "publish did not verify with the current AES key; re-authenticating");
-                aes = chan.reauth().await?;
-                feed.reset_serials();
-                match feed.decode(&raw, &aes, &shared.grains) {
+        tokio::select! {
+            raw = feed.next_raw() => {
+                let raw = raw?;
+                let job = match feed.decode(&raw, &aes, &shared.grains) {
                     Feed::Job(job) => job,
-                    _ => continue,
+                    Feed::Skip => continue,
+                    Feed::Rekey(raw) => {
+                        info!(master = %master.host, "publish did not verify with the current AES key; re-authenticating");
+                        aes = chan.reauth().await?;
+                        feed.reset_serials();
+                        match feed.decode(&raw, &aes, &shared.grains) {
+                            Feed::Job(job) => job,
+                            _ => continue,
+                        }
+                    }
+                };
+                start_job(shared, &chan, *job);
+            }
+            _ = probe_tick.tick(), if !alive.is_zero() => {
+                if prober.ping(period).await {
+                    misses = 0;
+                } else {
+                    misses += 1;
+                    warn!(master = %master.host, misses, "master did not answer the liveness probe");
+                    if misses >= 2 {
+                        chan.mark_dead();
+                        return Ok(LinkEnd::Dead);
+                    }
                 }
             }
+            _ = failback_tick.tick(), if primary_prober.is_some() => {
+                let p = primary_prober.as_mut().expect("invariant: guarded by is_some");
+                if p.ping(failback_period).await {
+                    primary_ok += 1;
+                    if primary_ok >= FAILBACK_STABLE_PROBES {
+                        chan.mark_dead();
+                        return Ok(LinkEnd::Failback);
+                    }
+                } else {
+                    primary_ok = 0;
+                }
+            }
+            _ = flush_tick.tick() => flush_spool(shared, &chan).await,
+        }
+    }
+}
+
+/// Deliver spooled returns through `chan`, oldest first; stop at the first failure.
+async fn flush_spool(shared: &Shared, chan: &ReqChannel) {
+    for entry in shared.spool.entries() {
+        let Some(load) = shared.spool.read(&entry) else {
+            continue;
         };
-        start_job(shared, &chan, *job);
+        match chan.send(&load, Duration::from_secs(10)).await {
+            Ok(_) => {
+                info!(master = %chan.master().host, "spooled return delivered");
+                shared.spool.remove(&entry);
+            }
+            Err(e) => {
+                warn!(master = %chan.master().host, error = %e, "spooled return not delivered yet");
+                return;
+            }
+        }
     }
 }
 
@@ -251,18 +376,23 @@ async fn send_return(shared: &Shared, chan: &ReqChannel, job: &JobLoad, out: exe
     .to_value();
     let (lo, hi) = shared.cfg.return_retry_timer;
     for attempt in 1..=shared.cfg.return_retry_tries {
-        match chan.send(&load, Duration::from_secs(60)).await {
+        if !chan.is_alive() {
+            break;
+        }
+        match chan.send(&load, hi.max(Duration::from_secs(5))).await {
             Ok(_) => return,
             Err(e) => {
                 warn!(jid = %job.jid, attempt, error = %e, "return not delivered");
-                let wait = rand::rng().random_range(
-                    lo.as_millis() as u64..=hi.as_millis().max(lo.as_millis()) as u64,
-                );
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                if attempt < shared.cfg.return_retry_tries && chan.is_alive() {
+                    let wait = rand::rng().random_range(
+                        lo.as_millis() as u64..=hi.as_millis().max(lo.as_millis()) as u64,
+                    );
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
             }
         }
     }
-    error!(jid = %job.jid, "return lost after {} attempts", shared.cfg.return_retry_tries);
+    shared.spool.push(&job.jid, &load);
 }
 
 #[cfg(test)]

@@ -21,6 +21,35 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::config::{MasterAddr, MinionConfig};
+
+/// Liveness probe: Salt's clear `ping` request (what `status.ping_master` sends), answered by
+/// every Salt master with an echo. A dead, hung (SIGSTOP) or partitioned master does not answer.
+pub struct Prober {
+    client: ReqClient,
+}
+
+impl Prober {
+    /// A prober for `master`.
+    pub fn new(ctx: &Context, master: &MasterAddr) -> Self {
+        Self {
+            client: ReqClient::new(
+                ctx,
+                &tcp_endpoint(&master.host, master.ret_port),
+                SocketOptions::default(),
+            ),
+        }
+    }
+
+    /// Whether the master answered within `timeout`.
+    pub async fn ping(&mut self, timeout: Duration) -> bool {
+        let frame = brine_proto::envelope::Request::Clear {
+            load: Value::map().with("cmd", "ping"),
+            version: brine_proto::envelope::REQUEST_VERSION,
+        }
+        .encode();
+        self.client.request(frame, timeout).await.is_ok()
+    }
+}
 use crate::pki;
 
 /// The OS random source.
@@ -77,6 +106,9 @@ pub struct ReqChannel {
     me: MinionIdentity,
     master: MasterAddr,
     req: Mutex<ReqInner>,
+    /// Cleared when the link's liveness probe declares the master dead: returns then go to the
+    /// spool at once instead of waiting on a master that will not answer.
+    alive: std::sync::atomic::AtomicBool,
 }
 
 struct ReqInner {
@@ -117,7 +149,24 @@ impl ReqChannel {
                 session,
                 creds,
             }),
+            alive: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether the master is believed alive.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Mark the master dead (pending sends give up and spool).
+    pub fn mark_dead(&self) {
+        self.alive
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The master this channel talks to.
+    pub fn master(&self) -> &MasterAddr {
+        &self.master
     }
 
     /// The current publish key and master key.
@@ -246,6 +295,11 @@ async fn authenticate(
                 Ok(reply) => auth.handle_reply(&reply, Instant::now()),
                 Err(TransportError::Timeout(_)) => {
                     timeouts += 1;
+                    // Failover walks on to the next master after one unanswered attempt
+                    // (Salt sets auth_tries to 0 with failover).
+                    if cfg.master_type == crate::config::MasterType::Failover {
+                        return Err(LinkError::Unreachable(master.host.clone()));
+                    }
                     auth.handle_timeout(Instant::now() + cfg.auth_timeout, &mut Rng)
                         .map_err(|e| LinkError::Local(e.to_string()))?;
                 }

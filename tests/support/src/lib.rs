@@ -226,15 +226,31 @@ impl SaltMaster {
     /// # Panics
     /// If it does not come up within 90 s.
     pub fn start_with(peer: &SaltPeer, extra: &str, minion_file: Option<&str>) -> Self {
+        Self::start_full(peer, "127.0.0.1", None, extra, minion_file, None)
+    }
+
+    /// The general form: bind `interface` on `ports` (`(publish, ret)`, free ones if `None`),
+    /// and reuse the master key pair from the pki directory `key_from` (masters sharing a key,
+    /// as failover and hot multi-master need).
+    ///
+    /// # Panics
+    /// If it does not come up within 90 s.
+    pub fn start_full(
+        peer: &SaltPeer,
+        interface: &str,
+        ports: Option<(u16, u16)>,
+        extra: &str,
+        minion_file: Option<&str>,
+        key_from: Option<&Path>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("brine-salt-master-")
             .tempdir()
             .expect("tempdir");
-        let publish_port = free_port();
-        let ret_port = free_port();
+        let (publish_port, ret_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
         let root = dir.path().join("root");
         let conf = format!(
-            "root_dir: {root}\ninterface: 127.0.0.1\npublish_port: {publish_port}\n\
+            "root_dir: {root}\ninterface: {interface}\npublish_port: {publish_port}\n\
              ret_port: {ret_port}\nuser: root\n{accept}worker_threads: 2\n\
              log_file: {log}\nlog_level_logfile: debug\n{extra}\n",
             root = root.display(),
@@ -251,6 +267,13 @@ impl SaltMaster {
                 &dir.path().join("etc/minion"),
                 &format!("root_dir: {}\nuser: root\n{m}\n", root.display()),
             );
+        }
+        if let Some(src) = key_from {
+            let pki = root.join("etc/salt/pki/master");
+            std::fs::create_dir_all(&pki).expect("mkdir pki");
+            for f in ["master.pem", "master.pub"] {
+                std::fs::copy(src.join(f), pki.join(f)).expect("copy master key");
+            }
         }
         let mut cmd = peer.command("salt-master");
         cmd.arg("-c")
@@ -270,8 +293,8 @@ impl SaltMaster {
                 return false;
             }
             pull.exists()
-                && TcpStream::connect(("127.0.0.1", ret_port)).is_ok()
-                && TcpStream::connect(("127.0.0.1", publish_port)).is_ok()
+                && TcpStream::connect((interface, ret_port)).is_ok()
+                && TcpStream::connect((interface, publish_port)).is_ok()
         });
         assert!(
             ready,
@@ -281,6 +304,11 @@ impl SaltMaster {
             tail(&m.dir.path().join("root/master.log"), 30)
         );
         m
+    }
+
+    /// Send `sig` (`-KILL`, `-STOP`, `-CONT`) to the master and all its workers.
+    pub fn signal(&self, sig: &str) {
+        self.daemon.signal_group(sig);
     }
 
     /// The directory passed as `-c`.
@@ -296,6 +324,20 @@ impl SaltMaster {
     /// `pki_dir` under the root.
     pub fn pki_dir(&self) -> PathBuf {
         self.dir.path().join("root/etc/salt/pki/master")
+    }
+
+    /// Whether the job cache holds a return from `minion` for `jid` (`local_cache` layout:
+    /// `jobs/<sha256(jid)[:2]>/<sha256(jid)[2:]>/<minion>/return.p`).
+    pub fn has_return(&self, jid: &str, minion: &str) -> bool {
+        let h = brine_proto::crypt::sha256_hex(jid.as_bytes());
+        self.dir
+            .path()
+            .join("root/var/cache/salt/master/jobs")
+            .join(&h[..2])
+            .join(&h[2..])
+            .join(minion)
+            .join("return.p")
+            .exists()
     }
 
     /// Run the real `salt` CLI against this master.

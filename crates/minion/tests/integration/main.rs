@@ -1,5 +1,6 @@
 //! The `minion` binary against real Salt masters (3006.30, 3007.17, 3008.5).
 
+mod failover;
 mod functions;
 mod keys;
 mod startup;

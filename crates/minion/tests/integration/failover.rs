@@ -1,0 +1,144 @@
+//! Failover between two real salt-masters sharing a key (3007.17): the active master is killed
+//! (SIGKILL) or hung (SIGSTOP, no FIN/RST) during a `test.sleep 5`. The minion must reattach to
+//! the other master within `master_alive_interval` + 5 s, answer its jobs, and deliver the
+//! interrupted job's return to it (spooled; Salt loses it). Then failback.
+
+use std::time::{Duration, Instant};
+
+use brine_test_support::{SaltMaster, SaltPeer, free_port, subscribe, wait_for};
+
+use crate::{BrineMinion, wait_responding};
+
+const ALIVE: u64 = 4;
+
+struct Pair {
+    a: SaltMaster,
+    b: SaltMaster,
+    minion: BrineMinion,
+    ports: (u16, u16),
+}
+
+fn pair(id: &str, failback: bool) -> Pair {
+    subscribe();
+    let peer = SaltPeer::get("3007.17");
+    // The minion connects its SUB to its own publish_port for every master (Salt's rule), so
+    // the masters share ports on different loopback addresses.
+    let ports = (free_port(), free_port());
+    let a = SaltMaster::start_full(&peer, "127.0.0.2", Some(ports), "", None, None);
+    let b = SaltMaster::start_full(
+        &peer,
+        "127.0.0.3",
+        Some(ports),
+        "",
+        None,
+        Some(&a.pki_dir()),
+    );
+    let minion = BrineMinion::start_raw(
+        id,
+        &format!(
+            "master: [127.0.0.2, 127.0.0.3]\nmaster_type: failover\nmaster_alive_interval: {ALIVE}\n\
+             master_port: {}\npublish_port: {}\nacceptance_wait_time: 1\n\
+             master_failback: {failback}\nmaster_failback_interval: 1\n",
+            ports.1, ports.0
+        ),
+    );
+    assert!(
+        wait_responding(&a, &[id], Duration::from_secs(90)),
+        "{}",
+        minion.log()
+    );
+    Pair {
+        a,
+        b,
+        minion,
+        ports,
+    }
+}
+
+fn async_jid(master: &SaltMaster, args: &[&str]) -> String {
+    let mut all = vec![];
+    all.extend_from_slice(args);
+    all.push("--async");
+    let out = master.salt(&all);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace().last().expect("jid").to_owned()
+}
+
+fn fail_over(sig: &str, id: &str) {
+    let p = pair(id, false);
+    let jid = async_jid(&p.a, &[id, "test.sleep", "5"]);
+    std::thread::sleep(Duration::from_secs(1));
+    p.a.signal(sig);
+    let t0 = Instant::now();
+    assert!(
+        wait_responding(&p.b, &[id], Duration::from_secs(ALIVE + 30)),
+        "never reattached to B\n{}",
+        p.minion.log()
+    );
+    let took = t0.elapsed();
+    assert!(
+        took <= Duration::from_secs(ALIVE + 5),
+        "reattached after {took:?}, more than master_alive_interval + 5 s"
+    );
+    // The return of the job A published reaches B's job cache.
+    assert!(
+        wait_for(Duration::from_secs(30), || p.b.has_return(&jid, id)),
+        "interrupted job's return never reached B\n{}",
+        p.minion.log()
+    );
+    if sig == "-STOP" {
+        p.a.signal("-CONT");
+    }
+    eprintln!("{sig}: reattached to B in {took:?}");
+    let _ = p.ports;
+}
+
+#[test]
+fn failover_on_kill_3007() {
+    fail_over("-KILL", "fo-kill");
+}
+
+#[test]
+fn failover_on_hang_3007() {
+    fail_over("-STOP", "fo-stop");
+}
+
+#[test]
+fn failback_to_the_primary_without_flapping_3007() {
+    let p = pair("fo-back", true);
+    let peer = p.a.peer.clone();
+    let key_dir = tempfile::tempdir().unwrap();
+    for f in ["master.pem", "master.pub"] {
+        std::fs::copy(p.a.pki_dir().join(f), key_dir.path().join(f)).unwrap();
+    }
+    let ports = p.ports;
+    p.a.signal("-KILL");
+    drop(p.a);
+    assert!(
+        wait_responding(&p.b, &["fo-back"], Duration::from_secs(ALIVE + 30)),
+        "{}",
+        p.minion.log()
+    );
+    // A comes back (same address, ports and key); the minion returns to it.
+    let a2 = SaltMaster::start_full(
+        &peer,
+        "127.0.0.2",
+        Some(ports),
+        "",
+        None,
+        Some(key_dir.path()),
+    );
+    assert!(
+        wait_responding(&a2, &["fo-back"], Duration::from_secs(60)),
+        "{}",
+        p.minion.log()
+    );
+    // And stays there: for the next 10 s every job from A answers.
+    for _ in 0..3 {
+        assert!(
+            wait_responding(&a2, &["fo-back"], Duration::from_secs(5)),
+            "flapped away from A"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
