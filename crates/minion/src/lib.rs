@@ -164,8 +164,8 @@ async fn master_loop(shared: Arc<Shared>, masters: Vec<MasterAddr>) -> Result<()
         let m = masters[i % masters.len()].clone();
         let primary = (cfg.master_type == MasterType::Failover
             && cfg.master_failback
-            && i % masters.len() != 0)
-            .then(|| masters[0].clone());
+            && !i.is_multiple_of(masters.len()))
+        .then(|| masters[0].clone());
         let failed = match serve_master(&shared, &m, primary.as_ref()).await {
             Err(e @ (LinkError::Rejected | LinkError::MasterKeyChanged(_))) => {
                 error!(master = %m.host, "{e}");
@@ -186,7 +186,7 @@ async fn master_loop(shared: Arc<Shared>, masters: Vec<MasterAddr>) -> Result<()
             }
         };
         i += 1;
-        if i % masters.len() == 0 && failed {
+        if i.is_multiple_of(masters.len()) && failed {
             failed_rounds += 1;
             if cfg.master_tries >= 0 && failed_rounds >= cfg.master_tries.max(1) {
                 return Err(LinkError::Unreachable(format!(
