@@ -274,6 +274,12 @@ impl SaltMaster {
             for f in ["master.pem", "master.pub"] {
                 std::fs::copy(src.join(f), pki.join(f)).expect("copy master key");
             }
+            // A shared signing key pair (`master_sign_pubkey`) comes along when present.
+            for f in ["master_sign.pem", "master_sign.pub"] {
+                if src.join(f).exists() {
+                    std::fs::copy(src.join(f), pki.join(f)).expect("copy master signing key");
+                }
+            }
         }
         let mut cmd = peer.command("salt-master");
         cmd.arg("-c")

@@ -3,6 +3,7 @@
 mod failover;
 mod functions;
 mod keys;
+mod multimaster;
 mod startup;
 
 use std::path::{Path, PathBuf};

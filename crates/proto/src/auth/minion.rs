@@ -340,23 +340,27 @@ impl MinionAuth {
             .ok_or(AuthError::Malformed("no pub_key"))?;
         let master_pub = PublicKey::from_pem(pub_pem.as_bytes())?;
         let master_key_new = self.cached_master.as_ref() != Some(&master_pub);
-        if master_key_new && self.cached_master.is_some() {
-            // A changed key is only acceptable when signed by master_sign.pub.
-            let ok = match (
-                &self.cfg.master_sign_pub,
-                inner.get("pub_sig").and_then(Value::as_str),
-            ) {
-                (Some(sign_pub), Some(pub_sig)) => {
-                    use base64::Engine as _;
-                    base64::engine::general_purpose::STANDARD
-                        .decode(pub_sig.trim())
-                        .is_ok_and(|s| sign_pub.verify(pub_pem.as_bytes(), &s, self.cfg.sig_algo))
-                }
-                _ => false,
-            };
-            if !ok {
+        // `verify_master_pubkey_sign`: the master must send `pub_sig`, and a key we have not
+        // cached (first contact, or a different master) is accepted only if it verifies with
+        // `master_sign.pub`. Without it, a changed key is refused (trust on first use).
+        let signed_ok = || match (
+            &self.cfg.master_sign_pub,
+            inner.get("pub_sig").and_then(Value::as_str),
+        ) {
+            (Some(sign_pub), Some(pub_sig)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(pub_sig.trim())
+                    .is_ok_and(|s| sign_pub.verify(pub_pem.as_bytes(), &s, self.cfg.sig_algo))
+            }
+            _ => false,
+        };
+        if self.cfg.master_sign_pub.is_some() {
+            if master_key_new && !signed_ok() {
                 return Ok(AuthEvent::MasterKeyChanged);
             }
+        } else if master_key_new && self.cached_master.is_some() {
+            return Ok(AuthEvent::MasterKeyChanged);
         }
         let aes_ct = inner
             .get("aes")
@@ -370,7 +374,8 @@ impl MinionAuth {
         if master_pub.recover_x931(x931)? != sha256_hex(&aes_string).as_bytes() {
             return Err(AuthError::BadSignature);
         }
-        if self.cached_master.is_some() {
+        // The token was encrypted to the cached key: only that same master can echo it.
+        if self.cached_master.is_some() && !master_key_new {
             let tok_ct = inner
                 .get("token")
                 .and_then(Value::as_bytes)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::codec;
-use crate::crypt::{CountingEntropy, Crypticle, PrivateKey};
+use crate::crypt::{CountingEntropy, Crypticle, PrivateKey, SigAlgo};
 use crate::envelope::Request;
 use crate::loads::AuthRequest;
 use crate::value::Value;
@@ -174,18 +174,14 @@ fn changed_master_key_is_refused() {
         panic!()
     };
     let req = AuthRequest::from_value(&load).unwrap();
-    // The token was encrypted to the cached key, which this master cannot decrypt.
-    let err = decide_auth(
-        &req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng,
-    );
-    assert!(matches!(err, Err(AuthError::BadToken)));
-    // Without a token (a master that ignores it), the minion still refuses the new key.
-    let mut req = req;
-    req.token = None;
+    // The token was encrypted to the cached key, which this master cannot decrypt: it answers
+    // without a token (as Salt does), and the minion refuses the new, unsigned key.
     let d = decide_auth(
         &req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng,
     )
     .unwrap();
+    let inner = codec::decode(d.reply.get("load").unwrap().as_bytes().unwrap()).unwrap();
+    assert!(inner.get("token").is_none());
     p.minion.handle_reply(&codec::encode_wire(&d.reply), p.now);
     assert!(matches!(
         p.minion.poll_event(),
@@ -288,4 +284,55 @@ fn request_channel_round_trip_and_forgeries() {
         chan.open_reply(&codec::encode_wire(&Value::str("bad load")), &sealed.nonce),
         Err(AuthError::Crypticle(CrypticleError::BadMac))
     ));
+}
+
+#[test]
+fn a_different_master_key_is_accepted_when_signed_by_master_sign() {
+    let (master_key, minion_key, sign_key) = keys();
+    // The minion cached some other master's key (it was on master A; this is master B).
+    let other = PrivateKey::generate(2048).unwrap().public_key();
+    let mut rng = CountingEntropy::default();
+    let me = MinionIdentity::new("m1", minion_key.clone()).unwrap();
+    let cfg = MinionAuthConfig {
+        master_sign_pub: Some(sign_key.public_key()),
+        ..MinionAuthConfig::default()
+    };
+    let run = |identity: MasterIdentity, rng: &mut CountingEntropy| {
+        let mut auth = MinionAuth::new(me.clone(), cfg.clone(), Some(other.clone()), rng);
+        let now = Instant::now() + Duration::from_secs(1);
+        auth.start(now, rng).unwrap();
+        let frame = auth.poll_transmit().unwrap();
+        let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else { panic!() };
+        let req = AuthRequest::from_value(&load).unwrap();
+        let aes = Crypticle::generate(rng);
+        let d = decide_auth(
+            &req,
+            &KeyState::Unknown,
+            AuthPolicy { auto_sign: true, ..AuthPolicy::default() },
+            &identity,
+            &aes,
+            &aes,
+            rng,
+        )
+        .unwrap();
+        auth.handle_reply(&codec::encode_wire(&d.reply), now);
+        auth.poll_event()
+    };
+    // Signed by master_sign.pem: accepted, and the new key is to be cached.
+    let signed = MasterIdentity::new(master_key.clone(), 4505)
+        .with_signing_key(sign_key, SigAlgo::Pkcs1v15Sha1)
+        .unwrap();
+    match run(signed, &mut rng) {
+        Some(AuthEvent::Accepted(c)) => assert!(c.master_key_new),
+        other => panic!("expected Accepted, got {other:?}"),
+    }
+    // Unsigned, or signed by another key: refused.
+    assert!(matches!(
+        run(MasterIdentity::new(master_key.clone(), 4505), &mut rng),
+        Some(AuthEvent::MasterKeyChanged)
+    ));
+    let forged = MasterIdentity::new(master_key.clone(), 4505)
+        .with_signing_key(minion_key, SigAlgo::Pkcs1v15Sha1)
+        .unwrap();
+    assert!(matches!(run(forged, &mut rng), Some(AuthEvent::MasterKeyChanged)));
 }
