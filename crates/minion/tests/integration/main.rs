@@ -33,10 +33,20 @@ impl BrineMinion {
 
     /// Start with exactly `config` (plus `root_dir` and `id`).
     pub fn start_raw(id: &str, config: &str) -> Self {
+        Self::start_seeded(id, config, &[])
+    }
+
+    /// Like [`BrineMinion::start_raw`], with files placed in the pki directory first.
+    pub fn start_seeded(id: &str, config: &str, pki_files: &[(&str, Vec<u8>)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("brine-minion-")
             .tempdir()
             .unwrap();
+        let pki = dir.path().join("root/etc/salt/pki/minion");
+        std::fs::create_dir_all(&pki).unwrap();
+        for (name, data) in pki_files {
+            std::fs::write(pki.join(name), data).unwrap();
+        }
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
         std::fs::write(
             dir.path().join("etc/minion"),

@@ -26,7 +26,14 @@ fn hot_multi_master_returns_to_the_publisher_3007() {
     let peer = SaltPeer::get("3007.17");
     let ports = (free_port(), free_port());
     let a = SaltMaster::start_full(&peer, "127.0.0.2", Some(ports), "", None, None);
-    let b = SaltMaster::start_full(&peer, "127.0.0.3", Some(ports), "", None, Some(&a.pki_dir()));
+    let b = SaltMaster::start_full(
+        &peer,
+        "127.0.0.3",
+        Some(ports),
+        "",
+        None,
+        Some(&a.pki_dir()),
+    );
     let m = BrineMinion::start_raw(
         "hot-m",
         &format!(
@@ -34,13 +41,26 @@ fn hot_multi_master_returns_to_the_publisher_3007() {
             ports.1, ports.0
         ),
     );
-    assert!(wait_responding(&a, &["hot-m"], Duration::from_secs(90)), "{}", m.log());
-    assert!(wait_responding(&b, &["hot-m"], Duration::from_secs(30)), "{}", m.log());
+    assert!(
+        wait_responding(&a, &["hot-m"], Duration::from_secs(90)),
+        "{}",
+        m.log()
+    );
+    assert!(
+        wait_responding(&b, &["hot-m"], Duration::from_secs(30)),
+        "{}",
+        m.log()
+    );
     let ja = async_jid(&a, &["hot-m", "test.echo", "from-a"]);
     let jb = async_jid(&b, &["hot-m", "test.echo", "from-b"]);
-    assert!(wait_for(Duration::from_secs(20), || a.has_return(&ja, "hot-m") && b.has_return(&jb, "hot-m")));
+    assert!(wait_for(Duration::from_secs(20), || a
+        .has_return(&ja, "hot-m")
+        && b.has_return(&jb, "hot-m")));
     std::thread::sleep(Duration::from_secs(1));
-    assert!(!b.has_return(&ja, "hot-m") && !a.has_return(&jb, "hot-m"), "each return goes only to its publisher");
+    assert!(
+        !b.has_return(&ja, "hot-m") && !a.has_return(&jb, "hot-m"),
+        "each return goes only to its publisher"
+    );
 }
 
 #[test]
@@ -48,17 +68,42 @@ fn failover_between_differently_keyed_masters_signed_by_master_sign_3007() {
     subscribe();
     let peer = SaltPeer::get("3007.17");
     let ports = (free_port(), free_port());
-    let a = SaltMaster::start_full(&peer, "127.0.0.2", Some(ports), "master_sign_pubkey: True", None, None);
-    assert!(wait_for(Duration::from_secs(10), || a.pki_dir().join("master_sign.pub").exists()));
+    let a = SaltMaster::start_full(
+        &peer,
+        "127.0.0.2",
+        Some(ports),
+        "master_sign_pubkey: True",
+        None,
+        None,
+    );
+    assert!(wait_for(Duration::from_secs(10), || a
+        .pki_dir()
+        .join("master_sign.pub")
+        .exists()));
     // B: its own master key, the same signing key.
     let bkeys = tempfile::tempdir().unwrap();
     let bk = PrivateKey::generate(2048).unwrap();
-    std::fs::write(bkeys.path().join("master.pem"), &*bk.to_pem_pkcs1().unwrap()).unwrap();
-    std::fs::write(bkeys.path().join("master.pub"), bk.public_key().to_pem_file()).unwrap();
+    std::fs::write(
+        bkeys.path().join("master.pem"),
+        &*bk.to_pem_pkcs1().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        bkeys.path().join("master.pub"),
+        bk.public_key().to_pem_file(),
+    )
+    .unwrap();
     for f in ["master_sign.pem", "master_sign.pub"] {
         std::fs::copy(a.pki_dir().join(f), bkeys.path().join(f)).unwrap();
     }
-    let b = SaltMaster::start_full(&peer, "127.0.0.3", Some(ports), "master_sign_pubkey: True", None, Some(bkeys.path()));
+    let b = SaltMaster::start_full(
+        &peer,
+        "127.0.0.3",
+        Some(ports),
+        "master_sign_pubkey: True",
+        None,
+        Some(bkeys.path()),
+    );
     let sign_pub = std::fs::read(a.pki_dir().join("master_sign.pub")).unwrap();
     let m = BrineMinion::start_seeded(
         "signed-m",
@@ -69,7 +114,11 @@ fn failover_between_differently_keyed_masters_signed_by_master_sign_3007() {
         ),
         &[("master_sign.pub", sign_pub)],
     );
-    assert!(wait_responding(&a, &["signed-m"], Duration::from_secs(90)), "{}", m.log());
+    assert!(
+        wait_responding(&a, &["signed-m"], Duration::from_secs(90)),
+        "{}",
+        m.log()
+    );
     a.signal("-KILL");
     assert!(
         wait_responding(&b, &["signed-m"], Duration::from_secs(40)),
@@ -77,5 +126,9 @@ fn failover_between_differently_keyed_masters_signed_by_master_sign_3007() {
         m.log()
     );
     let cached = std::fs::read_to_string(m.pki().join("minion_master.pub")).unwrap();
-    assert_eq!(cached.trim(), bk.public_key().to_clean_pem(), "B's key cached after verification");
+    assert_eq!(
+        cached.trim(),
+        bk.public_key().to_clean_pem(),
+        "B's key cached after verification"
+    );
 }

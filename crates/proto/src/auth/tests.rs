@@ -21,6 +21,12 @@ fn keys() -> &'static (PrivateKey, PrivateKey, PrivateKey) {
     })
 }
 
+/// The fake clock's origin; after this it only moves when a test moves it.
+#[allow(clippy::disallowed_methods)]
+fn origin() -> Instant {
+    Instant::now()
+}
+
 struct Pair {
     minion: MinionAuth,
     master: MasterIdentity,
@@ -49,9 +55,7 @@ impl Pair {
             aes: Crypticle::generate(&mut rng),
             session: Crypticle::generate(&mut rng),
             rng,
-            // The fake clock needs an origin; after this it only moves when a test moves it.
-            #[allow(clippy::disallowed_methods)]
-            now: Instant::now(),
+            now: origin(),
         }
     }
 
@@ -299,16 +303,21 @@ fn a_different_master_key_is_accepted_when_signed_by_master_sign() {
     };
     let run = |identity: MasterIdentity, rng: &mut CountingEntropy| {
         let mut auth = MinionAuth::new(me.clone(), cfg.clone(), Some(other.clone()), rng);
-        let now = Instant::now() + Duration::from_secs(1);
+        let now = origin();
         auth.start(now, rng).unwrap();
         let frame = auth.poll_transmit().unwrap();
-        let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else { panic!() };
+        let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else {
+            panic!()
+        };
         let req = AuthRequest::from_value(&load).unwrap();
         let aes = Crypticle::generate(rng);
         let d = decide_auth(
             &req,
             &KeyState::Unknown,
-            AuthPolicy { auto_sign: true, ..AuthPolicy::default() },
+            AuthPolicy {
+                auto_sign: true,
+                ..AuthPolicy::default()
+            },
             &identity,
             &aes,
             &aes,
@@ -334,5 +343,8 @@ fn a_different_master_key_is_accepted_when_signed_by_master_sign() {
     let forged = MasterIdentity::new(master_key.clone(), 4505)
         .with_signing_key(minion_key, SigAlgo::Pkcs1v15Sha1)
         .unwrap();
-    assert!(matches!(run(forged, &mut rng), Some(AuthEvent::MasterKeyChanged)));
+    assert!(matches!(
+        run(forged, &mut rng),
+        Some(AuthEvent::MasterKeyChanged)
+    ));
 }
