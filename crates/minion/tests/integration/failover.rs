@@ -1,4 +1,4 @@
-//! Failover between two real salt-masters sharing a key (3007.17): the active master is killed
+//! Failover between two real salt-masters sharing a key (3006.30, 3007.17, 3008.5): the active master is killed
 //! (SIGKILL) or hung (SIGSTOP, no FIN/RST) during a `test.sleep 5`. The minion must reattach to
 //! the other master within `master_alive_interval` + 5 s, answer its jobs, and deliver the
 //! interrupted job's return to it (spooled; Salt loses it). Then failback.
@@ -18,9 +18,9 @@ struct Pair {
     ports: (u16, u16),
 }
 
-fn pair(id: &str, failback: bool) -> Pair {
+fn pair(version: &str, id: &str, failback: bool) -> Pair {
     subscribe();
-    let peer = SaltPeer::get("3007.17");
+    let peer = SaltPeer::get(version);
     // The minion connects its SUB to its own publish_port for every master (Salt's rule), so
     // the masters share ports on different loopback addresses.
     let ports = (free_port(), free_port());
@@ -64,8 +64,8 @@ fn async_jid(master: &SaltMaster, args: &[&str]) -> String {
     text.split_whitespace().last().expect("jid").to_owned()
 }
 
-fn fail_over(sig: &str, id: &str) {
-    let p = pair(id, false);
+fn fail_over(version: &str, sig: &str, id: &str) {
+    let p = pair(version, id, false);
     let jid = async_jid(&p.a, &[id, "test.sleep", "5"]);
     std::thread::sleep(Duration::from_secs(1));
     p.a.signal(sig);
@@ -89,23 +89,13 @@ fn fail_over(sig: &str, id: &str) {
     if sig == "-STOP" {
         p.a.signal("-CONT");
     }
-    eprintln!("{sig}: reattached to B in {took:?}");
+    eprintln!("salt {version} {sig}: reattached to B in {took:?}");
     let _ = p.ports;
 }
 
-#[test]
-fn failover_on_kill_3007() {
-    fail_over("-KILL", "fo-kill");
-}
-
-#[test]
-fn failover_on_hang_3007() {
-    fail_over("-STOP", "fo-stop");
-}
-
-#[test]
-fn failback_to_the_primary_without_flapping_3007() {
-    let p = pair("fo-back", true);
+fn failback(version: &str) {
+    let id = format!("fo-back-{}", version.replace('.', "-"));
+    let p = pair(version, &id, true);
     let peer = p.a.peer.clone();
     let key_dir = tempfile::tempdir().unwrap();
     for f in ["master.pem", "master.pub"] {
@@ -115,7 +105,7 @@ fn failback_to_the_primary_without_flapping_3007() {
     p.a.signal("-KILL");
     drop(p.a);
     assert!(
-        wait_responding(&p.b, &["fo-back"], Duration::from_secs(ALIVE + 30)),
+        wait_responding(&p.b, &[&id], Duration::from_secs(ALIVE + 30)),
         "{}",
         p.minion.log()
     );
@@ -129,16 +119,41 @@ fn failback_to_the_primary_without_flapping_3007() {
         Some(key_dir.path()),
     );
     assert!(
-        wait_responding(&a2, &["fo-back"], Duration::from_secs(60)),
+        wait_responding(&a2, &[&id], Duration::from_secs(60)),
         "{}",
         p.minion.log()
     );
     // And stays there: for the next 10 s every job from A answers.
     for _ in 0..3 {
         assert!(
-            wait_responding(&a2, &["fo-back"], Duration::from_secs(5)),
+            wait_responding(&a2, &[&id], Duration::from_secs(5)),
             "flapped away from A"
         );
         std::thread::sleep(Duration::from_secs(3));
     }
+}
+
+macro_rules! per_version {
+    ($($v:literal => $kill:ident, $stop:ident, $back:ident;)*) => {$(
+        #[test]
+        fn $kill() {
+            fail_over($v, "-KILL", &format!("fo-kill-{}", $v.replace('.', "-")));
+        }
+
+        #[test]
+        fn $stop() {
+            fail_over($v, "-STOP", &format!("fo-stop-{}", $v.replace('.', "-")));
+        }
+
+        #[test]
+        fn $back() {
+            failback($v);
+        }
+    )*};
+}
+
+per_version! {
+    "3006.30" => failover_on_kill_3006, failover_on_hang_3006, failback_without_flapping_3006;
+    "3007.17" => failover_on_kill_3007, failover_on_hang_3007, failback_without_flapping_3007;
+    "3008.5" => failover_on_kill_3008, failover_on_hang_3008, failback_without_flapping_3008;
 }

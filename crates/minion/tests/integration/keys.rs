@@ -8,10 +8,9 @@ use brine_test_support::{SaltMaster, SaltPeer, subscribe, wait_for};
 
 use crate::{BrineMinion, wait_responding};
 
-#[test]
-fn pending_then_accepted_then_rejected_3007() {
+fn pending_then_accepted_then_rejected(version: &str) {
     subscribe();
-    let peer = SaltPeer::get("3007.17");
+    let peer = SaltPeer::get(version);
     let master = SaltMaster::start(&peer, "auto_accept: False");
     let mut m = BrineMinion::start(&master, "pend-m", "");
     let pre = master.pki_dir().join("minions_pre/pend-m");
@@ -68,10 +67,9 @@ fn pending_then_accepted_then_rejected_3007() {
     assert!(m2.log().contains("rejected"), "{}", m2.log());
 }
 
-#[test]
-fn changed_master_key_is_refused_3007() {
+fn changed_master_key_is_refused(version: &str) {
     subscribe();
-    let peer = SaltPeer::get("3007.17");
+    let peer = SaltPeer::get(version);
     let master = SaltMaster::start(&peer, "");
     // The minion has cached a different master key (as after a master re-install).
     let dir_key = PrivateKey::generate(2048)
@@ -95,4 +93,24 @@ fn changed_master_key_is_refused_3007() {
     assert_eq!(again.exit_code(), Some(1));
     let log = std::fs::read_to_string(m.dir.path().join("minion2.log")).unwrap();
     assert!(log.contains("master key has changed"), "{log}");
+}
+
+macro_rules! per_version {
+    ($($v:literal => $pend:ident, $changed:ident;)*) => {$(
+        #[test]
+        fn $pend() {
+            pending_then_accepted_then_rejected($v);
+        }
+
+        #[test]
+        fn $changed() {
+            changed_master_key_is_refused($v);
+        }
+    )*};
+}
+
+per_version! {
+    "3006.30" => pending_accept_reject_3006, changed_master_key_refused_3006;
+    "3007.17" => pending_accept_reject_3007, changed_master_key_refused_3007;
+    "3008.5" => pending_accept_reject_3008, changed_master_key_refused_3008;
 }
