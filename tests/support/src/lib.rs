@@ -243,6 +243,23 @@ impl SaltMaster {
         minion_file: Option<&str>,
         key_from: Option<&Path>,
     ) -> Self {
+        Self::start_full_in(peer, None, interface, ports, extra, minion_file, key_from)
+    }
+
+    /// [`SaltMaster::start_full`] inside the network namespace `netns` (a test host reachable
+    /// over a veth pair), when given.
+    ///
+    /// # Panics
+    /// If it does not come up within 90 s.
+    pub fn start_full_in(
+        peer: &SaltPeer,
+        netns: Option<&Netns>,
+        interface: &str,
+        ports: Option<(u16, u16)>,
+        extra: &str,
+        minion_file: Option<&str>,
+        key_from: Option<&Path>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("brine-salt-master-")
             .tempdir()
@@ -281,7 +298,20 @@ impl SaltMaster {
                 }
             }
         }
-        let mut cmd = peer.command("salt-master");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name])
+                    .arg(peer.bin.join("salt-master"))
+                    .env(
+                        "PATH",
+                        format!("{}:/usr/local/bin:/usr/bin:/bin", peer.bin.display()),
+                    )
+                    .stdin(Stdio::null());
+                c
+            }
+            None => peer.command("salt-master"),
+        };
         cmd.arg("-c")
             .arg(dir.path().join("etc"))
             .args(["-l", "warning"]);
@@ -475,5 +505,91 @@ impl SaltSyndic {
             self.id,
             tail(&self.master.dir.path().join("syndic.out"), 30)
         );
+    }
+}
+
+/// A test host: a network namespace of our own joined to this one by a veth pair, so a test can
+/// cut the link silently (no FIN, no RST) — a real partition. Removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Namespace name.
+    pub name: String,
+    /// The host's address (inside the namespace).
+    pub addr: String,
+    host_if: String,
+    inner_if: String,
+}
+
+impl Netns {
+    /// Create namespace number `n` (0..=255, unique per concurrently running test) with
+    /// `10.251.n.2` inside and `10.251.n.1` here.
+    ///
+    /// # Panics
+    /// If `ip netns`/`ip link` fail (needs root).
+    pub fn create(n: u8) -> Self {
+        let pid = std::process::id();
+        let name = format!("brine-{pid}-{n}");
+        let host_if = format!("bh{}{n}", pid % 100_000);
+        let inner_if = format!("bi{}{n}", pid % 100_000);
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Self {
+            name: name.clone(),
+            addr: format!("10.251.{n}.2"),
+            host_if: host_if.clone(),
+            inner_if: inner_if.clone(),
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &inner_if,
+        ]);
+        ip(&["link", "set", &inner_if, "netns", &name]);
+        ip(&["addr", "add", &format!("10.251.{n}.1/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("10.251.{n}.2/30"),
+            "dev",
+            &inner_if,
+        ]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &inner_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Cut the link from inside the host: packets to it are dropped silently from now on.
+    pub fn partition(&self) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "ip",
+                "link",
+                "set",
+                &self.inner_if,
+                "down",
+            ])
+            .status();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }

@@ -157,3 +157,58 @@ per_version! {
     "3007.17" => failover_on_kill_3007, failover_on_hang_3007, failback_without_flapping_3007;
     "3008.5" => failover_on_kill_3008, failover_on_hang_3008, failback_without_flapping_3008;
 }
+
+/// A partition (the active master's host drops off the network: no FIN, no RST) is detected
+/// like a death. Master A runs in a network namespace of the test's own, joined by a veth pair.
+#[test]
+fn failover_on_partition_3007() {
+    use brine_test_support::Netns;
+    subscribe();
+    let peer = SaltPeer::get("3007.17");
+    let ns = Netns::create(7);
+    let ports = (free_port(), free_port());
+    let a = SaltMaster::start_full_in(&peer, Some(&ns), &ns.addr, Some(ports), "", None, None);
+    let b = SaltMaster::start_full(
+        &peer,
+        "127.0.0.3",
+        Some(ports),
+        "",
+        None,
+        Some(&a.pki_dir()),
+    );
+    let id = "fo-part";
+    let minion = BrineMinion::start_raw(
+        id,
+        &format!(
+            "master: [{}, 127.0.0.3]\nmaster_type: failover\nmaster_alive_interval: {ALIVE}\n\
+             master_port: {}\npublish_port: {}\nacceptance_wait_time: 1\n",
+            ns.addr, ports.1, ports.0
+        ),
+    );
+    assert!(
+        wait_responding(&a, &[id], Duration::from_secs(90)),
+        "{}",
+        minion.log()
+    );
+    let jid = async_jid(&a, &[id, "test.sleep", "5"]);
+    std::thread::sleep(Duration::from_secs(1));
+    ns.partition();
+    let t0 = Instant::now();
+    assert!(
+        wait_responding(&b, &[id], Duration::from_secs(ALIVE + 30)),
+        "never reattached to B\n{}",
+        minion.log()
+    );
+    let took = t0.elapsed();
+    assert!(
+        took <= Duration::from_secs(ALIVE + 5),
+        "reattached after {took:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || b.has_return(&jid, id)),
+        "interrupted job's return never reached B\n{}",
+        minion.log()
+    );
+    eprintln!("salt 3007.17 partition: reattached to B in {took:?}");
+    drop(a);
+}
