@@ -137,3 +137,29 @@ impl SocketOptions {
         Ok(())
     }
 }
+
+/// Create a socket of `kind` with `opts` applied, then bind or connect it to `endpoint`.
+pub(crate) fn open(
+    ctx: &crate::Context,
+    kind: zmq::SocketType,
+    endpoint: &str,
+    opts: &SocketOptions,
+    bind: bool,
+    setup: impl FnOnce(&zmq::Socket) -> Result<(), zmq::Error>,
+) -> Result<zmq::Socket, crate::TransportError> {
+    use crate::TransportError;
+    let s = ctx
+        .socket(kind)
+        .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
+    opts.apply(&s)
+        .and_then(|()| setup(&s))
+        .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
+    if bind {
+        s.bind(endpoint)
+            .map_err(|e| TransportError::zmq("bind", endpoint, e))?;
+    } else {
+        s.connect(endpoint)
+            .map_err(|e| TransportError::zmq("connect", endpoint, e))?;
+    }
+    Ok(s)
+}

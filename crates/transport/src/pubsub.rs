@@ -3,7 +3,7 @@
 use crate::TransportError;
 use crate::context::Context;
 use crate::driver::{self, Handle, Multipart};
-use crate::options::SocketOptions;
+use crate::options::{SocketOptions, open};
 
 /// A bound PUB socket (the master's publish port).
 #[derive(Debug)]
@@ -22,13 +22,7 @@ impl Publisher {
         endpoint: &str,
         opts: &SocketOptions,
     ) -> Result<Self, TransportError> {
-        let s = ctx
-            .socket(zmq::PUB)
-            .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
-        opts.apply(&s)
-            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
-        s.bind(endpoint)
-            .map_err(|e| TransportError::zmq("bind", endpoint, e))?;
+        let s = open(ctx, zmq::PUB, endpoint, opts, true, |_| Ok(()))?;
         let endpoint = last_endpoint(&s).unwrap_or_else(|| endpoint.to_owned());
         Ok(Self {
             h: driver::spawn(s, "pub", 1)?,
@@ -86,17 +80,9 @@ impl Subscriber {
         topics: &[&[u8]],
         opts: &SocketOptions,
     ) -> Result<Self, TransportError> {
-        let s = ctx
-            .socket(zmq::SUB)
-            .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
-        opts.apply(&s)
-            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
-        for t in topics {
-            s.set_subscribe(t)
-                .map_err(|e| TransportError::zmq("subscribe", endpoint, e))?;
-        }
-        s.connect(endpoint)
-            .map_err(|e| TransportError::zmq("connect", endpoint, e))?;
+        let s = open(ctx, zmq::SUB, endpoint, opts, false, |s| {
+            topics.iter().try_for_each(|t| s.set_subscribe(t))
+        })?;
         Ok(Self {
             h: driver::spawn(s, "sub", opts.inbound_queue)?,
         })

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::TransportError;
 use crate::context::Context;
 use crate::driver::{self, Handle, Multipart};
-use crate::options::SocketOptions;
+use crate::options::{SocketOptions, open};
 use crate::pubsub::{last_endpoint, port_of};
 
 /// A bound ROUTER socket (the master's ret port).
@@ -37,15 +37,9 @@ impl Router {
         endpoint: &str,
         opts: &SocketOptions,
     ) -> Result<Self, TransportError> {
-        let s = ctx
-            .socket(zmq::ROUTER)
-            .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
-        opts.apply(&s)
-            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
-        s.set_router_handover(true)
-            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
-        s.bind(endpoint)
-            .map_err(|e| TransportError::zmq("bind", endpoint, e))?;
+        let s = open(ctx, zmq::ROUTER, endpoint, opts, true, |s| {
+            s.set_router_handover(true)
+        })?;
         let endpoint = last_endpoint(&s).unwrap_or_else(|| endpoint.to_owned());
         Ok(Self {
             h: driver::spawn(s, "router", opts.inbound_queue)?,
@@ -161,15 +155,14 @@ impl ReqClient {
 
     fn socket(&mut self) -> Result<&mut Handle, TransportError> {
         if self.h.is_none() {
-            let s = self
-                .ctx
-                .socket(zmq::REQ)
-                .map_err(|e| TransportError::zmq("socket", &self.endpoint, e))?;
-            self.opts
-                .apply(&s)
-                .map_err(|e| TransportError::zmq("setsockopt", &self.endpoint, e))?;
-            s.connect(&self.endpoint)
-                .map_err(|e| TransportError::zmq("connect", &self.endpoint, e))?;
+            let s = open(
+                &self.ctx,
+                zmq::REQ,
+                &self.endpoint,
+                &self.opts,
+                false,
+                |_| Ok(()),
+            )?;
             self.h = Some(driver::spawn(s, "req", 1)?);
         }
         Ok(self.h.as_mut().expect("invariant: just created"))
@@ -227,13 +220,7 @@ impl Dealer {
         endpoint: &str,
         opts: &SocketOptions,
     ) -> Result<Self, TransportError> {
-        let s = ctx
-            .socket(zmq::DEALER)
-            .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
-        opts.apply(&s)
-            .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
-        s.connect(endpoint)
-            .map_err(|e| TransportError::zmq("connect", endpoint, e))?;
+        let s = open(ctx, zmq::DEALER, endpoint, opts, false, |_| Ok(()))?;
         Ok(Self {
             h: driver::spawn(s, "dealer", opts.inbound_queue)?,
         })

@@ -387,6 +387,49 @@ impl SaltMaster {
             .expect("run salt")
     }
 
+    /// Run `salt ARGS --out json --static -t 30` and parse what it prints.
+    ///
+    /// # Panics
+    /// If the CLI prints no JSON (its stderr is in the message).
+    pub fn salt_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--out", "json", "--static", "-t", "30"]);
+        let out = self.salt(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "salt {args:?} printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Run `salt ARGS --async` and return the jid it prints.
+    ///
+    /// # Panics
+    /// If no jid is printed.
+    pub fn salt_async(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.push("--async");
+        let out = self.salt(&all);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .last()
+            .unwrap_or_else(|| panic!("salt {args:?} --async printed no jid"))
+            .to_owned()
+    }
+
+    /// Run the real `salt-key` against this master.
+    pub fn salt_key(&self, args: &[&str]) -> Output {
+        self.peer
+            .command("salt-key")
+            .arg("-c")
+            .arg(self.config_dir())
+            .args(args)
+            .output()
+            .expect("run salt-key")
+    }
+
     /// The `salt` CLI as a command, to run in the background.
     pub fn salt_command(&self, args: &[&str]) -> Command {
         let mut c = self.peer.command("salt");

@@ -55,18 +55,9 @@ fn pair(version: &str, id: &str, failback: bool) -> Pair {
     }
 }
 
-fn async_jid(master: &SaltMaster, args: &[&str]) -> String {
-    let mut all = vec![];
-    all.extend_from_slice(args);
-    all.push("--async");
-    let out = master.salt(&all);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace().last().expect("jid").to_owned()
-}
-
 fn fail_over(version: &str, sig: &str, id: &str) {
     let p = pair(version, id, false);
-    let jid = async_jid(&p.a, &[id, "test.sleep", "5"]);
+    let jid = p.a.salt_async(&[id, "test.sleep", "5"]);
     std::thread::sleep(Duration::from_secs(1));
     p.a.signal(sig);
     let t0 = Instant::now();
@@ -190,7 +181,7 @@ fn failover_on_partition_3007() {
         "{}",
         minion.log()
     );
-    let jid = async_jid(&a, &[id, "test.sleep", "5"]);
+    let jid = a.salt_async(&[id, "test.sleep", "5"]);
     std::thread::sleep(Duration::from_secs(1));
     ns.partition();
     let t0 = Instant::now();

@@ -79,14 +79,7 @@ fn compare(version: &str) {
     for c in &commands {
         let mut args = vec!["-L", "real-m,brine-m"];
         args.extend(c.iter().copied());
-        args.extend(["--out", "json", "--static", "-t", "30"]);
-        let out = master.salt(&args);
-        let v: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{c:?} on salt {version}: no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let v = master.salt_json(&args);
         assert!(
             v.get("brine-m").is_some() && v.get("real-m").is_some(),
             "{c:?}: {v}"
@@ -126,16 +119,7 @@ fn compare(version: &str) {
     assert!(compared >= commands.len(), "compared {compared} jobs");
 
     // grains.items: every grain the issue names is there, and static grains apply.
-    let out = master.salt(&[
-        "brine-m",
-        "grains.items",
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
-    ]);
-    let items: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let items: Json = master.salt_json(&["brine-m", "grains.items"]);
     let g = &items["brine-m"];
     for k in [
         "id",
@@ -164,37 +148,21 @@ fn compare(version: &str) {
     ] {
         assert!(g.get(k).is_some(), "grain {k} missing: {g}");
     }
-    let out = master.salt(&[
+    let both: Json = master.salt_json(&[
         "-L",
         "real-m,brine-m",
         "grains.item",
         "os",
         "osrelease",
         "num_cpus",
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
     ]);
-    let both: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         both["real-m"], both["brine-m"],
         "computed grains agree with Salt's"
     );
 
     // sys.list_functions: everything brine offers exists on a real minion under the same name.
-    let out = master.salt(&[
-        "-L",
-        "real-m,brine-m",
-        "sys.list_functions",
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
-    ]);
-    let lists: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let lists: Json = master.salt_json(&["-L", "real-m,brine-m", "sys.list_functions"]);
     let real_funs = lists["real-m"]
         .as_array()
         .unwrap_or_else(|| panic!("sys.list_functions: {lists}"));
@@ -204,17 +172,7 @@ fn compare(version: &str) {
     {
         assert!(real_funs.contains(f), "{f} is not a real Salt function");
     }
-    let out = master.salt(&[
-        "brine-m",
-        "sys.doc",
-        "test.ping",
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
-    ]);
-    let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Json = master.salt_json(&["brine-m", "sys.doc", "test.ping"]);
     // The salt CLI merges sys.doc returns and prints them without minion ids.
     assert!(
         doc["test.ping"]
@@ -225,38 +183,15 @@ fn compare(version: &str) {
     );
 
     // Running jobs: find_job and running report them like a real minion, kill_job stops them.
-    let out = master.salt(&["-L", "real-m,brine-m", "test.sleep", "60", "--async"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let jid = text.split_whitespace().last().expect("a jid").to_owned();
+    let jid = master.salt_async(&["-L", "real-m,brine-m", "test.sleep", "60"]);
     std::thread::sleep(Duration::from_secs(2));
-    let out = master.salt(&[
-        "-L",
-        "real-m,brine-m",
-        "saltutil.find_job",
-        &jid,
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
-    ]);
-    let found: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Json = master.salt_json(&["-L", "real-m,brine-m", "saltutil.find_job", &jid]);
     let (mut r, mut b) = (found["real-m"].clone(), found["brine-m"].clone());
     mask_pid(&mut r);
     mask_pid(&mut b);
     assert_eq!(r, b, "find_job of a running test.sleep");
     assert_eq!(b["fun"], "test.sleep");
-    let out = master.salt(&[
-        "brine-m",
-        "saltutil.kill_job",
-        &jid,
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
-    ]);
-    let killed: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let killed: Json = master.salt_json(&["brine-m", "saltutil.kill_job", &jid]);
     assert!(
         killed["brine-m"]
             .as_str()
@@ -264,29 +199,10 @@ fn compare(version: &str) {
             .starts_with(&format!("Signal 9 sent to job {jid}")),
         "{killed}"
     );
-    let out = master.salt(&[
-        "brine-m",
-        "saltutil.find_job",
-        &jid,
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
-    ]);
-    let gone: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let gone: Json = master.salt_json(&["brine-m", "saltutil.find_job", &jid]);
     assert_eq!(gone["brine-m"], json!({}), "killed job no longer running");
 
-    let out = master.salt(&[
-        "brine-m",
-        "test.version",
-        "--out",
-        "json",
-        "--static",
-        "-t",
-        "30",
-    ]);
-    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Json = master.salt_json(&["brine-m", "test.version"]);
     assert_eq!(
         v["brine-m"], version,
         "the Salt version brine's minion presents as"

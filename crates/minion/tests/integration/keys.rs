@@ -22,14 +22,7 @@ fn pending_then_accepted_then_rejected(version: &str) {
     std::thread::sleep(Duration::from_secs(2));
     assert!(m.daemon.alive(), "a pending minion keeps waiting");
     assert!(m.log().contains("pending"), "{}", m.log());
-    let out = master
-        .peer
-        .command("salt-key")
-        .arg("-c")
-        .arg(master.config_dir())
-        .args(["-y", "-a", "pend-m"])
-        .output()
-        .unwrap();
+    let out = master.salt_key(&["-y", "-a", "pend-m"]);
     assert!(out.status.success());
     assert!(
         wait_responding(&master, &["pend-m"], Duration::from_secs(60)),
@@ -43,14 +36,7 @@ fn pending_then_accepted_then_rejected(version: &str) {
 
     // Rejecting the key: the next auth (a restart) is refused and the minion exits, saying why.
     drop(m);
-    let out = master
-        .peer
-        .command("salt-key")
-        .arg("-c")
-        .arg(master.config_dir())
-        .args(["-y", "-r", "pend-m"])
-        .output()
-        .unwrap();
+    let out = master.salt_key(&["-y", "-r", "pend-m"]);
     assert!(
         out.status.success(),
         "{}",

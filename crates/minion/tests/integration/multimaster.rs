@@ -9,17 +9,6 @@ use brine_test_support::{SaltMaster, SaltPeer, free_port, subscribe, wait_for};
 
 use crate::{BrineMinion, wait_responding};
 
-fn async_jid(master: &SaltMaster, args: &[&str]) -> String {
-    let mut all = args.to_vec();
-    all.push("--async");
-    let out = master.salt(&all);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .last()
-        .expect("jid")
-        .to_owned()
-}
-
 #[test]
 fn hot_multi_master_returns_to_the_publisher_3007() {
     subscribe();
@@ -51,8 +40,8 @@ fn hot_multi_master_returns_to_the_publisher_3007() {
         "{}",
         m.log()
     );
-    let ja = async_jid(&a, &["hot-m", "test.echo", "from-a"]);
-    let jb = async_jid(&b, &["hot-m", "test.echo", "from-b"]);
+    let ja = a.salt_async(&["hot-m", "test.echo", "from-a"]);
+    let jb = b.salt_async(&["hot-m", "test.echo", "from-b"]);
     assert!(wait_for(Duration::from_secs(20), || a
         .has_return(&ja, "hot-m")
         && b.has_return(&jb, "hot-m")));
