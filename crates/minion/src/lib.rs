@@ -207,6 +207,9 @@ fn probe_period(alive: Duration) -> Duration {
     (alive / 4).max(Duration::from_millis(250))
 }
 
+/// Least time between two re-authentications caused by publishes that fail their MAC.
+const REKEY_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Consecutive answered probes of the primary before failing back (no flapping).
 const FAILBACK_STABLE_PROBES: u32 = 3;
 
@@ -256,21 +259,34 @@ async fn serve_master(
     let mut primary_prober = primary.map(|p| link::Prober::new(&shared.ctx, p));
     let mut primary_ok = 0u32;
     let mut flush_tick = tokio::time::interval(Duration::from_secs(2));
+    let mut last_rekey: Option<tokio::time::Instant> = None;
 
     loop {
         tokio::select! {
             raw = feed.next_raw() => {
                 let raw = raw?;
-                let job = match feed.decode(&raw, &aes, &shared.grains) {
+                let job = match feed.decoder.decode(&raw, &aes, &shared.grains) {
                     Feed::Job(job) => job,
                     Feed::Skip => continue,
                     Feed::Rekey(raw) => {
+                        // A rotated AES key shows up as one publish that fails its MAC. Forged
+                        // publishes look the same; re-authenticating at most once per
+                        // REKEY_MIN_INTERVAL keeps them from driving an auth storm.
+                        if last_rekey.is_some_and(|t: tokio::time::Instant| t.elapsed() < REKEY_MIN_INTERVAL) {
+                            warn!(master = %master.host, "publish fails its MAC right after a re-auth; dropped");
+                            continue;
+                        }
                         info!(master = %master.host, "publish did not verify with the current AES key; re-authenticating");
+                        last_rekey = Some(tokio::time::Instant::now());
                         aes = chan.reauth().await?;
-                        feed.reset_serials();
-                        match feed.decode(&raw, &aes, &shared.grains) {
+                        feed.decoder.reset_serials();
+                        match feed.decoder.decode(&raw, &aes, &shared.grains) {
                             Feed::Job(job) => job,
-                            _ => continue,
+                            Feed::Rekey(_) => {
+                                warn!(master = %master.host, "publish fails its MAC with a fresh key too; dropped");
+                                continue;
+                            }
+                            Feed::Skip => continue,
                         }
                     }
                 };

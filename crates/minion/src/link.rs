@@ -349,9 +349,27 @@ async fn authenticate(
 /// The publish subscription for one master, decoding and filtering jobs for this minion.
 pub struct JobFeed {
     sub: Subscriber,
+    /// Turns payloads into jobs for this minion.
+    pub decoder: PublishDecoder,
+}
+
+/// Decodes publish payloads: envelope, AES, replay check, target match, jid de-duplication.
+#[derive(Debug)]
+pub struct PublishDecoder {
     serials: SerialGuard,
     seen: VecDeque<String>,
     id: String,
+}
+
+impl PublishDecoder {
+    /// A decoder for minion `id`.
+    pub fn new(id: &str) -> Self {
+        Self {
+            serials: SerialGuard::default(),
+            seen: VecDeque::new(),
+            id: id.to_owned(),
+        }
+    }
 }
 
 /// What arrived on the publish channel.
@@ -387,15 +405,8 @@ impl JobFeed {
             .map_err(|e| LinkError::Local(e.to_string()))?;
         Ok(Self {
             sub,
-            serials: SerialGuard::default(),
-            seen: VecDeque::new(),
-            id: cfg.id.clone(),
+            decoder: PublishDecoder::new(&cfg.id),
         })
-    }
-
-    /// Forget serials (new AES key after re-auth).
-    pub fn reset_serials(&mut self) {
-        self.serials.reset();
     }
 
     /// The next raw publish payload.
@@ -411,6 +422,13 @@ impl JobFeed {
         frames
             .pop()
             .ok_or_else(|| LinkError::Local("empty publish".into()))
+    }
+}
+
+impl PublishDecoder {
+    /// Forget serials (new AES key after re-auth).
+    pub fn reset_serials(&mut self) {
+        self.serials.reset();
     }
 
     /// Decode one publish payload with the current keys.
@@ -462,5 +480,97 @@ impl JobFeed {
         }
         self.seen.push_back(job.jid.clone());
         Feed::Job(Box::new(job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use brine_proto::codec;
+    use brine_proto::crypt::{CountingEntropy, Crypticle, PrivateKey, SigAlgo};
+    use brine_proto::jid::Jid;
+
+    use super::*;
+
+    fn publish(job: &JobLoad, aes: &Crypticle, rng: &mut CountingEntropy) -> Vec<u8> {
+        let key = PrivateKey::generate(2048).unwrap();
+        Publish::seal(
+            &job.to_value(),
+            aes,
+            Some((&key, SigAlgo::Pkcs1v15Sha1)),
+            rng,
+        )
+        .unwrap()
+        .encode()
+    }
+
+    fn job(tgt: &str, jid_micros: u64, serial: i64) -> JobLoad {
+        let mut j = JobLoad::new(
+            "test.ping",
+            vec![],
+            Value::str(tgt),
+            "glob",
+            &Jid::from_unix_micros(jid_micros),
+        );
+        j.serial = Some(serial);
+        j
+    }
+
+    #[test]
+    fn hostile_and_stray_publishes_are_dropped() {
+        let mut rng = CountingEntropy::default();
+        let aes = Crypticle::generate(&mut rng);
+        let grains = Value::map();
+        let mut d = PublishDecoder::new("m1");
+        // Garbage, truncated msgpack, a non-map, a clear envelope: skipped.
+        for junk in [
+            b"\xc1\xc1".to_vec(),
+            vec![0xdf, 0xff, 0xff, 0xff, 0xff],
+            codec::encode_wire(&Value::str("hello")),
+            codec::encode_wire(&Value::map().with("enc", "clear").with("load", Value::map())),
+            vec![0u8; 4096],
+        ] {
+            assert!(matches!(d.decode(&junk, &aes, &grains), Feed::Skip));
+        }
+        // Encrypted with another key (rotation, or forgery): ask for a re-auth.
+        let other = Crypticle::generate(&mut rng);
+        let p = publish(&job("m1", 1, 1), &other, &mut rng);
+        assert!(matches!(d.decode(&p, &aes, &grains), Feed::Rekey(_)));
+        // A tampered blob fails its MAC the same way.
+        let mut env = Publish::decode(&publish(&job("m1", 1, 1), &aes, &mut rng)).unwrap();
+        let n = env.load.len();
+        env.load[n / 2] ^= 0x55;
+        assert!(matches!(
+            d.decode(&env.encode(), &aes, &grains),
+            Feed::Rekey(_)
+        ));
+        // A valid job for us; then its replay (same serial) and a duplicate jid are dropped.
+        assert!(matches!(
+            d.decode(&publish(&job("m1", 2, 5), &aes, &mut rng), &aes, &grains),
+            Feed::Job(_)
+        ));
+        assert!(matches!(
+            d.decode(&publish(&job("m1", 3, 5), &aes, &mut rng), &aes, &grains),
+            Feed::Skip
+        ));
+        assert!(matches!(
+            d.decode(&publish(&job("m1", 2, 6), &aes, &mut rng), &aes, &grains),
+            Feed::Skip
+        ));
+        // Not targeted at us; an unknown target type.
+        assert!(matches!(
+            d.decode(&publish(&job("web*", 4, 7), &aes, &mut rng), &aes, &grains),
+            Feed::Skip
+        ));
+        let mut weird = job("m1", 5, 8);
+        weird.tgt_type = Some("bogus".into());
+        assert!(matches!(
+            d.decode(&publish(&weird, &aes, &mut rng), &aes, &grains),
+            Feed::Skip
+        ));
+        // And a good one still gets through afterwards.
+        assert!(matches!(
+            d.decode(&publish(&job("m*", 6, 9), &aes, &mut rng), &aes, &grains),
+            Feed::Job(_)
+        ));
     }
 }
