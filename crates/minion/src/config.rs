@@ -73,6 +73,8 @@ pub struct MinionConfig {
     pub master_sign_key_name: String,
     /// `zmq_filtering`.
     pub zmq_filtering: bool,
+    /// `sign_pub_messages`: require the master's signature on every publish.
+    pub sign_pub_messages: bool,
     /// `log_level`.
     pub log_level: String,
     /// `return_retry_timer` .. `return_retry_timer_max` seconds between return retries.
@@ -115,6 +117,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "verify_master_pubkey_sign",
     "master_sign_key_name",
     "zmq_filtering",
+    "sign_pub_messages",
     "log_level",
     "log_level_logfile",
     "log_file",
@@ -292,6 +295,7 @@ impl MinionConfig {
                 .string("master_sign_key_name")?
                 .unwrap_or_else(|| "master_sign".into()),
             zmq_filtering: o.bool("zmq_filtering", false)?,
+            sign_pub_messages: o.bool("sign_pub_messages", false)?,
             log_level: o.string("log_level")?.unwrap_or_else(|| "warning".into()),
             return_retry_timer: (timer, timer_max),
             return_retry_tries: o.int("return_retry_tries", 3, 1..=1000)? as u32,

@@ -238,7 +238,10 @@ async fn serve_master(
         }
     }
     flush_spool(shared, &chan).await;
-    let (mut aes, _) = chan.creds().await;
+    let (mut aes, master_pub) = chan.creds().await;
+    if cfg.sign_pub_messages {
+        feed.decoder.verify_with = Some(master_pub);
+    }
 
     let alive = cfg.master_alive_interval;
     let period = probe_period(if alive.is_zero() {

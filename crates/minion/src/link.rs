@@ -359,6 +359,8 @@ pub struct PublishDecoder {
     serials: SerialGuard,
     seen: VecDeque<String>,
     id: String,
+    /// `sign_pub_messages`: the master key every publish must be signed with.
+    pub verify_with: Option<PublicKey>,
 }
 
 impl PublishDecoder {
@@ -368,6 +370,7 @@ impl PublishDecoder {
             serials: SerialGuard::default(),
             seen: VecDeque::new(),
             id: id.to_owned(),
+            verify_with: None,
         }
     }
 }
@@ -442,6 +445,12 @@ impl PublishDecoder {
             debug!("ignoring a publish that is not an aes envelope");
             return Feed::Skip;
         };
+        if let Some(master) = &self.verify_with
+            && !p.verify(master)
+        {
+            warn!("publish without a valid master signature dropped (sign_pub_messages)");
+            return Feed::Skip;
+        }
         let mut load = match p.open(aes) {
             Ok(l) => l,
             Err(CrypticleError::BadMac) => return Feed::Rekey(payload.to_vec()),
@@ -567,9 +576,26 @@ mod tests {
             d.decode(&publish(&weird, &aes, &mut rng), &aes, &grains),
             Feed::Skip
         ));
+        // sign_pub_messages: unsigned or wrongly signed publishes are dropped.
+        let master = PrivateKey::generate(2048).unwrap();
+        d.verify_with = Some(master.public_key());
+        assert!(matches!(
+            d.decode(&publish(&job("m1", 7, 10), &aes, &mut rng), &aes, &grains),
+            Feed::Skip
+        ));
+        let signed = Publish::seal(
+            &job("m1", 8, 11).to_value(),
+            &aes,
+            Some((&master, SigAlgo::Pkcs1v15Sha1)),
+            &mut rng,
+        )
+        .unwrap()
+        .encode();
+        assert!(matches!(d.decode(&signed, &aes, &grains), Feed::Job(_)));
+        d.verify_with = None;
         // And a good one still gets through afterwards.
         assert!(matches!(
-            d.decode(&publish(&job("m*", 6, 9), &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&job("m*", 6, 12), &aes, &mut rng), &aes, &grains),
             Feed::Job(_)
         ));
     }
