@@ -1,0 +1,285 @@
+//! The master's pki directory, laid out like Salt's: `minions/` (accepted), `minions_pre/`
+//! (pending), `minions_rejected/`, `minions_denied/`, one file per minion id holding its public
+//! key. An existing Salt pki directory works unchanged.
+//!
+//! Every id is checked with [`valid_minion_id`] before it becomes a path, so hostile ids
+//! (`../../etc/x`) never touch the file system.
+
+use std::path::{Path, PathBuf};
+
+use brine_proto::auth::{KeyAction, KeyState, valid_minion_id};
+use brine_proto::crypt::{PublicKey, clean_key};
+
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The id cannot be a file name.
+    #[error("invalid minion id {0:?}")]
+    InvalidId(String),
+    /// File system failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No key for that id in the expected state.
+    #[error("no {state} key for {id:?}")]
+    NotFound {
+        /// Id.
+        id: String,
+        /// Which directory was expected to hold it.
+        state: &'static str,
+    },
+}
+
+/// The four key directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyDir {
+    /// `minions/`.
+    Accepted,
+    /// `minions_pre/`.
+    Pending,
+    /// `minions_rejected/`.
+    Rejected,
+    /// `minions_denied/`.
+    Denied,
+}
+
+impl KeyDir {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Accepted => "minions",
+            Self::Pending => "minions_pre",
+            Self::Rejected => "minions_rejected",
+            Self::Denied => "minions_denied",
+        }
+    }
+}
+
+/// A Salt master pki directory.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl KeyStore {
+    /// Open (creating the directories if needed) the pki directory `dir`.
+    ///
+    /// # Errors
+    /// [`KeyError::Io`].
+    pub fn open(dir: &Path) -> Result<Self, KeyError> {
+        for d in [
+            KeyDir::Accepted,
+            KeyDir::Pending,
+            KeyDir::Rejected,
+            KeyDir::Denied,
+        ] {
+            let p = dir.join(d.name());
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The pki directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, d: KeyDir, id: &str) -> Result<PathBuf, KeyError> {
+        if !valid_minion_id(id) {
+            return Err(KeyError::InvalidId(id.to_owned()));
+        }
+        Ok(self.dir.join(d.name()).join(id))
+    }
+
+    fn read(&self, d: KeyDir, id: &str) -> Result<Option<String>, KeyError> {
+        let p = self.path(d, id)?;
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(KeyError::Io { path: p, source: e }),
+        }
+    }
+
+    fn write(&self, d: KeyDir, id: &str, pem: &str) -> Result<(), KeyError> {
+        let p = self.path(d, id)?;
+        std::fs::write(&p, pem).map_err(io(&p))
+    }
+
+    /// What the directories hold for `id`, in Salt's order of precedence.
+    ///
+    /// # Errors
+    /// [`KeyError::InvalidId`] for ids that cannot be file names.
+    pub fn state(&self, id: &str) -> Result<KeyState, KeyError> {
+        if self.path(KeyDir::Rejected, id)?.exists() {
+            return Ok(KeyState::Rejected);
+        }
+        if let Some(k) = self.read(KeyDir::Accepted, id)? {
+            return Ok(KeyState::Accepted(k));
+        }
+        if let Some(k) = self.read(KeyDir::Pending, id)? {
+            return Ok(KeyState::Pending(k));
+        }
+        Ok(KeyState::Unknown)
+    }
+
+    /// The accepted public key of `id`.
+    ///
+    /// # Errors
+    /// [`KeyError`] if the id is invalid or the file unreadable.
+    pub fn accepted_key(&self, id: &str) -> Result<Option<PublicKey>, KeyError> {
+        Ok(self
+            .read(KeyDir::Accepted, id)?
+            .and_then(|pem| PublicKey::from_pem(clean_key(&pem).as_bytes()).ok()))
+    }
+
+    /// Carry out what `decide_auth` asked for.
+    ///
+    /// # Errors
+    /// [`KeyError`] on file system failures.
+    pub fn apply(&self, id: &str, action: &KeyAction) -> Result<(), KeyError> {
+        match action {
+            KeyAction::WriteAccepted(pem) => self.write(KeyDir::Accepted, id, pem),
+            KeyAction::WritePending(pem) => self.write(KeyDir::Pending, id, pem),
+            KeyAction::WriteRejected(pem) => self.write(KeyDir::Rejected, id, pem),
+            KeyAction::WriteDenied(pem) => self.write(KeyDir::Denied, id, pem),
+            KeyAction::MovePendingToRejected => self.moved(KeyDir::Pending, KeyDir::Rejected, id),
+            KeyAction::RemovePending => {
+                let p = self.path(KeyDir::Pending, id)?;
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(KeyError::Io { path: p, source: e })
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn moved(&self, from: KeyDir, to: KeyDir, id: &str) -> Result<(), KeyError> {
+        let src = self.path(from, id)?;
+        if !src.exists() {
+            return Err(KeyError::NotFound {
+                id: id.to_owned(),
+                state: from.name(),
+            });
+        }
+        let dst = self.path(to, id)?;
+        std::fs::rename(&src, &dst).map_err(io(&dst))
+    }
+
+    /// `salt-key -a`: pending → accepted.
+    ///
+    /// # Errors
+    /// [`KeyError::NotFound`] if `id` is not pending.
+    pub fn accept(&self, id: &str) -> Result<(), KeyError> {
+        self.moved(KeyDir::Pending, KeyDir::Accepted, id)
+    }
+
+    /// `salt-key -r`: pending or accepted → rejected.
+    ///
+    /// # Errors
+    /// [`KeyError::NotFound`] if `id` is neither pending nor accepted.
+    pub fn reject(&self, id: &str) -> Result<(), KeyError> {
+        self.moved(KeyDir::Pending, KeyDir::Rejected, id)
+            .or_else(|_| self.moved(KeyDir::Accepted, KeyDir::Rejected, id))
+    }
+
+    /// `salt-key -d`: remove `id` from every directory. Returns whether anything was removed.
+    ///
+    /// # Errors
+    /// [`KeyError`] for invalid ids or file system failures.
+    pub fn delete(&self, id: &str) -> Result<bool, KeyError> {
+        let mut any = false;
+        for d in [
+            KeyDir::Accepted,
+            KeyDir::Pending,
+            KeyDir::Rejected,
+            KeyDir::Denied,
+        ] {
+            let p = self.path(d, id)?;
+            match std::fs::remove_file(&p) {
+                Ok(()) => any = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(KeyError::Io { path: p, source: e }),
+            }
+        }
+        Ok(any)
+    }
+
+    /// The ids in directory `d`, sorted (files with invalid names are skipped).
+    pub fn list(&self, d: KeyDir) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(d.name()))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| valid_minion_id(n) && !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use brine_proto::crypt::PrivateKey;
+
+    use super::*;
+
+    #[test]
+    fn salt_key_lifecycle() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(d.path()).unwrap();
+        let pem = PrivateKey::generate(2048)
+            .unwrap()
+            .public_key()
+            .to_clean_pem();
+        assert_eq!(ks.state("m1").unwrap(), KeyState::Unknown);
+        ks.apply("m1", &KeyAction::WritePending(pem.clone()))
+            .unwrap();
+        assert_eq!(ks.state("m1").unwrap(), KeyState::Pending(pem.clone()));
+        assert_eq!(ks.list(KeyDir::Pending), vec!["m1"]);
+        ks.accept("m1").unwrap();
+        assert_eq!(ks.state("m1").unwrap(), KeyState::Accepted(pem.clone()));
+        assert!(ks.accepted_key("m1").unwrap().is_some());
+        assert!(d.path().join("minions/m1").exists(), "Salt's layout");
+        ks.reject("m1").unwrap();
+        assert_eq!(ks.state("m1").unwrap(), KeyState::Rejected);
+        assert!(ks.delete("m1").unwrap());
+        assert_eq!(ks.state("m1").unwrap(), KeyState::Unknown);
+        assert!(!ks.delete("m1").unwrap());
+        assert!(matches!(ks.accept("m1"), Err(KeyError::NotFound { .. })));
+    }
+
+    #[test]
+    fn hostile_ids_never_become_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(&d.path().join("pki")).unwrap();
+        for id in ["../../etc/x", "a/b", "..", "", "x\0y"] {
+            assert!(
+                matches!(ks.state(id), Err(KeyError::InvalidId(_))),
+                "{id:?}"
+            );
+            assert!(ks.apply(id, &KeyAction::WriteAccepted("k".into())).is_err());
+            assert!(ks.delete(id).is_err());
+        }
+        assert!(
+            !d.path().join("etc").exists(),
+            "nothing written outside the pki dir"
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! Minion requests on the ret port: one frame in, one reply out, always (a REQ peer that gets
+//! no reply is stuck until its timeout).
+//!
+//! Handled: clear `_auth` and `ping`; `aes` `_pillar` (empty pillar, signed send_private reply),
+//! `_minion_event`, `_return`, `_register_resources` (3008), file-server and mine requests
+//! (empty results, not errors). Anything malformed, forged or unexpected is answered with
+//! Salt's `"bad load"` (or `{}`) and the reason is logged; the handler keeps serving.
+
+use std::sync::{Arc, Mutex};
+
+use brine_proto::Value;
+use brine_proto::auth::{
+    AuthPolicy, KeyState, MasterIdentity, Verdict, decide_auth, open_request, pillar_reply,
+    seal_reply,
+};
+use brine_proto::codec;
+use brine_proto::crypt::{EncAlgo, Entropy, SigAlgo};
+use brine_proto::envelope::{Request, replies};
+use brine_proto::loads::{AuthRequest, MinionEvent, ReturnLoad};
+use tracing::{debug, info, warn};
+
+use crate::keys::KeyStore;
+use crate::secrets::Secrets;
+
+/// Something that happened on the master, with Salt's event tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterEvent {
+    /// Tag (`salt/auth`, `minion_start`, `salt/job/<jid>/ret/<id>`...).
+    pub tag: String,
+    /// Data.
+    pub data: Value,
+}
+
+/// Key acceptance policy (`auto_accept`, `open_mode`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    /// `auto_accept`: accept every new key. Dangerous.
+    pub danger_auto_accept: bool,
+    /// `open_mode`: accept any key for any id, replacing stored ones. Very dangerous.
+    pub danger_open_mode: bool,
+}
+
+/// The request handler of one master.
+pub struct RequestHandler {
+    keys: KeyStore,
+    identity: MasterIdentity,
+    secrets: Arc<Mutex<Secrets>>,
+    policy: Policy,
+    rng: Box<dyn Entropy + Send>,
+}
+
+impl std::fmt::Debug for RequestHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHandler")
+            .field("pki", &self.keys.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reply to one request and what it caused.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// The reply frame (always present).
+    pub reply: Vec<u8>,
+    /// Events to fire.
+    pub events: Vec<MasterEvent>,
+    /// Returns received.
+    pub returns: Vec<ReturnLoad>,
+}
+
+fn bad_load() -> Vec<u8> {
+    codec::encode_wire(&Value::str(replies::BAD_LOAD))
+}
+
+impl RequestHandler {
+    /// A handler over `keys` with `identity` (master key, publish port) and shared `secrets`.
+    pub fn new(
+        keys: KeyStore,
+        identity: MasterIdentity,
+        secrets: Arc<Mutex<Secrets>>,
+        policy: Policy,
+        rng: Box<dyn Entropy + Send>,
+    ) -> Self {
+        Self {
+            keys,
+            identity,
+            secrets,
+            policy,
+            rng,
+        }
+    }
+
+    fn secrets(&self) -> std::sync::MutexGuard<'_, Secrets> {
+        self.secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Handle one request frame. `peer` is only used in log lines.
+    pub fn handle(&mut self, frame: &[u8], peer: &str) -> Handled {
+        let req = match Request::decode(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(peer, error = %e, "refused request");
+                return Handled {
+                    reply: bad_load(),
+                    ..Handled::default()
+                };
+            }
+        };
+        match &req {
+            Request::Clear { load, .. } => self.clear(load, peer),
+            Request::Aes { id, .. } => self.aes(&req, id.clone(), peer),
+        }
+    }
+
+    fn clear(&mut self, load: &Value, peer: &str) -> Handled {
+        match load.get("cmd").and_then(Value::as_str) {
+            Some("_auth") => self.auth(load, peer),
+            // The failback probe (`status.ping_master`): echo the load.
+            Some("ping") => Handled {
+                reply: codec::encode_wire(load),
+                ..Handled::default()
+            },
+            other => {
+                warn!(peer, cmd = ?other, "refused clear request: only _auth and ping are served in the clear");
+                Handled {
+                    reply: codec::encode_wire(&Value::map()),
+                    ..Handled::default()
+                }
+            }
+        }
+    }
+
+    fn auth(&mut self, load: &Value, peer: &str) -> Handled {
+        let req = match AuthRequest::from_value(load) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(peer, error = %e, "refused _auth");
+                return Handled {
+                    reply: bad_load(),
+                    ..Handled::default()
+                };
+            }
+        };
+        let state = match self.keys.state(&req.id) {
+            Ok(s) => s,
+            // Invalid ids are answered by decide_auth without touching any file.
+            Err(_) => KeyState::Unknown,
+        };
+        let policy = AuthPolicy {
+            open_mode: self.policy.danger_open_mode,
+            auto_sign: self.policy.danger_auto_accept,
+            ..AuthPolicy::default()
+        };
+        let (aes, session) = {
+            let mut s = self
+                .secrets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let session = s.session(&req.id, self.rng.as_mut());
+            (s.aes().clone(), session)
+        };
+        let decision = match decide_auth(
+            &req,
+            &state,
+            policy,
+            &self.identity,
+            &aes,
+            &session,
+            self.rng.as_mut(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(peer, minion_id = %req.id, error = %e, "refused _auth");
+                return Handled {
+                    reply: bad_load(),
+                    ..Handled::default()
+                };
+            }
+        };
+        if decision.verdict == Verdict::InvalidId {
+            warn!(peer, minion_id = ?req.id, "refused _auth from an invalid minion id");
+        } else {
+            for a in &decision.actions {
+                if let Err(e) = self.keys.apply(&req.id, a) {
+                    warn!(minion_id = %req.id, error = %e, "key store update failed");
+                }
+            }
+            info!(minion_id = %req.id, act = decision.verdict.act(), "authentication");
+        }
+        if decision.verdict != Verdict::Accept {
+            self.secrets().drop_session(&req.id);
+        }
+        Handled {
+            reply: codec::encode_wire(&decision.reply),
+            events: decision
+                .event
+                .map(|data| MasterEvent {
+                    tag: "salt/auth".into(),
+                    data,
+                })
+                .into_iter()
+                .collect(),
+            returns: vec![],
+        }
+    }
+
+    fn aes(&mut self, req: &Request, id: String, peer: &str) -> Handled {
+        let refuse = |why: &str| {
+            warn!(peer, minion_id = %id, reason = why, "refused request");
+            Handled {
+                reply: bad_load(),
+                ..Handled::default()
+            }
+        };
+        let Some(session) = self.secrets().existing_session(&id).cloned() else {
+            return refuse("no session (not authenticated since the master started)");
+        };
+        let Ok(Some(minion_pub)) = self.keys.accepted_key(&id) else {
+            return refuse("no accepted key");
+        };
+        let opened = match open_request(req, &session, &minion_pub) {
+            Ok(o) => o,
+            Err(e) => return refuse(&e.to_string()),
+        };
+        let nonce = opened.sealed.nonce.clone();
+        let mut out = Handled::default();
+        let result = match opened.cmd.as_str() {
+            "_pillar" => {
+                return match pillar_reply(
+                    &Value::map(),
+                    &nonce,
+                    &minion_pub,
+                    &self.identity.key,
+                    EncAlgo::OaepSha1,
+                    SigAlgo::Pkcs1v15Sha1,
+                    self.rng.as_mut(),
+                ) {
+                    Ok(r) => Handled {
+                        reply: codec::encode_wire(&r),
+                        ..Handled::default()
+                    },
+                    Err(e) => refuse(&e.to_string()),
+                };
+            }
+            "_minion_event" => {
+                match MinionEvent::from_value(&opened.load) {
+                    Ok(ev) => {
+                        for (tag, data) in ev.events {
+                            let tag = match &ev.pretag {
+                                Some(p) if ev.batch => format!("{p}/{tag}"),
+                                _ => tag,
+                            };
+                            out.events.push(MasterEvent { tag, data });
+                        }
+                    }
+                    Err(e) => {
+                        debug!(minion_id = %id, error = %e, "malformed _minion_event ignored")
+                    }
+                }
+                Value::Nil
+            }
+            "_return" => {
+                match ReturnLoad::from_value(&opened.load) {
+                    Ok(r) if r.id == id && brine_proto::jid::Jid::parse(&r.jid).is_some() => {
+                        let mut data = opened.load.clone();
+                        data.remove("cmd");
+                        out.events.push(MasterEvent {
+                            tag: format!("salt/job/{}/ret/{}", r.jid, r.id),
+                            data,
+                        });
+                        out.returns.push(r);
+                    }
+                    Ok(r) => {
+                        warn!(minion_id = %id, jid = %r.jid, "return with a bad jid or another minion's id ignored")
+                    }
+                    Err(e) => warn!(minion_id = %id, error = %e, "malformed _return ignored"),
+                }
+                Value::Nil
+            }
+            "_register_resources" => Value::Bool(true),
+            "_file_envs"
+            | "_file_list"
+            | "_file_list_emptydirs"
+            | "_dir_list"
+            | "_symlink_list" => Value::Array(vec![]),
+            "_file_hash"
+            | "_file_hash_and_stat"
+            | "_file_find"
+            | "_serve_file"
+            | "_master_opts"
+            | "_master_tops"
+            | "_mine_get"
+            | "_ext_nodes" => Value::map(),
+            "_mine" | "_mine_delete" | "_mine_flush" | "_file_recv" => Value::Bool(true),
+            other => {
+                debug!(minion_id = %id, cmd = other, "unsupported request answered with {{}}");
+                Value::map()
+            }
+        };
+        let session = self
+            .secrets()
+            .existing_session(&id)
+            .cloned()
+            .unwrap_or(session);
+        out.reply = codec::encode_wire(&seal_reply(&result, &nonce, &session, self.rng.as_mut()));
+        out
+    }
+}
