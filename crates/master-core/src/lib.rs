@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
+pub mod jobs;
 pub mod keys;
 pub mod publish;
 pub mod requests;

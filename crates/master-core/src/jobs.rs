@@ -1,0 +1,318 @@
+//! Job completion without `find_job` storms.
+//!
+//! Salt's CLI waits `timeout`, then publishes `saltutil.find_job` to every minion that has not
+//! returned, again and again, from every CLI process waiting on the fleet. The tracker here
+//! keeps, per jid, the expected minions, who returned, and who is still connected; a minion that
+//! is connected but silent is asked at most once per `gather_job_timeout`, never the fleet, and
+//! a job is final as soon as every expected minion has returned or is known gone.
+//!
+//! Sans-IO: the caller feeds returns, connectivity and `find_job` answers in, and drains
+//! [`JobTracker::poll_find_jobs`] and [`JobTracker::poll_done`] with the current time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// Salt's `gather_job_timeout` default.
+pub const DEFAULT_GATHER_JOB_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an expected minion will not return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Not connected (or it went away while the job ran).
+    Gone,
+    /// Connected, but `find_job` says it is not running the job and no return came.
+    NotRunning,
+    /// Still running when the caller's deadline passed.
+    TimedOut,
+}
+
+/// The outcome of a finished job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// Job id.
+    pub jid: String,
+    /// Minions that returned.
+    pub returned: BTreeSet<String>,
+    /// Minions that did not, and why.
+    pub missing: BTreeMap<String, Missing>,
+}
+
+#[derive(Debug)]
+struct Job {
+    expected: BTreeSet<String>,
+    returned: BTreeSet<String>,
+    missing: BTreeMap<String, Missing>,
+    /// When the next `find_job` may be sent to a silent minion, and whether one is outstanding.
+    asked: HashMap<String, Instant>,
+    /// The job's own timeout (`-t`): silent minions are first asked after it.
+    first_ask: Instant,
+    /// After this, still-running minions are reported as timed out.
+    deadline: Option<Instant>,
+}
+
+/// Tracks every running job of a master.
+#[derive(Debug)]
+pub struct JobTracker {
+    jobs: BTreeMap<String, Job>,
+    connected: BTreeSet<String>,
+    gather_job_timeout: Duration,
+}
+
+impl JobTracker {
+    /// A tracker asking silent minions at most once per `gather_job_timeout`.
+    pub fn new(gather_job_timeout: Duration) -> Self {
+        Self {
+            jobs: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            gather_job_timeout,
+        }
+    }
+
+    /// A minion is connected (authenticated, link up).
+    pub fn handle_connected(&mut self, id: &str) {
+        self.connected.insert(id.to_owned());
+    }
+
+    /// A minion went away: its pending jobs will not get its return.
+    pub fn handle_disconnected(&mut self, id: &str) {
+        self.connected.remove(id);
+        for job in self.jobs.values_mut() {
+            if job.expected.contains(id) && !job.returned.contains(id) {
+                job.missing.insert(id.to_owned(), Missing::Gone);
+            }
+        }
+    }
+
+    /// A job was published to `expected`; silent minions are first asked after `timeout`, and
+    /// given up on after `deadline` (if any).
+    pub fn handle_published(
+        &mut self,
+        jid: &str,
+        expected: impl IntoIterator<Item = String>,
+        now: Instant,
+        timeout: Duration,
+        deadline: Option<Duration>,
+    ) {
+        let expected: BTreeSet<String> = expected.into_iter().collect();
+        let missing = expected
+            .iter()
+            .filter(|id| !self.connected.contains(*id))
+            .map(|id| (id.clone(), Missing::Gone))
+            .collect();
+        self.jobs.insert(
+            jid.to_owned(),
+            Job {
+                expected,
+                returned: BTreeSet::new(),
+                missing,
+                asked: HashMap::new(),
+                first_ask: now + timeout,
+                deadline: deadline.map(|d| now + d),
+            },
+        );
+    }
+
+    /// More minions are expected (a syndic reported the ones below it).
+    pub fn handle_expected(&mut self, jid: &str, more: impl IntoIterator<Item = String>) {
+        if let Some(job) = self.jobs.get_mut(jid) {
+            job.expected.extend(more);
+        }
+    }
+
+    /// A return arrived.
+    pub fn handle_return(&mut self, jid: &str, id: &str) {
+        if let Some(job) = self.jobs.get_mut(jid) {
+            job.returned.insert(id.to_owned());
+            job.missing.remove(id);
+        }
+    }
+
+    /// A `find_job` answer: `running` is whether the minion still runs `jid`.
+    pub fn handle_find_job(&mut self, jid: &str, id: &str, running: bool) {
+        if let Some(job) = self.jobs.get_mut(jid)
+            && !job.returned.contains(id)
+        {
+            if running {
+                job.missing.remove(id);
+            } else {
+                job.missing.insert(id.to_owned(), Missing::NotRunning);
+            }
+        }
+    }
+
+    /// `(jid, minions)` to send `saltutil.find_job` to now. Each silent, connected minion of a
+    /// job appears at most once per `gather_job_timeout`.
+    pub fn poll_find_jobs(&mut self, now: Instant) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for (jid, job) in &mut self.jobs {
+            if now < job.first_ask {
+                continue;
+            }
+            let mut ask = Vec::new();
+            for id in &job.expected {
+                if job.returned.contains(id)
+                    || job.missing.contains_key(id)
+                    || !self.connected.contains(id)
+                {
+                    continue;
+                }
+                let due = job.asked.get(id).is_none_or(|next| now >= *next);
+                if due {
+                    job.asked.insert(id.clone(), now + self.gather_job_timeout);
+                    ask.push(id.clone());
+                }
+            }
+            if !ask.is_empty() {
+                out.push((jid.clone(), ask));
+            }
+        }
+        out
+    }
+
+    /// Jobs that are final now: every expected minion returned or is known missing, or the
+    /// deadline passed (the rest are reported as timed out). Finished jobs are forgotten.
+    pub fn poll_done(&mut self, now: Instant) -> Vec<Finished> {
+        let mut done = Vec::new();
+        self.jobs.retain(|jid, job| {
+            let settled = job
+                .expected
+                .iter()
+                .all(|id| job.returned.contains(id) || job.missing.contains_key(id));
+            let expired = job.deadline.is_some_and(|d| now >= d);
+            if !settled && !expired {
+                return true;
+            }
+            let mut missing = job.missing.clone();
+            for id in &job.expected {
+                if !job.returned.contains(id) && !missing.contains_key(id) {
+                    missing.insert(id.clone(), Missing::TimedOut);
+                }
+            }
+            done.push(Finished {
+                jid: jid.clone(),
+                returned: job.returned.clone(),
+                missing,
+            });
+            false
+        });
+        done
+    }
+
+    /// The next instant at which `poll_*` may have something new.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.jobs
+            .values()
+            .flat_map(|j| {
+                let asks = j
+                    .asked
+                    .values()
+                    .copied()
+                    .chain(std::iter::once(j.first_ask));
+                asks.chain(j.deadline)
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)]
+    fn origin() -> Instant {
+        Instant::now()
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("m{i:04}")).collect()
+    }
+
+    #[test]
+    fn finishes_when_everyone_returned_without_asking_anyone() {
+        let t0 = origin();
+        let mut jt = JobTracker::new(DEFAULT_GATHER_JOB_TIMEOUT);
+        for id in ids(1000) {
+            jt.handle_connected(&id);
+        }
+        jt.handle_published("j1", ids(1000), t0, Duration::from_secs(5), None);
+        for id in ids(1000) {
+            jt.handle_return("j1", &id);
+        }
+        assert!(jt.poll_find_jobs(t0 + Duration::from_secs(6)).is_empty());
+        let done = jt.poll_done(t0 + Duration::from_millis(1));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].returned.len(), 1000);
+        assert!(done[0].missing.is_empty());
+    }
+
+    #[test]
+    fn a_silent_minion_is_asked_once_per_gather_job_timeout_never_the_fleet() {
+        let t0 = origin();
+        let mut jt = JobTracker::new(Duration::from_secs(10));
+        for id in ids(10_000) {
+            jt.handle_connected(&id);
+        }
+        jt.handle_published(
+            "j1",
+            ids(10_000),
+            t0,
+            Duration::from_secs(5),
+            Some(Duration::from_secs(60)),
+        );
+        for id in ids(10_000).into_iter().skip(1) {
+            jt.handle_return("j1", &id);
+        }
+        // Before the job's timeout: nobody is asked.
+        assert!(jt.poll_find_jobs(t0 + Duration::from_secs(4)).is_empty());
+        // Then only the one silent minion, once per gather_job_timeout, however often we poll.
+        let mut asked = 0;
+        let mut t = t0 + Duration::from_secs(5);
+        while t < t0 + Duration::from_secs(35) {
+            for (_, who) in jt.poll_find_jobs(t) {
+                assert_eq!(who, vec!["m0000".to_owned()]);
+                asked += 1;
+                jt.handle_find_job("j1", "m0000", true);
+            }
+            t += Duration::from_millis(250);
+        }
+        assert_eq!(asked, 3, "asked at 5 s, 15 s and 25 s");
+        assert!(jt.poll_done(t).is_empty(), "still running");
+        jt.handle_find_job("j1", "m0000", false);
+        let done = jt.poll_done(t);
+        assert_eq!(done[0].missing.get("m0000"), Some(&Missing::NotRunning));
+    }
+
+    #[test]
+    fn gone_minions_and_deadlines_settle_jobs() {
+        let t0 = origin();
+        let mut jt = JobTracker::new(Duration::from_secs(10));
+        jt.handle_connected("a");
+        jt.handle_connected("b");
+        // "c" is expected but not connected: known gone from the start, never asked.
+        jt.handle_published(
+            "j1",
+            ["a", "b", "c"].map(String::from),
+            t0,
+            Duration::from_secs(5),
+            Some(Duration::from_secs(30)),
+        );
+        jt.handle_return("j1", "a");
+        jt.handle_disconnected("b");
+        let done = jt.poll_done(t0);
+        assert_eq!(done[0].missing.get("b"), Some(&Missing::Gone));
+        assert_eq!(done[0].missing.get("c"), Some(&Missing::Gone));
+        // A job whose minion keeps running past the deadline is reported as timed out.
+        jt.handle_connected("b");
+        jt.handle_published(
+            "j2",
+            ["b".to_owned()],
+            t0,
+            Duration::from_secs(5),
+            Some(Duration::from_secs(30)),
+        );
+        assert!(jt.poll_done(t0 + Duration::from_secs(29)).is_empty());
+        let done = jt.poll_done(t0 + Duration::from_secs(30));
+        assert_eq!(done[0].missing.get("b"), Some(&Missing::TimedOut));
+        assert!(jt.poll_timeout().is_none());
+    }
+}
