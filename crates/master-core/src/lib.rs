@@ -14,3 +14,4 @@ pub mod keys;
 pub mod publish;
 pub mod requests;
 pub mod secrets;
+pub mod targeting;

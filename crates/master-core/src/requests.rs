@@ -66,6 +66,8 @@ pub struct Handled {
     pub events: Vec<MasterEvent>,
     /// Returns received.
     pub returns: Vec<ReturnLoad>,
+    /// Grains a minion reported (with its `_pillar` request), for the grains cache.
+    pub grains: Option<(String, Value)>,
 }
 
 fn bad_load() -> Vec<u8> {
@@ -202,7 +204,7 @@ impl RequestHandler {
                 })
                 .into_iter()
                 .collect(),
-            returns: vec![],
+            ..Handled::default()
         }
     }
 
@@ -228,6 +230,11 @@ impl RequestHandler {
         let mut out = Handled::default();
         let result = match opened.cmd.as_str() {
             "_pillar" => {
+                let grains = opened
+                    .load
+                    .get("grains")
+                    .filter(|g| g.as_map().is_some())
+                    .map(|g| (id.clone(), g.clone()));
                 return match pillar_reply(
                     &Value::map(),
                     &nonce,
@@ -239,6 +246,7 @@ impl RequestHandler {
                 ) {
                     Ok(r) => Handled {
                         reply: codec::encode_wire(&r),
+                        grains,
                         ..Handled::default()
                     },
                     Err(e) => refuse(&e.to_string()),

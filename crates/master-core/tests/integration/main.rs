@@ -54,6 +54,7 @@ async fn serve_real_minion(version: &str) {
     let publisher = JobPublisher::new(pubsock, secrets.clone(), key);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<MasterEvent>();
     let (ret_tx, mut ret_rx) = mpsc::unbounded_channel::<ReturnLoad>();
+    let (grains_tx, mut grains_rx) = mpsc::unbounded_channel::<(String, Value)>();
     let ret_port = router.port();
     let server = tokio::spawn(async move {
         while let Ok(req) = router.recv().await {
@@ -64,6 +65,9 @@ async fn serve_real_minion(version: &str) {
             }
             for r in h.returns {
                 let _ = ret_tx.send(r);
+            }
+            if let Some(g) = h.grains {
+                let _ = grains_tx.send(g);
             }
         }
     });
@@ -99,6 +103,22 @@ async fn serve_real_minion(version: &str) {
             .starts_with(&format!("Minion {id} started"))
     );
     assert_eq!(keys.list(KeyDir::Accepted), vec![id.clone()]);
+    // The minion's grains arrived with its _pillar request: the master can target on them.
+    let (gid, grains) = grains_rx.try_recv().expect("grains from _pillar");
+    assert_eq!(gid, id);
+    assert_eq!(grains.get("id").and_then(Value::as_str), Some(id.as_str()));
+    let cache = std::collections::HashMap::from([(gid, grains.clone())]);
+    let os = grains.get("os").and_then(Value::as_str).unwrap().to_owned();
+    let expected = brine_master::targeting::expected_minions(
+        &Value::str(format!("G@os:{os} and {id}")),
+        "compound",
+        ":",
+        &keys.list(KeyDir::Accepted),
+        &cache,
+        &brine_proto::target::NoNodegroups,
+    )
+    .unwrap();
+    assert_eq!(expected, vec![id.clone()]);
 
     // Publish test.ping until the minion (a slow joiner) answers.
     let mut jids = JidGenerator::default();
