@@ -59,3 +59,18 @@ fn id_flag_overrides_config() {
     let out = run("id: m1\n", &["--validate", "--id", "other"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("id other"));
 }
+
+#[test]
+fn the_example_config_in_configs_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let out = Command::new(env!("CARGO_BIN_EXE_minion"))
+        .arg("-c")
+        .arg(&dir)
+        .arg("--validate")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("configuration OK (id web01.example.com, 2 master(s))"), "{err}");
+    assert!(!err.contains("unknown or unsupported"), "every example key is implemented: {err}");
+}
