@@ -71,6 +71,12 @@ fn the_example_config_in_configs_validates() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("configuration OK (id web01.example.com, 2 master(s))"), "{err}");
-    assert!(!err.contains("unknown or unsupported"), "every example key is implemented: {err}");
+    assert!(
+        err.contains("configuration OK (id web01.example.com, 2 master(s))"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("unknown or unsupported"),
+        "every example key is implemented: {err}"
+    );
 }
