@@ -1,0 +1,83 @@
+//! `mofm -c CONFIG_DIR`: brine's master.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// brine master: serve Salt minions with an existing Salt master config and pki directory.
+#[derive(Debug, Parser)]
+#[command(name = "mofm", version)]
+struct Args {
+    /// Configuration directory (reads `master` and `master.d/*.conf`).
+    #[arg(short = 'c', long = "config-dir", default_value = "/etc/salt")]
+    config_dir: PathBuf,
+    /// Log level: all, garbage, trace, debug, profile, info, warning, error, critical, quiet.
+    #[arg(short = 'l', long = "log-level")]
+    log_level: Option<String>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    validate: bool,
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mofm: {msg}");
+    ExitCode::from(brine_daemon::EXIT_USAGE as u8)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let opts = match brine_daemon::config::load(&args.config_dir, "master") {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    let cfg = match brine_mofm::config::MasterConfig::from_options(&opts) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    let level = args
+        .log_level
+        .clone()
+        .unwrap_or_else(|| cfg.log_level.clone());
+    if let Err(e) = brine_daemon::logging::init(&level) {
+        return usage_error(e);
+    }
+    for k in &cfg.unknown_keys {
+        tracing::warn!(key = %k, "unknown or unsupported master option ignored");
+    }
+    if cfg.auto_accept {
+        tracing::warn!("auto_accept is on: every minion key is trusted on first contact");
+    }
+    if cfg.open_mode {
+        tracing::warn!("open_mode is on: any key is accepted for any minion id");
+    }
+    if args.validate {
+        eprintln!(
+            "mofm: configuration OK ({}:{}/{})",
+            cfg.interface, cfg.publish_port, cfg.ret_port
+        );
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("brine-mofm")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mofm: cannot start runtime: {e}");
+            return ExitCode::from(brine_daemon::EXIT_FAILURE as u8);
+        }
+    };
+    let _guard = rt.enter();
+    let mofm = match brine_mofm::Mofm::bind(cfg) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("mofm: {e}");
+            return ExitCode::from(brine_daemon::EXIT_FAILURE as u8);
+        }
+    };
+    rt.block_on(mofm.run(brine_daemon::shutdown_signal()));
+    ExitCode::SUCCESS
+}
