@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/salt-peer.sh all
 # The partition test runs a master in a network namespace of its own (iproute2, as root).
-if ! command -v ip >/dev/null 2>&1; then
+if ! { [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || command -v ip >/dev/null 2>&1; }; then
   apt-get update -qq && apt-get install -y -qq iproute2
 fi
 cargo test --workspace --locked "$@"

@@ -300,7 +300,7 @@ impl SaltMaster {
         }
         let mut cmd = match netns {
             Some(ns) => {
-                let mut c = Command::new("ip");
+                let mut c = ip_command();
                 c.args(["netns", "exec", &ns.name])
                     .arg(peer.bin.join("salt-master"))
                     .env(
@@ -551,6 +551,18 @@ impl SaltSyndic {
     }
 }
 
+/// `ip` from iproute2, wherever it is (CI's PATH may not include the sbin directories).
+fn ip_path() -> &'static str {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("ip")
+}
+
+fn ip_command() -> Command {
+    Command::new(ip_path())
+}
+
 /// A test host: a network namespace of our own joined to this one by a veth pair, so a test can
 /// cut the link silently (no FIN, no RST) — a real partition. Removed on drop.
 #[derive(Debug)]
@@ -575,7 +587,7 @@ impl Netns {
         let host_if = format!("bh{}{n}", pid % 100_000);
         let inner_if = format!("bi{}{n}", pid % 100_000);
         let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("run ip");
+            let st = ip_command().args(args).status().expect("run ip (iproute2)");
             assert!(st.success(), "ip {args:?} failed");
         };
         ip(&["netns", "add", &name]);
@@ -595,26 +607,35 @@ impl Netns {
             "netns",
             "exec",
             &name,
-            "ip",
+            ip_path(),
             "addr",
             "add",
             &format!("10.251.{n}.2/30"),
             "dev",
             &inner_if,
         ]);
-        ip(&["netns", "exec", &name, "ip", "link", "set", &inner_if, "up"]);
-        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            ip_path(),
+            "link",
+            "set",
+            &inner_if,
+            "up",
+        ]);
+        ip(&["netns", "exec", &name, ip_path(), "link", "set", "lo", "up"]);
         ns
     }
 
     /// Cut the link from inside the host: packets to it are dropped silently from now on.
     pub fn partition(&self) {
-        let _ = Command::new("ip")
+        let _ = ip_command()
             .args([
                 "netns",
                 "exec",
                 &self.name,
-                "ip",
+                ip_path(),
                 "link",
                 "set",
                 &self.inner_if,
@@ -626,11 +647,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
+        let _ = ip_command()
             .args(["link", "del", &self.host_if])
             .stderr(Stdio::null())
             .status();
-        let _ = Command::new("ip")
+        let _ = ip_command()
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
             .status();
