@@ -39,6 +39,7 @@ pub struct Mofm {
     router: Router,
     publisher: Publisher,
     handler: RequestHandler,
+    secrets: Arc<Mutex<Secrets>>,
     grains: Arc<Mutex<HashMap<String, Value>>>,
 }
 
@@ -78,12 +79,13 @@ impl Mofm {
             danger_auto_accept: cfg.auto_accept,
             danger_open_mode: cfg.open_mode,
         };
-        let handler = RequestHandler::new(keys, identity, secrets, policy, Box::new(Rng));
+        let handler = RequestHandler::new(keys, identity, secrets.clone(), policy, Box::new(Rng));
         Ok(Self {
             cfg,
             router,
             publisher,
             handler,
+            secrets,
             grains: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -98,6 +100,28 @@ impl Mofm {
         self.publisher.port()
     }
 
+    /// Salt's AES rotation request: `brine-key`/`salt-key` write `cachedir/.dfn` after deleting or
+    /// rejecting a key (`rotate_aes_key`). Checked every second (Salt: every `loop_interval`).
+    fn check_dropfile(&mut self) {
+        let dfn = self.cfg.cachedir.join(".dfn");
+        if !dfn.exists() {
+            return;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(&dfn, std::fs::Permissions::from_mode(0o600));
+        }
+        if let Err(e) = std::fs::remove_file(&dfn) {
+            tracing::warn!(path = %dfn.display(), error = %e, "cannot remove the AES dropfile");
+            return;
+        }
+        self.secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rotate(&mut Rng);
+        info!("AES key rotated (dropfile); minions re-authenticate on their next publish");
+    }
+
     /// Serve until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         info!(
@@ -107,12 +131,14 @@ impl Mofm {
             "mofm serving"
         );
         tokio::pin!(shutdown);
+        let mut maintenance = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 () = &mut shutdown => {
                     info!("shutting down");
                     return;
                 }
+                _ = maintenance.tick() => self.check_dropfile(),
                 req = self.router.recv() => {
                     let Ok(req) = req else { return };
                     let peer = String::from_utf8_lossy(&req.peer).into_owned();

@@ -138,3 +138,19 @@ fn validate_and_bad_config() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ret_port"));
 }
+
+#[test]
+fn dropfile_rotates_the_aes_key() {
+    let m = Mofm::start("");
+    let cache = m.dir.path().join("root/var/cache/salt/master");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(".dfn"), "master").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || m
+            .log()
+            .contains("AES key rotated")),
+        "{}",
+        m.log()
+    );
+    assert!(!cache.join(".dfn").exists(), "dropfile consumed");
+}
