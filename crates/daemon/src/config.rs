@@ -45,6 +45,14 @@ pub struct Options {
     files: Vec<PathBuf>,
 }
 
+/// Salt's `prepend_root_dir`: an absolute path not already under `root` is moved under it.
+pub fn under_root(root: &Path, p: &Path) -> PathBuf {
+    if root == Path::new("/") || p.starts_with(root) {
+        return p.to_owned();
+    }
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
 /// Parse one YAML document into a mapping (an empty file is an empty mapping).
 ///
 /// # Errors
@@ -271,6 +279,23 @@ mod tests {
         assert_eq!(
             o.unknown_keys(&["master", "master_failback", "id", "master_type"]),
             vec!["acceptance_wait_time"]
+        );
+    }
+
+    #[test]
+    fn root_dir_is_prepended_like_salt() {
+        let r = Path::new("/srv/r");
+        assert_eq!(
+            under_root(r, Path::new("/etc/salt/pki")),
+            PathBuf::from("/srv/r/etc/salt/pki")
+        );
+        assert_eq!(
+            under_root(r, Path::new("/srv/r/pki")),
+            PathBuf::from("/srv/r/pki")
+        );
+        assert_eq!(
+            under_root(Path::new("/"), Path::new("/etc")),
+            PathBuf::from("/etc")
         );
     }
 

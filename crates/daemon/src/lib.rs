@@ -16,6 +16,30 @@ pub const EXIT_USAGE: i32 = 64;
 /// Exit code for a runtime failure.
 pub const EXIT_FAILURE: i32 = 1;
 
+/// Print `PROG: msg` and return the exit code for bad configuration or usage (64).
+pub fn usage_error(prog: &str, msg: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("{prog}: {msg}");
+    std::process::ExitCode::from(EXIT_USAGE as u8)
+}
+
+/// Print `PROG: msg` and return the exit code for a runtime failure (1).
+pub fn failure(prog: &str, msg: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("{prog}: {msg}");
+    std::process::ExitCode::from(EXIT_FAILURE as u8)
+}
+
+/// The daemons' tokio runtime: two worker threads named `brine-PROG`.
+///
+/// # Errors
+/// The OS error if the threads cannot be started.
+pub fn runtime(prog: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("brine-{prog}"))
+        .enable_all()
+        .build()
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

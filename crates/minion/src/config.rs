@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use brine_daemon::config::{ConfigError, Options};
+use brine_daemon::config::{ConfigError, Options, under_root};
 use brine_proto::Value;
 
 /// `master_type`.
@@ -131,15 +131,6 @@ pub const KNOWN_KEYS: &[&str] = &[
     "sock_dir",
     "pidfile",
 ];
-
-/// Salt's `prepend_root_dir`: an absolute path not already under `root` is moved under it.
-pub fn under_root(root: &Path, p: &Path) -> PathBuf {
-    if root == Path::new("/") || p.starts_with(root) {
-        return p.to_owned();
-    }
-    let rel = p.strip_prefix("/").unwrap_or(p);
-    root.join(rel)
-}
 
 fn secs(o: &Options, key: &str, default: i64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(

@@ -23,16 +23,11 @@ struct Args {
     validate: bool,
 }
 
-fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("minion: {msg}");
-    ExitCode::from(brine_daemon::EXIT_USAGE as u8)
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = match brine_daemon::config::load(&args.config_dir, "minion") {
         Ok(o) => o,
-        Err(e) => return usage_error(e),
+        Err(e) => return brine_daemon::usage_error("minion", e),
     };
     let cfg = match brine_minion::config::MinionConfig::from_options(
         &opts,
@@ -41,14 +36,14 @@ fn main() -> ExitCode {
         brine_minion::config::resolve_host_id,
     ) {
         Ok(c) => c,
-        Err(e) => return usage_error(e),
+        Err(e) => return brine_daemon::usage_error("minion", e),
     };
     let level = args
         .log_level
         .clone()
         .unwrap_or_else(|| cfg.log_level.clone());
     if let Err(e) = brine_daemon::logging::init(&level) {
-        return usage_error(e);
+        return brine_daemon::usage_error("minion", e);
     }
     for k in &cfg.unknown_keys {
         tracing::warn!(key = %k, "unknown or unsupported minion option ignored");
@@ -63,28 +58,14 @@ fn main() -> ExitCode {
     }
     let key = match brine_minion::pki::load_or_create(&cfg.pki_dir) {
         Ok(k) => k,
-        Err(e) => {
-            eprintln!("minion: {e}");
-            return ExitCode::from(brine_daemon::EXIT_FAILURE as u8);
-        }
+        Err(e) => return brine_daemon::failure("minion", e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("brine-minion")
-        .enable_all()
-        .build()
-    {
+    let rt = match brine_daemon::runtime("minion") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("minion: cannot start runtime: {e}");
-            return ExitCode::from(brine_daemon::EXIT_FAILURE as u8);
-        }
+        Err(e) => return brine_daemon::failure("minion", format!("cannot start runtime: {e}")),
     };
     match rt.block_on(brine_minion::run(cfg, key, brine_daemon::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("minion: {e}");
-            ExitCode::from(brine_daemon::EXIT_FAILURE as u8)
-        }
+        Err(e) => brine_daemon::failure("minion", e),
     }
 }

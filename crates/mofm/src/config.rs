@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use brine_daemon::config::{ConfigError, Options};
+use brine_daemon::config::{ConfigError, Options, under_root};
 
 /// What mofm reads from `CONFIG_DIR/master` (+ `master.d/*.conf`).
 #[derive(Debug, Clone)]
@@ -52,14 +52,6 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ipv6",
 ];
 
-fn under_root(root: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if root == Path::new("/") || p.starts_with(root) {
-        return p.to_owned();
-    }
-    root.join(p.strip_prefix("/").unwrap_or(p))
-}
-
 impl MasterConfig {
     /// Build from merged options.
     ///
@@ -75,13 +67,17 @@ impl MasterConfig {
             ret_port: port("ret_port", 4506)?,
             pki_dir: under_root(
                 &root_dir,
-                &o.string("pki_dir")?
-                    .unwrap_or_else(|| "/etc/salt/pki/master".into()),
+                Path::new(
+                    &o.string("pki_dir")?
+                        .unwrap_or_else(|| "/etc/salt/pki/master".into()),
+                ),
             ),
             cachedir: under_root(
                 &root_dir,
-                &o.string("cachedir")?
-                    .unwrap_or_else(|| "/var/cache/salt/master".into()),
+                Path::new(
+                    &o.string("cachedir")?
+                        .unwrap_or_else(|| "/var/cache/salt/master".into()),
+                ),
             ),
             root_dir,
             auto_accept: o.bool("auto_accept", false)?,

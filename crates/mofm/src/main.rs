@@ -20,27 +20,22 @@ struct Args {
     validate: bool,
 }
 
-fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("mofm: {msg}");
-    ExitCode::from(brine_daemon::EXIT_USAGE as u8)
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = match brine_daemon::config::load(&args.config_dir, "master") {
         Ok(o) => o,
-        Err(e) => return usage_error(e),
+        Err(e) => return brine_daemon::usage_error("mofm", e),
     };
     let cfg = match brine_mofm::config::MasterConfig::from_options(&opts) {
         Ok(c) => c,
-        Err(e) => return usage_error(e),
+        Err(e) => return brine_daemon::usage_error("mofm", e),
     };
     let level = args
         .log_level
         .clone()
         .unwrap_or_else(|| cfg.log_level.clone());
     if let Err(e) = brine_daemon::logging::init(&level) {
-        return usage_error(e);
+        return brine_daemon::usage_error("mofm", e);
     }
     for k in &cfg.unknown_keys {
         tracing::warn!(key = %k, "unknown or unsupported master option ignored");
@@ -58,25 +53,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("brine-mofm")
-        .enable_all()
-        .build()
-    {
+    let rt = match brine_daemon::runtime("mofm") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mofm: cannot start runtime: {e}");
-            return ExitCode::from(brine_daemon::EXIT_FAILURE as u8);
-        }
+        Err(e) => return brine_daemon::failure("mofm", format!("cannot start runtime: {e}")),
     };
     let _guard = rt.enter();
     let mofm = match brine_mofm::Mofm::bind(cfg) {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("mofm: {e}");
-            return ExitCode::from(brine_daemon::EXIT_FAILURE as u8);
-        }
+        Err(e) => return brine_daemon::failure("mofm", e),
     };
     rt.block_on(mofm.run(brine_daemon::shutdown_signal()));
     ExitCode::SUCCESS

@@ -88,14 +88,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let root = PathBuf::from(opts.string("root_dir")?.unwrap_or_else(|| "/".into()));
-    let under = |p: String| {
-        let p = PathBuf::from(p);
-        if root == std::path::Path::new("/") || p.starts_with(&root) {
-            p
-        } else {
-            root.join(p.strip_prefix("/").unwrap_or(&p))
-        }
-    };
+    let under = |p: String| brine_daemon::config::under_root(&root, std::path::Path::new(&p));
     let pki = under(
         opts.string("pki_dir")?
             .unwrap_or_else(|| "/etc/salt/pki/master".into()),
