@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use brine_test_support::{SaltMaster, SaltPeer, free_port, subscribe, wait_for};
+use brine_test_support::{SaltMaster, SaltPeer, subscribe, wait_for};
 
-use crate::{BrineMinion, wait_responding};
+use crate::{BrineMinion, shared_key_masters, wait_responding};
 
 const ALIVE: u64 = 4;
 
@@ -21,18 +21,7 @@ struct Pair {
 fn pair(version: &str, id: &str, failback: bool) -> Pair {
     subscribe();
     let peer = SaltPeer::get(version);
-    // The minion connects its SUB to its own publish_port for every master (Salt's rule), so
-    // the masters share ports on different loopback addresses.
-    let ports = (free_port(), free_port());
-    let a = SaltMaster::start_full(&peer, "127.0.0.2", Some(ports), "", None, None);
-    let b = SaltMaster::start_full(
-        &peer,
-        "127.0.0.3",
-        Some(ports),
-        "",
-        None,
-        Some(&a.pki_dir()),
-    );
+    let (a, b, ports) = shared_key_masters(&peer, None);
     let minion = BrineMinion::start_raw(
         id,
         &format!(
@@ -157,16 +146,7 @@ fn failover_on_partition_3007() {
     subscribe();
     let peer = SaltPeer::get("3007.17");
     let ns = Netns::create(7);
-    let ports = (free_port(), free_port());
-    let a = SaltMaster::start_full_in(&peer, Some(&ns), &ns.addr, Some(ports), "", None, None);
-    let b = SaltMaster::start_full(
-        &peer,
-        "127.0.0.3",
-        Some(ports),
-        "",
-        None,
-        Some(&a.pki_dir()),
-    );
+    let (a, b, ports) = shared_key_masters(&peer, Some(&ns));
     let id = "fo-part";
     let minion = BrineMinion::start_raw(
         id,

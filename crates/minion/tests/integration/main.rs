@@ -77,6 +77,23 @@ impl BrineMinion {
     }
 }
 
+/// Two real masters sharing one key pair and the same ports, on different addresses (the minion
+/// connects its SUB to its own `publish_port` for every master, as Salt does): A at 127.0.0.2,
+/// or inside `netns` when given, and B at 127.0.0.3. Returns `(a, b, (publish_port, ret_port))`.
+pub fn shared_key_masters(
+    peer: &brine_test_support::SaltPeer,
+    netns: Option<&brine_test_support::Netns>,
+) -> (SaltMaster, SaltMaster, (u16, u16)) {
+    let ports = (
+        brine_test_support::free_port(),
+        brine_test_support::free_port(),
+    );
+    let a_addr = netns.map_or("127.0.0.2", |ns| ns.addr.as_str());
+    let a = SaltMaster::start_full_in(peer, netns, a_addr, Some(ports), "", None, None);
+    let b = SaltMaster::start_full(peer, "127.0.0.3", Some(ports), "", None, Some(&a.pki_dir()));
+    (a, b, ports)
+}
+
 /// Run `salt` on `master` until `id` answers test.ping (minions take a moment after auth).
 pub fn wait_responding(master: &SaltMaster, ids: &[&str], timeout: Duration) -> bool {
     let list = ids.join(",");

@@ -7,22 +7,13 @@ use std::time::Duration;
 use brine_proto::crypt::PrivateKey;
 use brine_test_support::{SaltMaster, SaltPeer, free_port, subscribe, wait_for};
 
-use crate::{BrineMinion, wait_responding};
+use crate::{BrineMinion, shared_key_masters, wait_responding};
 
 #[test]
 fn hot_multi_master_returns_to_the_publisher_3007() {
     subscribe();
     let peer = SaltPeer::get("3007.17");
-    let ports = (free_port(), free_port());
-    let a = SaltMaster::start_full(&peer, "127.0.0.2", Some(ports), "", None, None);
-    let b = SaltMaster::start_full(
-        &peer,
-        "127.0.0.3",
-        Some(ports),
-        "",
-        None,
-        Some(&a.pki_dir()),
-    );
+    let (a, b, ports) = shared_key_masters(&peer, None);
     let m = BrineMinion::start_raw(
         "hot-m",
         &format!(
