@@ -20,6 +20,8 @@ pub const DEFAULT_GATHER_JOB_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Missing {
     /// Not connected (or it went away while the job ran).
     Gone,
+    /// Asked with `find_job` and did not answer within `gather_job_timeout`.
+    NoResponse,
     /// Connected, but `find_job` says it is not running the job and no return came.
     NotRunning,
     /// Still running when the caller's deadline passed.
@@ -42,8 +44,9 @@ struct Job {
     expected: BTreeSet<String>,
     returned: BTreeSet<String>,
     missing: BTreeMap<String, Missing>,
-    /// When the next `find_job` may be sent to a silent minion, and whether one is outstanding.
-    asked: HashMap<String, Instant>,
+    /// When the next `find_job` may be sent to a silent minion, and whether the last one was
+    /// answered.
+    asked: HashMap<String, (Instant, bool)>,
     /// The job's own timeout (`-t`): silent minions are first asked after it.
     first_ask: Instant,
     /// After this, still-running minions are reported as timed out.
@@ -132,6 +135,9 @@ impl JobTracker {
         if let Some(job) = self.jobs.get_mut(jid)
             && !job.returned.contains(id)
         {
+            if let Some(a) = job.asked.get_mut(id) {
+                a.1 = true;
+            }
             if running {
                 job.missing.remove(id);
             } else {
@@ -156,10 +162,17 @@ impl JobTracker {
                 {
                     continue;
                 }
-                let due = job.asked.get(id).is_none_or(|next| now >= *next);
-                if due {
-                    job.asked.insert(id.clone(), now + self.gather_job_timeout);
-                    ask.push(id.clone());
+                match job.asked.get(id) {
+                    Some((next, _)) if now < *next => {}
+                    // Asked a whole gather_job_timeout ago and never answered: given up on.
+                    Some((_, false)) => {
+                        job.missing.insert(id.clone(), Missing::NoResponse);
+                    }
+                    _ => {
+                        job.asked
+                            .insert(id.clone(), (now + self.gather_job_timeout, false));
+                        ask.push(id.clone());
+                    }
                 }
             }
             if !ask.is_empty() {
@@ -206,7 +219,7 @@ impl JobTracker {
                 let asks = j
                     .asked
                     .values()
-                    .copied()
+                    .map(|a| a.0)
                     .chain(std::iter::once(j.first_ask));
                 asks.chain(j.deadline)
             })
@@ -280,6 +293,23 @@ mod tests {
         jt.handle_find_job("j1", "m0000", false);
         let done = jt.poll_done(t);
         assert_eq!(done[0].missing.get("m0000"), Some(&Missing::NotRunning));
+    }
+
+    #[test]
+    fn a_minion_that_never_answers_find_job_is_given_up_after_one_gather_job_timeout() {
+        let t0 = origin();
+        let mut jt = JobTracker::new(Duration::from_secs(10));
+        jt.handle_connected("dead");
+        jt.handle_published("j", ["dead".to_owned()], t0, Duration::from_secs(5), None);
+        assert_eq!(jt.poll_find_jobs(t0 + Duration::from_secs(5)).len(), 1);
+        assert!(jt.poll_find_jobs(t0 + Duration::from_secs(14)).is_empty());
+        assert!(jt.poll_done(t0 + Duration::from_secs(14)).is_empty());
+        assert!(
+            jt.poll_find_jobs(t0 + Duration::from_secs(15)).is_empty(),
+            "not asked twice"
+        );
+        let done = jt.poll_done(t0 + Duration::from_secs(15));
+        assert_eq!(done[0].missing.get("dead"), Some(&Missing::NoResponse));
     }
 
     #[test]

@@ -9,7 +9,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
+pub mod events;
+pub mod jobcache;
 pub mod jobs;
+pub mod json;
 pub mod keys;
 pub mod publish;
 pub mod requests;

@@ -31,13 +31,34 @@ pub struct MasterEvent {
     pub data: Value,
 }
 
-/// Key acceptance policy (`auto_accept`, `open_mode`).
-#[derive(Debug, Clone, Copy, Default)]
+/// Key acceptance policy (`auto_accept`, `open_mode`, `autosign_file`, `autoreject_file`).
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// `auto_accept`: accept every new key. Dangerous.
     pub danger_auto_accept: bool,
     /// `open_mode`: accept any key for any id, replacing stored ones. Very dangerous.
     pub danger_open_mode: bool,
+    /// `autosign_file`: ids (globs or regexes, one per line) whose new keys are accepted.
+    pub autosign_file: Option<std::path::PathBuf>,
+    /// `autoreject_file`: ids (globs or regexes) whose keys are rejected.
+    pub autoreject_file: Option<std::path::PathBuf>,
+}
+
+/// Whether `id` matches a line of Salt's autosign/autoreject file: a glob, or a regex matched
+/// from the start; blank lines and `#` comments are skipped. The file is re-read on every
+/// authentication, as Salt does, so edits apply without a restart.
+pub fn listed_in(file: Option<&std::path::Path>, id: &str) -> bool {
+    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+        return false;
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .any(|l| {
+            l == id
+                || brine_proto::target::fnmatch(l, id)
+                || regex::Regex::new(&format!("^(?:{l})$")).is_ok_and(|r| r.is_match(id))
+        })
 }
 
 /// The request handler of one master.
@@ -152,7 +173,9 @@ impl RequestHandler {
         };
         let policy = AuthPolicy {
             open_mode: self.policy.danger_open_mode,
-            auto_sign: self.policy.danger_auto_accept,
+            auto_sign: self.policy.danger_auto_accept
+                || listed_in(self.policy.autosign_file.as_deref(), &req.id),
+            auto_reject: listed_in(self.policy.autoreject_file.as_deref(), &req.id),
             ..AuthPolicy::default()
         };
         let (aes, session) = {

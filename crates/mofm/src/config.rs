@@ -1,5 +1,6 @@
 //! The master's configuration: Salt's `master` file keys, Salt's defaults (3007.17).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use brine_daemon::config::{ConfigError, Options, under_root};
@@ -27,6 +28,36 @@ pub struct MasterConfig {
     pub gather_job_timeout: u64,
     /// `log_level`.
     pub log_level: String,
+    /// `timeout`: seconds a CLI job waits before asking silent minions (`-t` overrides).
+    pub timeout: u64,
+    /// `keep_jobs_seconds` (or the older `keep_jobs` in hours).
+    pub keep_jobs_seconds: u64,
+    /// `nodegroups`: name → compound expression (lists are joined with `or`, as Salt does).
+    pub nodegroups: BTreeMap<String, String>,
+    /// The HTTP API address (`rest_cherrypy: {host, port}`; default 127.0.0.1:8000).
+    pub api_host: String,
+    /// The HTTP API port.
+    pub api_port: u16,
+    /// `external_auth` as configured (the `file` backend is supported).
+    pub external_auth: serde_json::Value,
+    /// `token_expire` seconds.
+    pub token_expire: u64,
+    /// `zmq_filtering`.
+    pub zmq_filtering: bool,
+    /// `sign_pub_messages`.
+    pub sign_pub_messages: bool,
+    /// `master_sign_pubkey`: sign `master.pub` with `master_sign.pem` in `_auth` replies.
+    pub master_sign_pubkey: bool,
+    /// `master_sign_key_name` (file stem in pki_dir).
+    pub master_sign_key_name: String,
+    /// `autosign_file` (root_dir prepended).
+    pub autosign_file: Option<PathBuf>,
+    /// `autoreject_file` (root_dir prepended).
+    pub autoreject_file: Option<PathBuf>,
+    /// `presence_events`.
+    pub presence_events: bool,
+    /// `id` of the master (the AES dropfile must contain it); default `<hostname>_master`.
+    pub id: Option<String>,
     /// Keys brine does not implement (warned about at start).
     pub unknown_keys: Vec<String>,
 }
@@ -50,6 +81,24 @@ pub const KNOWN_KEYS: &[&str] = &[
     "sock_dir",
     "pidfile",
     "ipv6",
+    "timeout",
+    "keep_jobs_seconds",
+    "keep_jobs",
+    "nodegroups",
+    "rest_cherrypy",
+    "external_auth",
+    "token_expire",
+    "zmq_filtering",
+    "sign_pub_messages",
+    "master_sign_pubkey",
+    "master_sign_key_name",
+    "autosign_file",
+    "autoreject_file",
+    "presence_events",
+    "id",
+    "rotate_aes_key",
+    "job_cache",
+    "order_masters",
 ];
 
 impl MasterConfig {
@@ -79,11 +128,47 @@ impl MasterConfig {
                         .unwrap_or_else(|| "/var/cache/salt/master".into()),
                 ),
             ),
-            root_dir,
+            root_dir: root_dir.clone(),
             auto_accept: o.bool("auto_accept", false)?,
             open_mode: o.bool("open_mode", false)?,
             gather_job_timeout: o.int("gather_job_timeout", 10, 1..=86_400)? as u64,
             log_level: o.string("log_level")?.unwrap_or_else(|| "warning".into()),
+            timeout: o.int("timeout", 5, 1..=86_400)? as u64,
+            keep_jobs_seconds: match o.get("keep_jobs_seconds") {
+                Some(_) => o.int("keep_jobs_seconds", 86_400, 0..=i64::from(u32::MAX))? as u64,
+                None => o.int("keep_jobs", 24, 0..=1_000_000)? as u64 * 3600,
+            },
+            nodegroups: nodegroups(o)?,
+            api_host: api(o, "host")?
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            api_port: match api(o, "port")? {
+                None => 8000,
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or_else(|| invalid("rest_cherrypy", format!("bad port {v}")))?,
+            },
+            external_auth: o
+                .get("external_auth")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            token_expire: o.int("token_expire", 43_200, 1..=i64::from(u32::MAX))? as u64,
+            zmq_filtering: o.bool("zmq_filtering", false)?,
+            sign_pub_messages: o.bool("sign_pub_messages", true)?,
+            master_sign_pubkey: o.bool("master_sign_pubkey", false)?,
+            master_sign_key_name: o
+                .string("master_sign_key_name")?
+                .unwrap_or_else(|| "master_sign".into()),
+            autosign_file: o
+                .string("autosign_file")?
+                .map(|p| under_root(&root_dir, Path::new(&p))),
+            autoreject_file: o
+                .string("autoreject_file")?
+                .map(|p| under_root(&root_dir, Path::new(&p))),
+            presence_events: o.bool("presence_events", false)?,
+            id: o.string("id")?,
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
         };
         if cfg.interface.parse::<std::net::IpAddr>().is_err() {
@@ -96,6 +181,64 @@ impl MasterConfig {
     }
 }
 
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message,
+    }
+}
+
+fn api<'a>(o: &'a Options, field: &str) -> Result<Option<&'a serde_json::Value>, ConfigError> {
+    match o.get("rest_cherrypy") {
+        None => Ok(None),
+        Some(serde_json::Value::Object(m)) => Ok(m.get(field).filter(|v| !v.is_null())),
+        Some(other) => Err(invalid(
+            "rest_cherrypy",
+            format!("expected a mapping, found {other}"),
+        )),
+    }
+}
+
+fn nodegroups(o: &Options) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    match o.get("nodegroups") {
+        None => {}
+        Some(serde_json::Value::Object(m)) => {
+            for (name, v) in m {
+                let expr = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    // A list of minion ids is a list target (Salt turns it into L@a,b).
+                    serde_json::Value::Array(a) => {
+                        let ids: Vec<String> = a
+                            .iter()
+                            .map(|x| {
+                                x.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| x.to_string())
+                            })
+                            .collect();
+                        format!("L@{}", ids.join(","))
+                    }
+                    other => {
+                        return Err(invalid(
+                            "nodegroups",
+                            format!("{name}: expected a string or list, found {other}"),
+                        ));
+                    }
+                };
+                out.insert(name.clone(), expr);
+            }
+        }
+        Some(other) => {
+            return Err(invalid(
+                "nodegroups",
+                format!("expected a mapping, found {other}"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,10 +249,24 @@ mod tests {
         assert_eq!((c.publish_port, c.ret_port), (4505, 4506));
         assert_eq!(c.pki_dir, PathBuf::from("/srv/m/etc/salt/pki/master"));
         assert!(!c.auto_accept);
+        assert_eq!((c.api_host.as_str(), c.api_port), ("127.0.0.1", 8000));
+        assert_eq!(c.keep_jobs_seconds, 86_400);
+        let c = MasterConfig::from_options(
+            &Options::parse(
+                "keep_jobs: 2\nnodegroups: {web: 'web* or G@role:web', two: [a, b]}\nrest_cherrypy: {port: '8123'}\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.keep_jobs_seconds, 7200);
+        assert_eq!(c.nodegroups["two"], "L@a,b");
+        assert_eq!(c.api_port, 8123);
         for bad in [
             "interface: somewhere\n",
             "ret_port: 99999\n",
             "auto_accept: maybe\n",
+            "rest_cherrypy: {port: 70000}\n",
+            "nodegroups: [a]\n",
         ] {
             assert!(
                 MasterConfig::from_options(&Options::parse(bad).unwrap()).is_err(),

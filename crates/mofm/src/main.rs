@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         Err(e) => return brine_daemon::failure("mofm", format!("cannot start runtime: {e}")),
     };
     let _guard = rt.enter();
-    let mofm = match brine_mofm::Mofm::bind(cfg) {
+    let mofm = match rt.block_on(brine_mofm::Mofm::bind(cfg)) {
         Ok(m) => m,
         Err(e) => return brine_daemon::failure("mofm", e),
     };

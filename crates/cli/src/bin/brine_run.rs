@@ -1,0 +1,89 @@
+//! `brine-run FUN [ARG...] [key=value...]`: run a runner on the master (salt-run's habits):
+//! `jobs.lookup_jid`, `jobs.list_jobs`, `jobs.active`, `manage.up`, `manage.down`,
+//! `manage.status`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use brine_cli::client::{Api, ConnectArgs};
+use brine_cli::output;
+use clap::Parser;
+use serde_json::{Map, Value as Json, json};
+
+/// Run a runner on the brine master.
+#[derive(Debug, Parser)]
+#[command(name = "brine-run", version)]
+struct Args {
+    /// Configuration directory of the local master (API address, root token).
+    #[arg(short = 'c', long = "config-dir", default_value = "/etc/salt")]
+    config_dir: PathBuf,
+    /// The API URL of a remote master (http://host:port).
+    #[arg(long)]
+    url: Option<String>,
+    /// An API token (else BRINE_TOKEN, -a, or the local root token).
+    #[arg(long)]
+    token: Option<String>,
+    /// Log in with this external_auth backend (e.g. file).
+    #[arg(short = 'a', long = "auth")]
+    eauth: Option<String>,
+    /// User name for -a.
+    #[arg(long)]
+    username: Option<String>,
+    /// Password for -a (else BRINE_PASSWORD).
+    #[arg(long)]
+    password: Option<String>,
+    /// Outputter: nested, json, yaml, txt, raw, quiet.
+    #[arg(long = "out", default_value = "nested")]
+    out: String,
+    /// Runner function, e.g. jobs.lookup_jid.
+    fun: String,
+    /// Arguments; `key=value` ones are keyword arguments.
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    if let Err(e) = output::check(&a.out) {
+        eprintln!("brine-run: {e}");
+        return ExitCode::from(64);
+    }
+    let conn = ConnectArgs {
+        url: a.url.clone(),
+        token: a.token.clone(),
+        eauth: a.eauth.clone(),
+        username: a.username.clone(),
+        password: a.password.clone(),
+    };
+    let api = match Api::connect(&a.config_dir, &conn) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut args = Vec::new();
+    let mut kwarg = Map::new();
+    for s in &a.args {
+        match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_') => {
+                kwarg.insert(k.to_owned(), Json::String(v.to_owned()));
+            }
+            _ => args.push(Json::String(s.clone())),
+        }
+    }
+    let chunk = json!([{"client": "runner", "fun": a.fun, "arg": args, "kwarg": kwarg}]);
+    match api.post("/", &chunk) {
+        Ok(r) => {
+            let v = &r["return"][0];
+            let text = output::render(&a.out, v);
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The HTTP API, in the shape of salt-api's `rest_cherrypy`: `POST /login`, `POST /logout`,
+//! `POST /` (lowstate: `local`, `local_async`, `runner`), `GET /jobs`, `GET /jobs/<jid>`,
+//! `GET /minions`, `GET /minions/<id>`, `POST /minions`, `GET /keys`, `GET /events`
+//! (server-sent events with salt-api's `tag:` line).
+//!
+//! Every endpoint but `/` and `/login` needs a token (`X-Auth-Token` header, or `?token=` for
+//! `/events`): none or an unknown one is 401, a function or target the token's ACL does not allow
+//! is 403, and nothing is published. Plain HTTP: put TLS in front (a reverse proxy) for remote use.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use brine_master::jobs::Missing;
+use brine_master::json::from_json;
+use brine_proto::Value;
+use serde_json::{Map, Value as Json, json};
+use tokio_stream::StreamExt as _;
+use tracing::{info, warn};
+
+use crate::runners;
+use crate::{PublishError, PublishSpec, Shared, Token};
+
+type S = State<Arc<Shared>>;
+
+/// An API error: status and message, as JSON.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"status": self.0.as_u16(), "return": self.1});
+        (self.0, axum::Json(body)).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn forbidden(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::FORBIDDEN, msg.into())
+}
+
+/// Serve the API on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    if let Err(e) = axum::serve(listener, router(shared)).await {
+        warn!(error = %e, "HTTP API stopped");
+    }
+}
+
+/// The API's routes.
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(index).post(lowstate))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{jid}", get(job))
+        .route("/minions", get(minions).post(minions_post))
+        .route("/minions/{id}", get(minion))
+        .route("/keys", get(keys))
+        .route("/events", get(events))
+        .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
+        .with_state(shared)
+}
+
+fn token_of(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: Option<&BTreeMap<String, String>>,
+) -> Result<Token, ApiError> {
+    let tok = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.and_then(|q| q.get("token").cloned()));
+    let Some(tok) = tok else {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "no token: log in at /login and send X-Auth-Token".into(),
+        ));
+    };
+    shared.token(&tok).ok_or_else(|| {
+        warn!("API request with an unknown or expired token refused");
+        ApiError(StatusCode::UNAUTHORIZED, "unknown or expired token".into())
+    })
+}
+
+/// A request body as JSON: JSON, or form fields (repeated keys become lists).
+fn body_json(headers: &HeaderMap, body: &Bytes) -> Result<Json, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.contains("json") || body.first().is_some_and(|b| matches!(b, b'{' | b'[')) {
+        return serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")));
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|e| bad(format!("invalid form: {e}")))?;
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        match m.get_mut(&k) {
+            Some(Json::Array(a)) => a.push(Json::String(v)),
+            Some(prev) => *prev = json!([prev.clone(), v]),
+            None if k == "arg" => {
+                m.insert(k, json!([v]));
+            }
+            None => {
+                m.insert(k, Json::String(v));
+            }
+        }
+    }
+    Ok(Json::Object(m))
+}
+
+async fn index() -> axum::Json<Json> {
+    axum::Json(json!({"return": "Welcome", "clients": ["local", "local_async", "runner"]}))
+}
+
+async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let b = body_json(&headers, &body)?;
+    let field = |k: &str| b.get(k).and_then(Json::as_str).unwrap_or("");
+    let (user, eauth) = (field("username"), field("eauth"));
+    let Some((tok, t)) = shared.login(eauth, user, field("password")) else {
+        warn!(user, eauth, "API login refused");
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "could not authenticate".into(),
+        ));
+    };
+    info!(user, eauth, "API login");
+    let body = json!({"return": [{
+        "token": tok, "start": t.start, "expire": t.expire,
+        "user": t.user, "eauth": t.eauth, "perms": t.perms.to_json(),
+    }]});
+    Ok(([("x-auth-token", tok)], axum::Json(body)).into_response())
+}
+
+async fn logout(State(shared): S, headers: HeaderMap) -> axum::Json<Json> {
+    if let Some(t) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        shared.logout(t);
+    }
+    axum::Json(json!({"return": "Your token has been cleared"}))
+}
+
+fn to_args(v: Option<&Json>) -> Vec<Value> {
+    match v {
+        None | Some(Json::Null) => vec![],
+        Some(Json::Array(a)) => a.iter().map(from_json).collect(),
+        Some(other) => vec![from_json(other)],
+    }
+}
+
+fn spec_of(chunk: &Json) -> Result<PublishSpec, ApiError> {
+    let fun = chunk
+        .get("fun")
+        .and_then(Json::as_str)
+        .ok_or_else(|| bad("lowstate needs fun"))?
+        .to_owned();
+    let tgt = chunk.get("tgt").ok_or_else(|| bad("lowstate needs tgt"))?;
+    let tgt_type = chunk
+        .get("tgt_type")
+        .or_else(|| chunk.get("expr_form"))
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| if tgt.is_array() { "list" } else { "glob" }.into());
+    let mut arg = to_args(chunk.get("arg"));
+    if let Some(Json::Object(kw)) = chunk.get("kwarg")
+        && !kw.is_empty()
+    {
+        let mut m = from_json(&Json::Object(kw.clone()));
+        m.insert("__kwarg__", true);
+        arg.push(m);
+    }
+    let timeout = chunk.get("timeout").and_then(|t| {
+        t.as_u64()
+            .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
+    });
+    Ok(PublishSpec {
+        tgt: from_json(tgt),
+        tgt_type,
+        fun,
+        arg,
+        timeout,
+        ret: chunk
+            .get("ret")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    })
+}
+
+fn publish_error(e: PublishError) -> ApiError {
+    match e {
+        PublishError::BadTarget(m) => bad(m),
+        PublishError::Denied(m) => forbidden(m),
+        PublishError::Transport(m) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json, ApiError> {
+    let client = chunk.get("client").and_then(Json::as_str).unwrap_or("");
+    match client {
+        "local" | "local_async" => {
+            let spec = spec_of(chunk)?;
+            let p = shared.publish(spec, token).await.map_err(publish_error)?;
+            if client == "local_async" {
+                return Ok(json!({"jid": p.jid, "minions": p.minions}));
+            }
+            if p.jid.is_empty() {
+                return Ok(json!({}));
+            }
+            shared.wait_job(&p.jid).await;
+            let full = chunk
+                .get("full_return")
+                .is_some_and(|f| f.as_bool() == Some(true) || f.as_str() == Some("true"));
+            let (_, returns, _) = shared.job_view(&p.jid).unwrap_or_default();
+            Ok(Json::Object(
+                returns
+                    .into_iter()
+                    .map(|(id, r)| {
+                        let v = if full {
+                            json!({"ret": r.get("return"), "retcode": r.get("retcode"), "jid": p.jid})
+                        } else {
+                            r.get("return").cloned().unwrap_or(Json::Null)
+                        };
+                        (id, v)
+                    })
+                    .collect(),
+            ))
+        }
+        "runner" => {
+            let fun = chunk
+                .get("fun")
+                .and_then(Json::as_str)
+                .ok_or_else(|| bad("lowstate needs fun"))?;
+            if !token.perms.allows_runner(fun) {
+                warn!(user = %token.user, fun, "runner refused by external_auth ACL");
+                return Err(forbidden(format!("{} may not run {fun}", token.user)));
+            }
+            runners::run(shared, token, fun, chunk).await.map_err(bad)
+        }
+        other => Err(bad(format!(
+            "unknown client {other:?} (local, local_async, runner)"
+        ))),
+    }
+}
+
+async fn lowstate(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let token = token_of(&shared, &headers, None)?;
+    let chunks = match body_json(&headers, &body)? {
+        Json::Array(a) => a,
+        one @ Json::Object(_) => vec![one],
+        _ => return Err(bad("lowstate must be an object or a list of objects")),
+    };
+    let mut out = Vec::with_capacity(chunks.len());
+    for c in &chunks {
+        out.push(run_chunk(&shared, &token, c).await?);
+    }
+    Ok(axum::Json(json!({"return": out})).into_response())
+}
+
+async fn minions_post(
+    State(shared): S,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let token = token_of(&shared, &headers, None)?;
+    let chunk = match body_json(&headers, &body)? {
+        Json::Array(mut a) if !a.is_empty() => a.swap_remove(0),
+        o @ Json::Object(_) => o,
+        _ => return Err(bad("expected a lowstate object")),
+    };
+    let p = shared
+        .publish(spec_of(&chunk)?, &token)
+        .await
+        .map_err(publish_error)?;
+    Ok(axum::Json(json!({
+        "return": [{"jid": p.jid, "minions": p.minions}],
+        "_links": {"jobs": [{"href": format!("/jobs/{}", p.jid)}]},
+    }))
+    .into_response())
+}
+
+fn require_jobs(token: &Token) -> Result<(), ApiError> {
+    if token.perms.allows_runner("jobs.list_jobs") {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "{} may not read jobs (@jobs)",
+            token.user
+        )))
+    }
+}
+
+async fn jobs(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
+    let token = token_of(&shared, &headers, None)?;
+    require_jobs(&token)?;
+    let v = runners::run(&shared, &token, "jobs.list_jobs", &json!({}))
+        .await
+        .map_err(bad)?;
+    Ok(axum::Json(json!({"return": [v]})))
+}
+
+fn missing_reason(m: Missing) -> &'static str {
+    match m {
+        Missing::Gone => "Minion did not return. [Not connected]",
+        Missing::NoResponse | Missing::NotRunning | Missing::TimedOut => {
+            "Minion did not return. [No response]"
+        }
+    }
+}
+
+async fn job(
+    State(shared): S,
+    headers: HeaderMap,
+    Path(jid): Path<String>,
+) -> Result<axum::Json<Json>, ApiError> {
+    let token = token_of(&shared, &headers, None)?;
+    require_jobs(&token)?;
+    if !crate::valid_jid(&jid) {
+        return Err(bad(format!("{jid:?} is not a job id")));
+    }
+    let (load, returns, missing) = shared
+        .job_view(&jid)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job {jid}")))?;
+    let mut info = runners::summary(&jid, &load);
+    info["jid"] = json!(jid);
+    info["Minions"] = load.get("minions").cloned().unwrap_or_else(|| json!([]));
+    info["Result"] = Json::Object(
+        returns
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    json!({"return": r.get("return"), "retcode": r.get("retcode"), "success": r.get("success")}),
+                )
+            })
+            .collect(),
+    );
+    info["Finished"] = json!(missing.is_some());
+    info["Missing"] = Json::Object(
+        missing
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, m)| (id, json!(missing_reason(m))))
+            .collect(),
+    );
+    let ret: Map<String, Json> = returns
+        .into_iter()
+        .map(|(id, r)| (id, r.get("return").cloned().unwrap_or(Json::Null)))
+        .collect();
+    Ok(axum::Json(json!({"info": [info], "return": [ret]})))
+}
+
+async fn minions(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
+    token_of(&shared, &headers, None)?;
+    let m: Map<String, Json> = shared
+        .all_grains()
+        .into_iter()
+        .map(|(id, g)| (id, brine_master::json::to_json(&g)))
+        .collect();
+    Ok(axum::Json(json!({"return": [m]})))
+}
+
+async fn minion(
+    State(shared): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Json>, ApiError> {
+    token_of(&shared, &headers, None)?;
+    let g = shared
+        .grains_of(&id)
+        .map_or(Json::Null, |g| brine_master::json::to_json(&g));
+    Ok(axum::Json(json!({"return": [{id: g}]})))
+}
+
+async fn keys(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
+    let token = token_of(&shared, &headers, None)?;
+    if !token.perms.allows_wheel() {
+        return Err(forbidden(format!(
+            "{} may not list keys (@wheel)",
+            token.user
+        )));
+    }
+    use brine_master::keys::KeyDir;
+    let k = shared.keys();
+    Ok(axum::Json(json!({"return": {
+        "local": ["master.pem", "master.pub"],
+        "minions": k.list(KeyDir::Accepted),
+        "minions_pre": k.list(KeyDir::Pending),
+        "minions_rejected": k.list(KeyDir::Rejected),
+        "minions_denied": k.list(KeyDir::Denied),
+    }})))
+}
+
+async fn events(
+    State(shared): S,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    token_of(&shared, &headers, Some(&q))?;
+    let rx = shared.bus.subscribe();
+    let head = tokio_stream::once(Ok::<_, std::convert::Infallible>(Bytes::from_static(
+        b"retry: 400\n\n",
+    )));
+    let evs = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|e| {
+        let e = e.ok()?;
+        let data = json!({"tag": e.tag, "data": brine_master::json::to_json(&e.data)});
+        Some(Ok(Bytes::from(format!("tag: {}\ndata: {data}\n\n", e.tag))))
+    });
+    let body = Body::from_stream(head.chain(evs));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}

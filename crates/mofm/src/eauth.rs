@@ -1,0 +1,303 @@
+//! `external_auth`: who may log in to the HTTP API, and what each user may run.
+//!
+//! The `file` backend reads Salt's config shape:
+//!
+//! ```yaml
+//! external_auth:
+//!   file:
+//!     ^filename: /etc/salt/brine-users      # user:password lines
+//!     ^hashtype: plaintext                  # or md5, sha1, sha256, sha512 (Salt's, unsalted)
+//!     alice:
+//!       - 'web*':                           # targets matching web* ...
+//!         - test.*                          # ... may run test.*
+//!       - '@runner'                         # and any runner
+//!     bob:
+//!       - test.ping                         # test.ping on any target
+//! ```
+//!
+//! Beyond Salt, a password field of the form `$pbkdf2-sha256$ITER$SALT$HASH` (salted
+//! PBKDF2-HMAC-SHA256, base64 fields; made by `brine --hash-password`) is verified as such
+//! whatever `^hashtype` says: salted hashes are what the file should hold.
+//!
+//! Permission entries are matched as Salt's `auth_check` does: a string is a function glob
+//! allowed on any target (`@runner`, `@wheel`, `@jobs` name whole client families); a mapping
+//! `{TARGET_GLOB: [FUNCTION_GLOBS]}` allows those functions only when every targeted minion
+//! matches the glob; `{'@runner': [FUNCTION_GLOBS]}` limits runners.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use brine_daemon::config::under_root;
+use brine_proto::target::fnmatch;
+use serde_json::Value as Json;
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Perms {
+    /// The root token: everything.
+    Root,
+    /// A user's ACL entries.
+    Acl(Vec<Json>),
+}
+
+/// The configured `external_auth`.
+#[derive(Debug, Clone, Default)]
+pub struct Eauth {
+    file: Option<PathBuf>,
+    hashtype: String,
+    separator: String,
+    acl: BTreeMap<String, Vec<Json>>,
+}
+
+const PBKDF2_PREFIX: &str = "$pbkdf2-sha256$";
+const PBKDF2_ITERATIONS: usize = 100_000;
+
+impl Eauth {
+    /// Read the `external_auth` option.
+    ///
+    /// # Errors
+    /// A message for shapes or backends brine does not support.
+    pub fn from_config(cfg: &Json, root_dir: &Path) -> Result<Self, String> {
+        let mut out = Self {
+            hashtype: "plaintext".into(),
+            separator: ":".into(),
+            ..Self::default()
+        };
+        let Json::Object(backends) = cfg else {
+            return match cfg {
+                Json::Null => Ok(out),
+                other => Err(format!("external_auth: expected a mapping, found {other}")),
+            };
+        };
+        for (backend, users) in backends {
+            if backend != "file" {
+                return Err(format!(
+                    "external_auth: backend {backend:?} is not supported (brine has `file`)"
+                ));
+            }
+            let Json::Object(users) = users else {
+                return Err("external_auth: file: expected a mapping".into());
+            };
+            for (k, v) in users {
+                match (k.as_str(), v) {
+                    ("^filename", Json::String(p)) => {
+                        out.file = Some(under_root(root_dir, Path::new(p)));
+                    }
+                    ("^hashtype", Json::String(h)) => out.hashtype = h.to_ascii_lowercase(),
+                    ("^field_separator", Json::String(s)) => out.separator.clone_from(s),
+                    ("^filetype", Json::String(t)) if t == "text" => {}
+                    ("^filetype", other) => {
+                        return Err(format!(
+                            "external_auth: file: ^filetype {other} is not supported (use text)"
+                        ));
+                    }
+                    (k, _) if k.starts_with('^') => {}
+                    (user, Json::Array(entries)) => {
+                        out.acl.insert(user.to_owned(), entries.clone());
+                    }
+                    (user, other) => {
+                        return Err(format!(
+                            "external_auth: file: {user}: expected a list of permissions, found {other}"
+                        ));
+                    }
+                }
+            }
+            if out.file.is_none() {
+                return Err("external_auth: file: ^filename is required".into());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Check `user`'s password with `backend`; the user's permissions if it is right.
+    pub fn authenticate(&self, backend: &str, user: &str, password: &str) -> Option<Perms> {
+        if backend != "file" {
+            return None;
+        }
+        let acl = self.acl.get(user).or_else(|| self.acl.get("*"))?;
+        let text = std::fs::read_to_string(self.file.as_ref()?).ok()?;
+        let stored = text.lines().find_map(|l| {
+            let (u, p) = l.split_once(self.separator.as_str())?;
+            (u == user).then(|| p.trim_end_matches('\r').to_owned())
+        })?;
+        verify(&stored, password, &self.hashtype).then(|| Perms::Acl(acl.clone()))
+    }
+}
+
+/// A salted PBKDF2-HMAC-SHA256 hash of `password` for the users file.
+///
+/// # Errors
+/// OpenSSL failures.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    openssl::rand::rand_bytes(&mut salt).map_err(|e| e.to_string())?;
+    let mut out = [0u8; 32];
+    openssl::pkcs5::pbkdf2_hmac(
+        password.as_bytes(),
+        &salt,
+        PBKDF2_ITERATIONS,
+        openssl::hash::MessageDigest::sha256(),
+        &mut out,
+    )
+    .map_err(|e| e.to_string())?;
+    let b = base64::engine::general_purpose::STANDARD_NO_PAD;
+    Ok(format!(
+        "{PBKDF2_PREFIX}{PBKDF2_ITERATIONS}${}${}",
+        b.encode(salt),
+        b.encode(out)
+    ))
+}
+
+fn verify(stored: &str, password: &str, hashtype: &str) -> bool {
+    let eq = |a: &[u8], b: &[u8]| a.len() == b.len() && openssl::memcmp::eq(a, b);
+    if let Some(rest) = stored.strip_prefix(PBKDF2_PREFIX) {
+        let b = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let mut parts = rest.split('$');
+        let (Some(iter), Some(salt), Some(hash)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let (Ok(iter), Ok(salt), Ok(hash)) =
+            (iter.parse::<usize>(), b.decode(salt), b.decode(hash))
+        else {
+            return false;
+        };
+        if !(1..=10_000_000).contains(&iter) || hash.len() != 32 {
+            return false;
+        }
+        let mut out = [0u8; 32];
+        return openssl::pkcs5::pbkdf2_hmac(
+            password.as_bytes(),
+            &salt,
+            iter,
+            openssl::hash::MessageDigest::sha256(),
+            &mut out,
+        )
+        .is_ok()
+            && eq(&out, &hash);
+    }
+    let md = match hashtype {
+        "plaintext" => return eq(stored.as_bytes(), password.as_bytes()),
+        "md5" => openssl::hash::MessageDigest::md5(),
+        "sha1" => openssl::hash::MessageDigest::sha1(),
+        "sha224" => openssl::hash::MessageDigest::sha224(),
+        "sha256" => openssl::hash::MessageDigest::sha256(),
+        "sha384" => openssl::hash::MessageDigest::sha384(),
+        "sha512" => openssl::hash::MessageDigest::sha512(),
+        _ => return false,
+    };
+    openssl::hash::hash(md, password.as_bytes()).is_ok_and(|d| {
+        eq(
+            hex::encode(d).as_bytes(),
+            stored.to_ascii_lowercase().as_bytes(),
+        )
+    })
+}
+
+fn fun_allowed(patterns: &Json, fun: &str) -> bool {
+    let one = |p: &Json| p.as_str().is_some_and(|p| p == fun || fnmatch(p, fun));
+    match patterns {
+        Json::Array(a) => a.iter().any(one),
+        p => one(p),
+    }
+}
+
+impl Perms {
+    /// May this token run `fun` on `targets` (the minions the publish expects)?
+    pub fn allows_local(&self, fun: &str, targets: &[String]) -> bool {
+        let Self::Acl(entries) = self else {
+            return true;
+        };
+        entries.iter().any(|e| match e {
+            Json::String(p) => !p.starts_with('@') && (p == fun || fnmatch(p, fun)),
+            Json::Object(m) => m.iter().any(|(tgt, funs)| {
+                !tgt.starts_with('@')
+                    && fun_allowed(funs, fun)
+                    && targets.iter().all(|id| fnmatch(tgt, id))
+            }),
+            _ => false,
+        })
+    }
+
+    /// May this token run the runner `fun`?
+    pub fn allows_runner(&self, fun: &str) -> bool {
+        let Self::Acl(entries) = self else {
+            return true;
+        };
+        let family = if fun.starts_with("jobs.") {
+            "@jobs"
+        } else {
+            ""
+        };
+        entries.iter().any(|e| match e {
+            Json::String(p) => p == "@runner" || (!family.is_empty() && p == family),
+            Json::Object(m) => m
+                .iter()
+                .any(|(k, funs)| k == "@runner" && fun_allowed(funs, fun)),
+            _ => false,
+        })
+    }
+
+    /// May this token use key management (`@wheel`)?
+    pub fn allows_wheel(&self) -> bool {
+        match self {
+            Self::Root => true,
+            Self::Acl(a) => a.iter().any(|e| e.as_str() == Some("@wheel")),
+        }
+    }
+
+    /// The permission list as the API's `/login` reports it.
+    pub fn to_json(&self) -> Json {
+        match self {
+            Self::Root => Json::Array(vec![Json::String(".*".into())]),
+            Self::Acl(a) => Json::Array(a.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_backend_salted_and_salt_hashes_and_acls() {
+        let d = tempfile::tempdir().unwrap();
+        let users = d.path().join("users");
+        std::fs::write(
+            &users,
+            format!(
+                "alice:{}\nbob:{}\n",
+                hash_password("wonderland").unwrap(),
+                hex::encode(openssl::sha::sha256(b"builder"))
+            ),
+        )
+        .unwrap();
+        let cfg = serde_json::json!({"file": {
+            "^filename": users.to_str().unwrap(),
+            "^hashtype": "sha256",
+            "alice": [{"web*": ["test.*"]}, "@runner"],
+            "bob": ["test.ping"],
+        }});
+        let e = Eauth::from_config(&cfg, Path::new("/")).unwrap();
+        assert!(e.authenticate("file", "alice", "wrong").is_none());
+        assert!(e.authenticate("pam", "alice", "wonderland").is_none());
+        assert!(e.authenticate("file", "carol", "x").is_none());
+        let alice = e.authenticate("file", "alice", "wonderland").unwrap();
+        let bob = e.authenticate("file", "bob", "builder").unwrap();
+        let web = ["web1".to_owned(), "web2".to_owned()];
+        let mixed = ["web1".to_owned(), "db1".to_owned()];
+        assert!(alice.allows_local("test.ping", &web));
+        assert!(
+            !alice.allows_local("test.ping", &mixed),
+            "db1 is outside web*"
+        );
+        assert!(!alice.allows_local("cmd.run", &web));
+        assert!(alice.allows_runner("jobs.list_jobs"));
+        assert!(bob.allows_local("test.ping", &mixed));
+        assert!(!bob.allows_local("test.echo", &mixed));
+        assert!(!bob.allows_runner("manage.up"));
+        assert!(Perms::Root.allows_local("cmd.run", &mixed));
+        assert!(Eauth::from_config(&serde_json::json!({"pam": {}}), Path::new("/")).is_err());
+    }
+}
