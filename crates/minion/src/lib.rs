@@ -25,7 +25,7 @@ use brine_proto::jid::iso_stamp;
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_transport::Context;
 use rand::Rng as _;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{MasterAddr, MasterType, MinionConfig};
 use crate::exec::{JobCtx, JobTable};
@@ -207,8 +207,14 @@ fn probe_period(alive: Duration) -> Duration {
     (alive / 4).max(Duration::from_millis(250))
 }
 
-/// Least time between two re-authentications caused by publishes that fail their MAC.
-const REKEY_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Least time between two re-authentications caused by publishes that fail their MAC. Publishes
+/// that fail inside the window are held (up to [`REKEY_HELD_MAX`]) and retried after the next
+/// re-authentication at the end of the window, so a second rotation soon after a first loses no
+/// job.
+const REKEY_MIN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Publishes held while a re-authentication is deferred.
+const REKEY_HELD_MAX: usize = 32;
 
 /// Consecutive answered probes of the primary before failing back (no flapping).
 const FAILBACK_STABLE_PROBES: u32 = 3;
@@ -263,9 +269,25 @@ async fn serve_master(
     let mut primary_ok = 0u32;
     let mut flush_tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_rekey: Option<tokio::time::Instant> = None;
+    let mut held: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut rekey_at: Option<tokio::time::Instant> = None;
 
     loop {
         tokio::select! {
+            () = async { tokio::time::sleep_until(rekey_at.unwrap_or_else(tokio::time::Instant::now)).await }, if rekey_at.is_some() => {
+                rekey_at = None;
+                info!(master = %master.host, held = held.len(), "re-authenticating for publishes that did not verify");
+                last_rekey = Some(tokio::time::Instant::now());
+                aes = chan.reauth().await?;
+                feed.decoder.reset_serials();
+                for raw in held.drain(..) {
+                    match feed.decoder.decode(&raw, &aes, &shared.grains) {
+                        Feed::Job(job) => start_job(shared, &chan, *job),
+                        Feed::Rekey(_) => warn!(master = %master.host, "held publish fails its MAC with a fresh key too; dropped"),
+                        Feed::Skip => {}
+                    }
+                }
+            }
             raw = feed.next_raw() => {
                 let raw = raw?;
                 let job = match feed.decoder.decode(&raw, &aes, &shared.grains) {
@@ -275,8 +297,14 @@ async fn serve_master(
                         // A rotated AES key shows up as one publish that fails its MAC. Forged
                         // publishes look the same; re-authenticating at most once per
                         // REKEY_MIN_INTERVAL keeps them from driving an auth storm.
-                        if last_rekey.is_some_and(|t: tokio::time::Instant| t.elapsed() < REKEY_MIN_INTERVAL) {
-                            warn!(master = %master.host, "publish fails its MAC right after a re-auth; dropped");
+                        if let Some(t) = last_rekey.filter(|t: &tokio::time::Instant| t.elapsed() < REKEY_MIN_INTERVAL) {
+                            if held.len() >= REKEY_HELD_MAX {
+                                warn!(master = %master.host, "publish fails its MAC and too many are held; dropped");
+                            } else {
+                                debug!(master = %master.host, "publish fails its MAC right after a re-auth; held until the next one");
+                                held.push_back(raw);
+                            }
+                            rekey_at.get_or_insert(t + REKEY_MIN_INTERVAL);
                             continue;
                         }
                         info!(master = %master.host, "publish did not verify with the current AES key; re-authenticating");

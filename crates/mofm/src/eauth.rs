@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use brine_daemon::config::under_root;
 use brine_proto::target::fnmatch;
 use serde_json::Value as Json;
 
@@ -82,7 +81,9 @@ impl Eauth {
             for (k, v) in users {
                 match (k.as_str(), v) {
                     ("^filename", Json::String(p)) => {
-                        out.file = Some(under_root(root_dir, Path::new(p)));
+                        // Salt uses ^filename as written (no root_dir prefix).
+                        let _ = root_dir;
+                        out.file = Some(PathBuf::from(p));
                     }
                     ("^hashtype", Json::String(h)) => out.hashtype = h.to_ascii_lowercase(),
                     ("^field_separator", Json::String(s)) => out.separator.clone_from(s),

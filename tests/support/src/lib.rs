@@ -657,3 +657,24 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// A binary of another workspace package, next to the running test's `deps/` directory
+/// (`cargo test --workspace` builds every package's binaries before running any test).
+///
+/// # Panics
+/// If it has not been built, saying how to build it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run the tests with `cargo test --workspace` (scripts/test.sh) or \
+         `cargo build --bins` first",
+        p.display()
+    );
+    p
+}

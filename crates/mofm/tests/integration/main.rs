@@ -20,10 +20,12 @@ impl Mofm {
         std::fs::write(
             dir.path().join("etc/master"),
             format!(
-                "root_dir: {}\ninterface: 127.0.0.1\npublish_port: {}\nret_port: {}\nuser: root\n{extra}\n",
+                "root_dir: {}\ninterface: 127.0.0.1\npublish_port: {}\nret_port: {}\nuser: root\n\
+                 rest_cherrypy: {{port: {}}}\n{extra}\n",
                 dir.path().join("root").display(),
                 ports.0,
-                ports.1
+                ports.1,
+                free_port()
             ),
         )
         .unwrap();
