@@ -484,7 +484,7 @@ impl Shared {
 pub struct Mofm {
     shared: Arc<Shared>,
     router: Router,
-    handler: RequestHandler,
+    handlers: Vec<RequestHandler>,
     secrets: Arc<Mutex<Secrets>>,
     api: tokio::net::TcpListener,
 }
@@ -560,13 +560,19 @@ impl Mofm {
             autosign_file: cfg.autosign_file.clone(),
             autoreject_file: cfg.autoreject_file.clone(),
         };
-        let handler = RequestHandler::new(
-            KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?,
-            identity,
-            secrets.clone(),
-            policy,
-            Box::new(Rng),
-        );
+        // One request handler per core: `_auth` is RSA-bound, and a fleet re-keying after an
+        // AES rotation (or a restart) is served by every core at once.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+        let mut handlers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            handlers.push(RequestHandler::new(
+                KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?,
+                identity.clone(),
+                secrets.clone(),
+                policy.clone(),
+                Box::new(Rng),
+            ));
+        }
         let mut jp = JobPublisher::new(publisher, secrets.clone(), key);
         jp.sign = cfg.sign_pub_messages;
         jp.zmq_filtering = cfg.zmq_filtering;
@@ -591,7 +597,7 @@ impl Mofm {
         Ok(Self {
             shared,
             router,
-            handler,
+            handlers,
             secrets,
             api,
         })
@@ -643,7 +649,7 @@ impl Mofm {
         let Self {
             shared,
             mut router,
-            mut handler,
+            handlers,
             secrets,
             api,
         } = self;
@@ -655,6 +661,38 @@ impl Mofm {
             "mofm serving"
         );
         let api_task = tokio::spawn(api::serve(api, shared.clone()));
+        let mut queues = Vec::new();
+        let mut worker_tasks = Vec::new();
+        for mut handler in handlers {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<brine_transport::RouterRequest>(4096);
+            let replier = router.replier();
+            let shared = shared.clone();
+            queues.push(tx);
+            worker_tasks.push(tokio::spawn(async move {
+                while let Some(req) = rx.recv().await {
+                    let peer = String::from_utf8_lossy(&req.peer).into_owned();
+                    let h = handler.handle(&req.payload, &peer);
+                    if replier.reply(&req, h.reply).await.is_err() {
+                        return;
+                    }
+                    for r in &h.returns {
+                        shared.on_return(r);
+                    }
+                    for e in h.events {
+                        if e.tag.starts_with("salt/minion/") && e.tag.ends_with("/start") {
+                            info!(tag = %e.tag, "minion started");
+                        } else {
+                            debug!(tag = %e.tag, "event");
+                        }
+                        shared.bus.fire_event(e);
+                    }
+                    if let Some((id, g)) = h.grains {
+                        lock(&shared.grains).insert(id, g);
+                    }
+                }
+            }));
+        }
+        let mut next = 0usize;
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut n: u64 = 0;
@@ -683,23 +721,16 @@ impl Mofm {
                 }
                 req = router.recv() => {
                     let Ok(req) = req else { break };
-                    let peer = String::from_utf8_lossy(&req.peer).into_owned();
-                    let h = handler.handle(&req.payload, &peer);
-                    if router.reply(&req, h.reply).await.is_err() {
+                    next = (next + 1) % queues.len();
+                    if queues[next].send(req).await.is_err() {
                         break;
-                    }
-                    for r in &h.returns {
-                        shared.on_return(r);
-                    }
-                    for e in h.events {
-                        debug!(tag = %e.tag, "event");
-                        shared.bus.fire_event(e);
-                    }
-                    if let Some((id, g)) = h.grains {
-                        lock(&shared.grains).insert(id, g);
                     }
                 }
             }
+        }
+        drop(queues);
+        for t in worker_tasks {
+            let _ = t.await;
         }
         lock(&shared.cache).flush();
         api_task.abort();

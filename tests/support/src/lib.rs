@@ -212,6 +212,11 @@ pub struct SaltMaster {
 }
 
 impl SaltMaster {
+    /// The salt-master's (parent) process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// Start a master with `auto_accept: True` plus `extra` YAML, and wait until it serves.
     ///
     /// # Panics
@@ -488,6 +493,11 @@ impl SaltMinion {
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.daemon.alive()
+    }
+
+    /// The minion's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
     }
 
     /// The end of the minion's log, for failure messages.
