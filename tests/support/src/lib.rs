@@ -273,7 +273,7 @@ impl SaltMaster {
         let root = dir.path().join("root");
         let conf = format!(
             "root_dir: {root}\ninterface: {interface}\npublish_port: {publish_port}\n\
-             ret_port: {ret_port}\nuser: root\n{accept}worker_threads: 2\n\
+             ret_port: {ret_port}\nuser: root\n{accept}{workers}\
              log_file: {log}\nlog_level_logfile: debug\n{extra}\n",
             root = root.display(),
             log = root.join("master.log").display(),
@@ -281,6 +281,11 @@ impl SaltMaster {
                 ""
             } else {
                 "auto_accept: True\n"
+            },
+            workers = if extra.contains("worker_threads:") {
+                ""
+            } else {
+                "worker_threads: 2\n"
             },
         );
         write_config(&dir.path().join("etc/master"), &conf);
