@@ -434,3 +434,114 @@ fn real_minions_through_brine_3007() {
 fn real_minions_through_brine_3008() {
     through_brine("3008.5");
 }
+
+/// Read `GET /events` into a shared list of `tag:` lines.
+fn sse(port: u16, token: &str) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{BufRead as _, Write as _};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\n\r\n"
+    )
+    .unwrap();
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(s).lines() {
+            let Ok(line) = line else { return };
+            if let Some(tag) = line.strip_prefix("tag: ") {
+                out.lock().unwrap().push(tag.to_owned());
+            }
+        }
+    });
+    seen
+}
+
+fn brine_minion(m: &Mofm, id: &str, extra: &str) -> (tempfile::TempDir, Daemon) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("minion"),
+        format!(
+            "root_dir: {}\nmaster: 127.0.0.1\npublish_port: {}\nmaster_port: {}\nid: {id}\n\
+             acceptance_wait_time: 1\n{extra}\n",
+            d.path().join("root").display(),
+            m.ports.0,
+            m.ports.1
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(workspace_bin("minion"));
+    cmd.arg("-c").arg(d.path());
+    let daemon = Daemon::spawn(cmd, "minion", &d.path().join("out.log"));
+    (d, daemon)
+}
+
+/// Events with Salt's tags on `GET /events`, `autosign_file` globs, nodegroups (`-N`), and the
+/// root token file's mode.
+#[test]
+fn events_autosign_and_nodegroups() {
+    subscribe();
+    let m = Mofm::start(
+        "presence_events: True\nautosign_file: /etc/salt/autosign.conf\n\
+         nodegroups:\n  autos: 'ev-auto-*'\n  both: [ev-auto-1, ev-manual]\n",
+    );
+    // Salt prepends root_dir to autosign_file; it is read at every authentication.
+    std::fs::write(
+        m.root().join("etc/salt/autosign.conf"),
+        "# auto\nev-auto-*\n",
+    )
+    .unwrap();
+    let tok_path = m.root().join("var/cache/salt/master/brine/root_token");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&tok_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "root token file mode");
+    }
+    let token = std::fs::read_to_string(&tok_path).unwrap();
+    let events = sse(m.ports.2, token.trim());
+    let _auto = brine_minion(&m, "ev-auto-1", "");
+    let _manual = brine_minion(&m, "ev-manual", "");
+    assert!(
+        wait_for(Duration::from_secs(30), || m.key("minions", "ev-auto-1")
+            && m.key("minions_pre", "ev-manual")),
+        "autosign_file accepts ev-auto-1, ev-manual waits\n{}",
+        m.log_tail()
+    );
+    m.brine_key(&["-y", "-a", "ev-manual"]);
+    assert!(wait_ping(&m, "ev-manual", 30), "{}", m.log_tail());
+    assert!(wait_ping(&m, "ev-auto-1", 30), "{}", m.log_tail());
+    assert_eq!(
+        m.brine_json(&["-N", "autos", "test.ping"]),
+        json!({"ev-auto-1": true})
+    );
+    assert_eq!(
+        m.brine_json(&["-N", "both", "test.ping"]),
+        json!({"ev-auto-1": true, "ev-manual": true})
+    );
+    let out = m.brine(&["-N", "nosuch", "test.ping"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = m.brine(&["ev-manual", "test.ping", "--async"]);
+    let jid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let want = [
+        "salt/auth".to_owned(),
+        "salt/minion/ev-manual/start".to_owned(),
+        "minion_start".to_owned(),
+        "salt/key".to_owned(),
+        format!("salt/job/{jid}/new"),
+        format!("salt/job/{jid}/ret/ev-manual"),
+        "salt/presence/change".to_owned(),
+    ];
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let seen = events.lock().unwrap();
+            want.iter().all(|t| seen.contains(t))
+        }),
+        "{:#?}",
+        events.lock().unwrap()
+    );
+}

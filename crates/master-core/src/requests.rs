@@ -89,6 +89,9 @@ pub struct Handled {
     pub returns: Vec<ReturnLoad>,
     /// Grains a minion reported (with its `_pillar` request), for the grains cache.
     pub grains: Option<(String, Value)>,
+    /// The authenticated minion behind the request (an accepted `_auth` or a valid `aes`
+    /// request), for presence.
+    pub minion: Option<String>,
 }
 
 fn bad_load() -> Vec<u8> {
@@ -218,6 +221,7 @@ impl RequestHandler {
             self.secrets().drop_session(&req.id);
         }
         Handled {
+            minion: (decision.verdict == Verdict::Accept).then(|| req.id.clone()),
             reply: codec::encode_wire(&decision.reply),
             events: decision
                 .event
@@ -250,7 +254,10 @@ impl RequestHandler {
             Err(e) => return refuse(&e.to_string()),
         };
         let nonce = opened.sealed.nonce.clone();
-        let mut out = Handled::default();
+        let mut out = Handled {
+            minion: Some(id.clone()),
+            ..Handled::default()
+        };
         let result = match opened.cmd.as_str() {
             "_pillar" => {
                 let grains = opened
@@ -270,6 +277,7 @@ impl RequestHandler {
                     Ok(r) => Handled {
                         reply: codec::encode_wire(&r),
                         grains,
+                        minion: Some(id.clone()),
                         ..Handled::default()
                     },
                     Err(e) => refuse(&e.to_string()),

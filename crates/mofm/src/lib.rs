@@ -154,6 +154,8 @@ pub struct Shared {
     root_token: String,
     eauth: Eauth,
     find_jobs_sent: AtomicU64,
+    /// Minions present: authenticated or heard from in this run and not given up on since.
+    present: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -218,6 +220,12 @@ impl Shared {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Minions present: authenticated or heard from since the master started, and not given up
+    /// on (a `find_job` left unanswered) since.
+    pub fn present(&self) -> BTreeSet<String> {
+        lock(&self.present).clone()
     }
 
     /// How many `saltutil.find_job` publishes this master sent (each to a few minions).
@@ -467,6 +475,14 @@ impl Shared {
                     j.finished_at = Some(now);
                 }
                 cache.close(&f.jid);
+                {
+                    let mut present = lock(&self.present);
+                    for (id, why) in &f.missing {
+                        if matches!(why, Missing::NoResponse | Missing::Gone) {
+                            present.remove(id);
+                        }
+                    }
+                }
                 info!(jid = %f.jid, returned = f.returned.len(), missing = f.missing.len(), "job finished");
             }
             jobs.retain(|_, j| {
@@ -593,6 +609,7 @@ impl Mofm {
             root_token,
             eauth,
             find_jobs_sent: AtomicU64::new(0),
+            present: Mutex::new(BTreeSet::new()),
         });
         Ok(Self {
             shared,
@@ -689,6 +706,9 @@ impl Mofm {
                     if let Some((id, g)) = h.grains {
                         lock(&shared.grains).insert(id, g);
                     }
+                    if let Some(id) = h.minion {
+                        lock(&shared.present).insert(id);
+                    }
                 }
             }));
         }
@@ -697,6 +717,7 @@ impl Mofm {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut n: u64 = 0;
         let mut key_snapshot = key_states(&shared.keys);
+        let mut presence_snapshot: BTreeSet<String> = BTreeSet::new();
         loop {
             tokio::select! {
                 () = &mut shutdown => {
@@ -711,6 +732,9 @@ impl Mofm {
                     }
                     if n.is_multiple_of(10) {
                         key_snapshot = fire_key_changes(&shared, key_snapshot);
+                    }
+                    if shared.cfg.presence_events && n.is_multiple_of(5) {
+                        presence_snapshot = fire_presence(&shared, presence_snapshot, n.is_multiple_of(300));
                     }
                     if n % 18_000 == 1 {
                         let removed = lock(&shared.cache).sweep(unix_micros());
@@ -749,6 +773,28 @@ fn key_states(keys: &KeyStore) -> BTreeMap<String, &'static str> {
         }
     }
     out
+}
+
+/// Salt's presence events: `salt/presence/change` `{new, lost}` when the present set changed
+/// (checked every second), `salt/presence/present` `{present}` every minute.
+fn fire_presence(shared: &Shared, before: BTreeSet<String>, full: bool) -> BTreeSet<String> {
+    let now = shared.present();
+    let list = |s: Vec<&String>| Value::Array(s.into_iter().map(Value::str).collect());
+    let new: Vec<&String> = now.difference(&before).collect();
+    let lost: Vec<&String> = before.difference(&now).collect();
+    if !new.is_empty() || !lost.is_empty() {
+        shared.bus.fire(
+            "salt/presence/change",
+            Value::map().with("new", list(new)).with("lost", list(lost)),
+        );
+    }
+    if full {
+        shared.bus.fire(
+            "salt/presence/present",
+            Value::map().with("present", list(now.iter().collect())),
+        );
+    }
+    now
 }
 
 /// `salt/key` events for key changes made on disk (`brine-key`, `salt-key`, auto-accept).
