@@ -51,6 +51,10 @@ struct Job {
     first_ask: Instant,
     /// After this, still-running minions are reported as timed out.
     deadline: Option<Instant>,
+    /// Syndics that have not reported this job's minions yet, and until when to wait for them
+    /// (`syndic_wait`).
+    waiting_syndics: BTreeSet<String>,
+    hold_until: Option<Instant>,
 }
 
 /// Tracks every running job of a master.
@@ -111,8 +115,37 @@ impl JobTracker {
                 asked: HashMap::new(),
                 first_ask: now + timeout,
                 deadline: deadline.map(|d| now + d),
+                waiting_syndics: BTreeSet::new(),
+                hold_until: None,
             },
         );
+    }
+
+    /// The job went to `syndics` too: it is not final until each reported the minions below it
+    /// that the job targets, or `syndic_wait` passed.
+    pub fn handle_syndics(
+        &mut self,
+        jid: &str,
+        syndics: impl IntoIterator<Item = String>,
+        now: Instant,
+        syndic_wait: Duration,
+    ) {
+        if let Some(job) = self.jobs.get_mut(jid) {
+            job.waiting_syndics.extend(syndics);
+            if !job.waiting_syndics.is_empty() {
+                job.hold_until = Some(now + syndic_wait);
+            }
+        }
+    }
+
+    /// A syndic reported on `jid` (its minions were added with [`Self::handle_expected`]); it is
+    /// not itself a minion that returns.
+    pub fn handle_syndic_reported(&mut self, jid: &str, syndic: &str) {
+        if let Some(job) = self.jobs.get_mut(jid) {
+            job.waiting_syndics.remove(syndic);
+            job.expected.remove(syndic);
+            job.missing.remove(syndic);
+        }
     }
 
     /// More minions are expected (a syndic reported the ones below it).
@@ -191,8 +224,9 @@ impl JobTracker {
                 .expected
                 .iter()
                 .all(|id| job.returned.contains(id) || job.missing.contains_key(id));
+            let held = !job.waiting_syndics.is_empty() && job.hold_until.is_some_and(|h| now < h);
             let expired = job.deadline.is_some_and(|d| now >= d);
-            if !settled && !expired {
+            if (!settled || held) && !expired {
                 return true;
             }
             let mut missing = job.missing.clone();
@@ -221,7 +255,7 @@ impl JobTracker {
                     .values()
                     .map(|a| a.0)
                     .chain(std::iter::once(j.first_ask));
-                asks.chain(j.deadline)
+                asks.chain(j.deadline).chain(j.hold_until)
             })
             .min()
     }
@@ -310,6 +344,39 @@ mod tests {
         );
         let done = jt.poll_done(t0 + Duration::from_secs(15));
         assert_eq!(done[0].missing.get("dead"), Some(&Missing::NoResponse));
+    }
+
+    #[test]
+    fn jobs_through_syndics_wait_for_their_reports_not_blindly() {
+        let t0 = origin();
+        let mut jt = JobTracker::new(Duration::from_secs(10));
+        jt.handle_connected("direct");
+        jt.handle_published("j", ["direct".to_owned()], t0, Duration::from_secs(5), None);
+        jt.handle_syndics(
+            "j",
+            ["s1".to_owned(), "s2".to_owned()],
+            t0,
+            Duration::from_secs(5),
+        );
+        jt.handle_return("j", "direct");
+        assert!(jt.poll_done(t0).is_empty(), "syndics have not reported");
+        // s1 reports two minions below it; s2 reports none (nothing of it matched).
+        jt.handle_expected("j", ["m1".to_owned(), "m2".to_owned()]);
+        jt.handle_connected("m1");
+        jt.handle_connected("m2");
+        jt.handle_syndic_reported("j", "s1");
+        jt.handle_syndic_reported("j", "s2");
+        jt.handle_return("j", "m1");
+        assert!(jt.poll_done(t0).is_empty(), "m2 has not returned");
+        jt.handle_return("j", "m2");
+        let done = jt.poll_done(t0 + Duration::from_millis(10));
+        assert_eq!(done[0].returned.len(), 3);
+        assert!(done[0].missing.is_empty());
+        // A syndic that never reports holds the job only until syndic_wait.
+        jt.handle_published("k", Vec::<String>::new(), t0, Duration::from_secs(5), None);
+        jt.handle_syndics("k", ["s1".to_owned()], t0, Duration::from_secs(5));
+        assert!(jt.poll_done(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(jt.poll_done(t0 + Duration::from_secs(5)).len(), 1);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! request handler for minion traffic (`requests`: `_auth`, `_pillar`, `_minion_event`,
 //! `_return`, `_register_resources`, `ping`) and publishing (`publish`).
 //!
-//! It does not own the job cache, the event bus transport, the HTTP API or configuration files:
-//! the daemons build those on top.
+//! It also holds the master's configuration (`config`: Salt's `master` file), the embedded job
+//! cache (`jobcache`), the event bus (`events`) and the serving core (`server`) that mofm and
+//! syndic run; the HTTP API and upstream links are the daemons' own.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
+pub mod config;
 pub mod events;
 pub mod jobcache;
 pub mod jobs;
@@ -17,4 +19,5 @@ pub mod keys;
 pub mod publish;
 pub mod requests;
 pub mod secrets;
+pub mod server;
 pub mod targeting;

@@ -16,7 +16,7 @@ use brine_proto::auth::{
 use brine_proto::codec;
 use brine_proto::crypt::{EncAlgo, Entropy, SigAlgo};
 use brine_proto::envelope::{Request, replies};
-use brine_proto::loads::{AuthRequest, MinionEvent, ReturnLoad};
+use brine_proto::loads::{AuthRequest, MinionEvent, ReturnLoad, SyndicReturn};
 use tracing::{debug, info, warn};
 
 use crate::keys::KeyStore;
@@ -78,6 +78,9 @@ impl std::fmt::Debug for RequestHandler {
     }
 }
 
+/// What a syndic reported for one job: `(jid, the job's minions below the syndic)`.
+pub type SyndicReport = (String, Vec<String>);
+
 /// The reply to one request and what it caused.
 #[derive(Debug, Default)]
 pub struct Handled {
@@ -92,6 +95,9 @@ pub struct Handled {
     /// The authenticated minion behind the request (an accepted `_auth` or a valid `aes`
     /// request), for presence.
     pub minion: Option<String>,
+    /// A syndic's `_syndic_return`: its id and, per jid, the minions below it that the job
+    /// targets (from the job load's `Minions`).
+    pub syndic: Option<(String, Vec<SyndicReport>)>,
 }
 
 fn bad_load() -> Vec<u8> {
@@ -315,6 +321,48 @@ impl RequestHandler {
                         warn!(minion_id = %id, jid = %r.jid, "return with a bad jid or another minion's id ignored")
                     }
                     Err(e) => warn!(minion_id = %id, error = %e, "malformed _return ignored"),
+                }
+                Value::Nil
+            }
+            "_syndic_return" => {
+                match SyndicReturn::from_value(&opened.load) {
+                    Ok(sr) => {
+                        let mut reported = Vec::new();
+                        for e in &sr.entries {
+                            if brine_proto::jid::Jid::parse(&e.jid).is_none() {
+                                warn!(syndic = %id, jid = %e.jid, "syndic return with a bad jid ignored");
+                                continue;
+                            }
+                            let minions = e
+                                .load
+                                .get("Minions")
+                                .and_then(Value::as_array)
+                                .unwrap_or_default()
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .filter(|m| brine_proto::auth::valid_minion_id(m))
+                                .map(str::to_owned)
+                                .collect();
+                            reported.push((e.jid.clone(), minions));
+                        }
+                        for r in sr.to_returns() {
+                            if !brine_proto::auth::valid_minion_id(&r.id)
+                                || brine_proto::jid::Jid::parse(&r.jid).is_none()
+                            {
+                                warn!(syndic = %id, minion_id = ?r.id, "syndic return with a bad id or jid ignored");
+                                continue;
+                            }
+                            let mut data = r.to_value();
+                            data.remove("cmd");
+                            out.events.push(MasterEvent {
+                                tag: format!("salt/job/{}/ret/{}", r.jid, r.id),
+                                data,
+                            });
+                            out.returns.push(r);
+                        }
+                        out.syndic = Some((id.clone(), reported));
+                    }
+                    Err(e) => warn!(syndic = %id, error = %e, "malformed _syndic_return ignored"),
                 }
                 Value::Nil
             }

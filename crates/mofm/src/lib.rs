@@ -1,84 +1,35 @@
-//! `mofm`: brine's master. It serves unmodified Salt minions from Salt's own `master` config and
-//! pki directory (keys, `_auth`, `_pillar`, events, returns), publishes jobs with master-side
-//! targeting, tracks them to completion without `find_job` storms, keeps an embedded job cache,
-//! and offers a salt-api-shaped HTTP API ([`api`]) that the `brine` CLI family speaks.
-//!
-//! One task owns the ret port and the maintenance ticks; the API runs beside it. Shared state
-//! lives in [`Shared`] behind short-held mutexes.
+//! `mofm`: brine's master. It runs brine-master's serving core ([`brine_master::server`]) for
+//! unmodified Salt minions — keys, `_auth`, publishing with master-side targeting, job tracking
+//! without `find_job` storms, the embedded job cache, events — and puts a salt-api-shaped HTTP API
+//! ([`api`]) with `external_auth` ([`eauth`]) and runners in front of it, which the `brine` CLI
+//! family speaks.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
 pub mod api;
-pub mod config;
 pub mod eauth;
 mod runners;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-use brine_master::events::{EventBus, unix_micros};
-use brine_master::jobcache::JobCache;
-use brine_master::jobs::{JobTracker, Missing};
-use brine_master::json::to_json;
-use brine_master::keys::{KeyDir, KeyStore};
-use brine_master::publish::JobPublisher;
-use brine_master::requests::{Policy, RequestHandler};
-use brine_master::secrets::{Secrets, load_or_create_master_key};
-use brine_master::targeting::expected_minions;
-use brine_proto::Value;
-use brine_proto::auth::MasterIdentity;
-use brine_proto::crypt::{Entropy, PrivateKey, SigAlgo};
-use brine_proto::jid::{Jid, JidGenerator};
-use brine_proto::loads::{JobLoad, ReturnLoad};
-use brine_transport::{Context, OsEntropy, Publisher, Router, SocketOptions, tcp_endpoint};
-use serde_json::{Value as Json, json};
-use tracing::{debug, info, warn};
+pub use brine_master::config;
+use brine_master::config::MasterConfig;
+pub use brine_master::server::{
+    ActiveJob, JobView, MasterCore, PublishError, PublishSpec, Published, Rng, start_time,
+    valid_jid,
+};
+use brine_master::server::{Server, random_hex, unix_secs, write_private};
+use tracing::info;
 
-use crate::config::MasterConfig;
 use crate::eauth::{Eauth, Perms};
-
-/// The OS random source.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rng;
-
-impl Entropy for Rng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        OsEntropy::fill_bytes(buf);
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-/// How long a finished job stays in memory (the cache has it afterwards).
-const KEEP_FINISHED: Duration = Duration::from_secs(120);
-
-/// A job this master published and is tracking.
-#[derive(Debug, Clone)]
-pub struct ActiveJob {
-    /// The cached load (function, arguments, target, user, minions, start time).
-    pub load: Json,
-    /// Minions expected to return.
-    pub expected: Vec<String>,
-    /// Returns so far (the whole return objects).
-    pub returns: BTreeMap<String, Json>,
-    /// Set when final: minions that will not return, and why.
-    pub missing: Option<BTreeMap<String, Missing>>,
-    finished_at: Option<Instant>,
-}
-
-/// A job's load, its returns, and (once final) who is missing and why.
-pub type JobView = (
-    Json,
-    BTreeMap<String, Json>,
-    Option<BTreeMap<String, Missing>>,
-);
 
 /// A logged-in API session.
 #[derive(Debug, Clone)]
@@ -95,144 +46,35 @@ pub struct Token {
     pub expire: u64,
 }
 
-/// A publish request from the API.
-#[derive(Debug, Clone)]
-pub struct PublishSpec {
-    /// Target expression.
-    pub tgt: Value,
-    /// Target type (`glob`, `pcre`, `list`, `grain`, `grain_pcre`, `pillar`, `compound`,
-    /// `nodegroup`, `ipcidr`).
-    pub tgt_type: String,
-    /// Function.
-    pub fun: String,
-    /// Arguments (a trailing `__kwarg__` map for keyword arguments).
-    pub arg: Vec<Value>,
-    /// Seconds before silent minions are asked (`-t`).
-    pub timeout: Option<u64>,
-    /// Returners.
-    pub ret: String,
+/// Where the root token lives (mode 0600): local `brine` commands read it, like Salt's root key.
+pub fn root_token_path(cachedir: &Path) -> PathBuf {
+    cachedir.join("brine").join("root_token")
 }
 
-/// Why a publish was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// The target does not parse or names an unknown nodegroup.
-    #[error("{0}")]
-    BadTarget(String),
-    /// The token may not run this.
-    #[error("permission denied: {0}")]
-    Denied(String),
-    /// The publish socket failed.
-    #[error("publish failed: {0}")]
-    Transport(String),
-}
-
-/// A published job.
-#[derive(Debug, Clone)]
-pub struct Published {
-    /// Its jid (empty when nothing matched and nothing was sent).
-    pub jid: String,
-    /// The minions expected to return.
-    pub minions: Vec<String>,
-}
-
-/// State shared by the serving loop and the HTTP API.
+/// The API's state: the master core plus sessions and `external_auth`.
 pub struct Shared {
-    /// The configuration.
-    pub cfg: MasterConfig,
-    keys: KeyStore,
-    grains: Mutex<HashMap<String, Value>>,
-    jobs: Mutex<BTreeMap<String, ActiveJob>>,
-    cache: Mutex<JobCache>,
-    tracker: Mutex<JobTracker>,
-    find_jobs: Mutex<HashMap<String, String>>,
-    /// The event bus.
-    pub bus: EventBus,
-    publisher: JobPublisher,
-    jidgen: Mutex<JidGenerator>,
+    core: Arc<MasterCore>,
     tokens: Mutex<HashMap<String, Token>>,
     root_token: String,
     eauth: Eauth,
-    find_jobs_sent: AtomicU64,
-    /// Minions present: authenticated or heard from in this run and not given up on since.
-    present: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("publisher", &self.publisher)
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }
 
-/// Where the root token lives (mode 0600): local `brine` commands read it, like Salt's root key.
-pub fn root_token_path(cachedir: &std::path::Path) -> PathBuf {
-    cachedir.join("brine").join("root_token")
-}
-
-fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+impl std::ops::Deref for Shared {
+    type Target = MasterCore;
+    fn deref(&self) -> &MasterCore {
+        &self.core
     }
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(data)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    OsEntropy::fill_bytes(&mut b);
-    hex::encode(b)
-}
-
-fn unix_secs() -> u64 {
-    unix_micros() / 1_000_000
 }
 
 impl Shared {
-    /// Accepted minion ids.
-    pub fn accepted(&self) -> Vec<String> {
-        self.keys.list(KeyDir::Accepted)
-    }
-
-    /// The key store.
-    pub fn keys(&self) -> &KeyStore {
-        &self.keys
-    }
-
-    /// Cached grains of `id`.
-    pub fn grains_of(&self, id: &str) -> Option<Value> {
-        lock(&self.grains).get(id).cloned()
-    }
-
-    /// Every minion with cached grains.
-    pub fn all_grains(&self) -> BTreeMap<String, Value> {
-        lock(&self.grains)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// Minions present: authenticated or heard from since the master started, and not given up
-    /// on (a `find_job` left unanswered) since.
-    pub fn present(&self) -> BTreeSet<String> {
-        lock(&self.present).clone()
-    }
-
-    /// How many `saltutil.find_job` publishes this master sent (each to a few minions).
-    pub fn find_jobs_sent(&self) -> u64 {
-        self.find_jobs_sent.load(Ordering::Relaxed)
-    }
-
     /// The session behind an API token, if valid.
     pub fn token(&self, tok: &str) -> Option<Token> {
         if !self.root_token.is_empty()
@@ -286,250 +128,28 @@ impl Shared {
         spec: PublishSpec,
         token: &Token,
     ) -> Result<Published, PublishError> {
-        let (tgt, tgt_type) = if spec.tgt_type == "nodegroup" {
-            let name = spec.tgt.as_str().unwrap_or_default();
-            let expr =
-                self.cfg.nodegroups.get(name).ok_or_else(|| {
-                    PublishError::BadTarget(format!("unknown nodegroup {name:?}"))
-                })?;
-            (Value::str(expr), "compound".to_owned())
-        } else {
-            (spec.tgt.clone(), spec.tgt_type.clone())
-        };
-        let groups = |n: &str| self.cfg.nodegroups.get(n).cloned();
-        let minions = {
-            let grains = lock(&self.grains);
-            expected_minions(&tgt, &tgt_type, ":", &self.accepted(), &grains, &groups)
-                .map_err(|e| PublishError::BadTarget(e.to_string()))?
-        };
-        if !token.perms.allows_local(&spec.fun, &minions) {
-            warn!(user = %token.user, fun = %spec.fun, "publish refused by external_auth ACL");
-            return Err(PublishError::Denied(format!(
-                "{} may not run {} on these targets",
-                token.user, spec.fun
-            )));
-        }
-        if minions.is_empty() {
-            return Ok(Published {
-                jid: String::new(),
-                minions,
-            });
-        }
-        let now_us = unix_micros();
-        let jid = lock(&self.jidgen).next_jid(now_us);
-        let mut job = JobLoad::new(&spec.fun, spec.arg.clone(), tgt.clone(), &tgt_type, &jid);
-        job.ret.clone_from(&spec.ret);
-        job.user = Some(token.user.clone());
-        let load = json!({
-            "jid": jid.as_str(),
-            "fun": spec.fun,
-            "arg": to_json(&Value::Array(spec.arg.clone())),
-            "tgt": to_json(&spec.tgt),
-            "tgt_type": spec.tgt_type,
-            "user": token.user,
-            "minions": minions,
-            "StartTime": start_time(jid.as_str()),
-        });
-        if let Err(e) = lock(&self.cache).save_job(jid.as_str(), &load) {
-            warn!(jid = %jid, error = %e, "job cache write failed");
-        }
-        let timeout = Duration::from_secs(spec.timeout.unwrap_or(self.cfg.timeout));
-        {
-            let mut tr = lock(&self.tracker);
-            for id in &minions {
-                tr.handle_connected(id);
-            }
-            tr.handle_published(
-                jid.as_str(),
-                minions.iter().cloned(),
-                Instant::now(),
-                timeout,
-                None,
-            );
-        }
-        lock(&self.jobs).insert(
-            jid.to_string(),
-            ActiveJob {
-                load: load.clone(),
-                expected: minions.clone(),
-                returns: BTreeMap::new(),
-                missing: None,
-                finished_at: None,
-            },
-        );
-        self.publisher
-            .publish(job, Some(&minions), &mut Rng)
-            .await
-            .map_err(|e| PublishError::Transport(e.to_string()))?;
-        info!(jid = %jid, fun = %spec.fun, minions = minions.len(), user = %token.user, "published");
-        self.bus.fire(
-            format!("salt/job/{jid}/new"),
-            brine_master::json::from_json(&json!({
-                "jid": jid.as_str(),
-                "tgt": to_json(&spec.tgt),
-                "tgt_type": spec.tgt_type,
-                "fun": spec.fun,
-                "arg": to_json(&Value::Array(spec.arg)),
-                "minions": minions,
-                "missing": [],
-                "user": token.user,
-            })),
-        );
-        Ok(Published {
-            jid: jid.to_string(),
-            minions,
-        })
-    }
-
-    /// A job as the API shows it: in memory while running (and shortly after), else from the
-    /// cache. `(load, returns, missing-if-final)`.
-    pub fn job_view(&self, jid: &str) -> Option<JobView> {
-        if let Some(j) = lock(&self.jobs).get(jid) {
-            return Some((j.load.clone(), j.returns.clone(), j.missing.clone()));
-        }
-        let cache = lock(&self.cache);
-        let load = cache.job(jid)?;
-        let returns = cache.returns(jid);
-        let missing = load
-            .get("minions")
-            .and_then(Json::as_array)
-            .map(|m| {
-                m.iter()
-                    .filter_map(Json::as_str)
-                    .filter(|id| !returns.contains_key(*id))
-                    .map(|id| (id.to_owned(), Missing::NoResponse))
-                    .collect()
+        let perms = token.perms.clone();
+        self.core
+            .publish(spec, &token.user, &move |fun: &str, minions: &[String]| {
+                perms.allows_local(fun, minions)
             })
-            .unwrap_or_default();
-        Some((load, returns, Some(missing)))
-    }
-
-    /// Wait until `jid` is final.
-    pub async fn wait_job(&self, jid: &str) {
-        loop {
-            match lock(&self.jobs).get(jid) {
-                Some(j) if j.missing.is_none() => {}
-                _ => return,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Running jobs (not final yet), newest last.
-    pub fn active_jobs(&self) -> Vec<(String, ActiveJob)> {
-        lock(&self.jobs)
-            .iter()
-            .filter(|(_, j)| j.missing.is_none())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// Stored jobs, oldest first.
-    pub fn list_jobs(&self) -> Vec<(String, Json)> {
-        lock(&self.cache).list()
-    }
-
-    fn on_return(&self, r: &ReturnLoad) {
-        let asked_about = lock(&self.find_jobs).get(&r.jid).cloned();
-        if let Some(orig) = asked_about {
-            let running = r.ret.as_map().is_some_and(|m| !m.is_empty());
-            debug!(jid = %orig, minion_id = %r.id, running, "find_job answer");
-            lock(&self.tracker).handle_find_job(&orig, &r.id, running);
-            return;
-        }
-        let mut data = to_json(&r.to_value());
-        if let Json::Object(o) = &mut data {
-            o.remove("cmd");
-        }
-        lock(&self.tracker).handle_return(&r.jid, &r.id);
-        if let Some(j) = lock(&self.jobs).get_mut(&r.jid) {
-            j.returns.insert(r.id.clone(), data.clone());
-        }
-        if let Err(e) = lock(&self.cache).add_return(&r.jid, &r.id, &data) {
-            warn!(jid = %r.jid, minion_id = %r.id, error = %e, "job cache write failed");
-        }
-    }
-
-    async fn tick(&self) {
-        let now = Instant::now();
-        let (asks, done) = {
-            let mut tr = lock(&self.tracker);
-            (tr.poll_find_jobs(now), tr.poll_done(now))
-        };
-        for (jid, who) in asks {
-            let fj = lock(&self.jidgen).next_jid(unix_micros());
-            lock(&self.find_jobs).insert(fj.to_string(), jid.clone());
-            let load = JobLoad::find_job(&jid, &who, &fj);
-            info!(jid = %jid, find_job_jid = %fj, minions = ?who, "asking silent minions (saltutil.find_job)");
-            self.find_jobs_sent.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.publisher.publish(load, Some(&who), &mut Rng).await {
-                warn!(error = %e, "find_job publish failed");
-            }
-        }
-        {
-            let mut jobs = lock(&self.jobs);
-            let mut cache = lock(&self.cache);
-            for f in done {
-                if let Some(j) = jobs.get_mut(&f.jid) {
-                    j.missing = Some(f.missing.clone());
-                    j.finished_at = Some(now);
-                }
-                cache.close(&f.jid);
-                {
-                    let mut present = lock(&self.present);
-                    for (id, why) in &f.missing {
-                        if matches!(why, Missing::NoResponse | Missing::Gone) {
-                            present.remove(id);
-                        }
-                    }
-                }
-                info!(jid = %f.jid, returned = f.returned.len(), missing = f.missing.len(), "job finished");
-            }
-            jobs.retain(|_, j| {
-                j.finished_at
-                    .is_none_or(|t| now.duration_since(t) < KEEP_FINISHED)
-            });
-            cache.flush();
-        }
-        let active: BTreeSet<String> = lock(&self.jobs).keys().cloned().collect();
-        lock(&self.find_jobs).retain(|_, orig| active.contains(orig));
+            .await
     }
 }
 
-/// A bound master: sockets open, keys loaded.
+/// A bound master: the core's sockets, the API listener, the root token written.
 pub struct Mofm {
+    server: Server,
     shared: Arc<Shared>,
-    router: Router,
-    handlers: Vec<RequestHandler>,
-    secrets: Arc<Mutex<Secrets>>,
     api: tokio::net::TcpListener,
 }
 
 impl std::fmt::Debug for Mofm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mofm")
-            .field("ret", &self.router.endpoint())
+            .field("server", &self.server)
             .finish_non_exhaustive()
     }
-}
-
-fn signing_key(cfg: &MasterConfig) -> Result<PrivateKey, String> {
-    let pem = cfg
-        .pki_dir
-        .join(format!("{}.pem", cfg.master_sign_key_name));
-    if pem.exists() {
-        let data = std::fs::read(&pem).map_err(|e| format!("{}: {e}", pem.display()))?;
-        return PrivateKey::from_pem(&data).map_err(|e| format!("{}: {e}", pem.display()));
-    }
-    let key = PrivateKey::generate(2048).map_err(|e| e.to_string())?;
-    write_private(&pem, &key.to_pem_pkcs1().map_err(|e| e.to_string())?)?;
-    std::fs::write(
-        cfg.pki_dir
-            .join(format!("{}.pub", cfg.master_sign_key_name)),
-        key.public_key().to_pem_file(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(key)
 }
 
 impl Mofm {
@@ -539,315 +159,54 @@ impl Mofm {
     /// A message naming what failed (pki directory, key file, address in use, bad
     /// `external_auth`).
     pub async fn bind(cfg: MasterConfig) -> Result<Self, String> {
-        let keys = KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?;
-        let key = load_or_create_master_key(&cfg.pki_dir)?;
         let eauth = Eauth::from_config(&cfg.external_auth, &cfg.root_dir)?;
-        let cache = JobCache::open(
-            &cfg.cachedir.join("brine").join("jobs"),
-            Duration::from_secs(cfg.keep_jobs_seconds),
-        )
-        .map_err(|e| format!("{}: {e}", cfg.cachedir.display()))?;
-        let ctx = Context::new();
-        let router = Router::bind(
-            &ctx,
-            &tcp_endpoint(&cfg.interface, cfg.ret_port),
-            &SocketOptions::master_router(),
-        )
-        .map_err(|e| e.to_string())?;
-        let publisher = Publisher::bind(
-            &ctx,
-            &tcp_endpoint(&cfg.interface, cfg.publish_port),
-            &SocketOptions::master_pub(),
-        )
-        .map_err(|e| e.to_string())?;
         let api = tokio::net::TcpListener::bind((cfg.api_host.as_str(), cfg.api_port))
             .await
             .map_err(|e| format!("API {}:{}: {e}", cfg.api_host, cfg.api_port))?;
-        let mut identity = MasterIdentity::new(key.clone(), publisher.port());
-        if cfg.master_sign_pubkey {
-            identity = identity
-                .with_signing_key(&signing_key(&cfg)?, SigAlgo::Pkcs1v15Sha1)
-                .map_err(|e| e.to_string())?;
-        }
-        let secrets = Arc::new(Mutex::new(Secrets::new(&mut Rng)));
-        let policy = Policy {
-            danger_auto_accept: cfg.auto_accept,
-            danger_open_mode: cfg.open_mode,
-            autosign_file: cfg.autosign_file.clone(),
-            autoreject_file: cfg.autoreject_file.clone(),
-        };
-        // One request handler per core: `_auth` is RSA-bound, and a fleet re-keying after an
-        // AES rotation (or a restart) is served by every core at once.
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
-        let mut handlers = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            handlers.push(RequestHandler::new(
-                KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?,
-                identity.clone(),
-                secrets.clone(),
-                policy.clone(),
-                Box::new(Rng),
-            ));
-        }
-        let mut jp = JobPublisher::new(publisher, secrets.clone(), key);
-        jp.sign = cfg.sign_pub_messages;
-        jp.zmq_filtering = cfg.zmq_filtering;
         let root_token = random_hex(20);
         write_private(&root_token_path(&cfg.cachedir), root_token.as_bytes())?;
+        let server = Server::bind(cfg)?;
         let shared = Arc::new(Shared {
-            tracker: Mutex::new(JobTracker::new(Duration::from_secs(cfg.gather_job_timeout))),
-            cfg,
-            keys,
-            grains: Mutex::new(HashMap::new()),
-            jobs: Mutex::new(BTreeMap::new()),
-            cache: Mutex::new(cache),
-            find_jobs: Mutex::new(HashMap::new()),
-            bus: EventBus::new(),
-            publisher: jp,
-            jidgen: Mutex::new(JidGenerator::default()),
+            core: server.core(),
             tokens: Mutex::new(HashMap::new()),
             root_token,
             eauth,
-            find_jobs_sent: AtomicU64::new(0),
-            present: Mutex::new(BTreeSet::new()),
         });
         Ok(Self {
+            server,
             shared,
-            router,
-            handlers,
-            secrets,
             api,
         })
     }
 
     /// The bound ret (request) port.
     pub fn ret_port(&self) -> u16 {
-        self.router.port()
+        self.server.ret_port()
     }
 
     /// The bound publish port.
     pub fn publish_port(&self) -> u16 {
-        self.shared.publisher.port()
+        self.server.publish_port()
     }
 
-    /// The shared state (for embedding and tests).
-    pub fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
-    }
-}
-
-/// Salt's AES rotation request: `brine-key`/`salt-key` write `cachedir/.dfn` after deleting or
-/// rejecting a key (`rotate_aes_key`). Checked every second (Salt: every `loop_interval`).
-fn check_dropfile(shared: &Shared, secrets: &Mutex<Secrets>) {
-    let dfn = shared.cfg.cachedir.join(".dfn");
-    if !dfn.exists() {
-        return;
-    }
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = std::fs::set_permissions(&dfn, std::fs::Permissions::from_mode(0o600));
-    }
-    if let Err(e) = std::fs::remove_file(&dfn) {
-        warn!(path = %dfn.display(), error = %e, "cannot remove the AES dropfile");
-        return;
-    }
-    lock(secrets).rotate(&mut Rng);
-    info!("AES key rotated (dropfile); minions re-authenticate on their next publish");
-}
-
-impl Mofm {
     /// The bound HTTP API address.
     pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
         self.api.local_addr().ok()
     }
 
+    /// The API state (for embedding and tests).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Serve until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self {
-            shared,
-            mut router,
-            handlers,
-            secrets,
-            api,
-        } = self;
         info!(
-            ret = %router.endpoint(),
-            publish = %shared.publisher.port(),
-            api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            pki = %shared.cfg.pki_dir.display(),
-            "mofm serving"
+            api = %self.api_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "HTTP API serving"
         );
-        let api_task = tokio::spawn(api::serve(api, shared.clone()));
-        let mut queues = Vec::new();
-        let mut worker_tasks = Vec::new();
-        for mut handler in handlers {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<brine_transport::RouterRequest>(4096);
-            let replier = router.replier();
-            let shared = shared.clone();
-            queues.push(tx);
-            worker_tasks.push(tokio::spawn(async move {
-                while let Some(req) = rx.recv().await {
-                    let peer = String::from_utf8_lossy(&req.peer).into_owned();
-                    let h = handler.handle(&req.payload, &peer);
-                    if replier.reply(&req, h.reply).await.is_err() {
-                        return;
-                    }
-                    for r in &h.returns {
-                        shared.on_return(r);
-                    }
-                    for e in h.events {
-                        if e.tag.starts_with("salt/minion/") && e.tag.ends_with("/start") {
-                            info!(tag = %e.tag, "minion started");
-                        } else {
-                            debug!(tag = %e.tag, "event");
-                        }
-                        shared.bus.fire_event(e);
-                    }
-                    if let Some((id, g)) = h.grains {
-                        lock(&shared.grains).insert(id, g);
-                    }
-                    if let Some(id) = h.minion {
-                        lock(&shared.present).insert(id);
-                    }
-                }
-            }));
-        }
-        let mut next = 0usize;
-        tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut n: u64 = 0;
-        let mut key_snapshot = key_states(&shared.keys);
-        let mut presence_snapshot: BTreeSet<String> = BTreeSet::new();
-        loop {
-            tokio::select! {
-                () = &mut shutdown => {
-                    info!("shutting down");
-                    break;
-                }
-                _ = tick.tick() => {
-                    n += 1;
-                    shared.tick().await;
-                    if n.is_multiple_of(5) {
-                        check_dropfile(&shared, &secrets);
-                    }
-                    if n.is_multiple_of(10) {
-                        key_snapshot = fire_key_changes(&shared, key_snapshot);
-                    }
-                    if shared.cfg.presence_events && n.is_multiple_of(5) {
-                        presence_snapshot = fire_presence(&shared, presence_snapshot, n.is_multiple_of(300));
-                    }
-                    if n % 18_000 == 1 {
-                        let removed = lock(&shared.cache).sweep(unix_micros());
-                        if removed > 0 {
-                            info!(removed, "old jobs removed from the job cache (keep_jobs_seconds)");
-                        }
-                    }
-                }
-                req = router.recv() => {
-                    let Ok(req) = req else { break };
-                    next = (next + 1) % queues.len();
-                    if queues[next].send(req).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        drop(queues);
-        for t in worker_tasks {
-            let _ = t.await;
-        }
-        lock(&shared.cache).flush();
+        let api_task = tokio::spawn(api::serve(self.api, self.shared));
+        self.server.run(shutdown).await;
         api_task.abort();
     }
-}
-
-fn key_states(keys: &KeyStore) -> BTreeMap<String, &'static str> {
-    let mut out = BTreeMap::new();
-    for (d, act) in [
-        (KeyDir::Pending, "pend"),
-        (KeyDir::Rejected, "reject"),
-        (KeyDir::Accepted, "accept"),
-    ] {
-        for id in keys.list(d) {
-            out.insert(id, act);
-        }
-    }
-    out
-}
-
-/// Salt's presence events: `salt/presence/change` `{new, lost}` when the present set changed
-/// (checked every second), `salt/presence/present` `{present}` every minute.
-fn fire_presence(shared: &Shared, before: BTreeSet<String>, full: bool) -> BTreeSet<String> {
-    let now = shared.present();
-    let list = |s: Vec<&String>| Value::Array(s.into_iter().map(Value::str).collect());
-    let new: Vec<&String> = now.difference(&before).collect();
-    let lost: Vec<&String> = before.difference(&now).collect();
-    if !new.is_empty() || !lost.is_empty() {
-        shared.bus.fire(
-            "salt/presence/change",
-            Value::map().with("new", list(new)).with("lost", list(lost)),
-        );
-    }
-    if full {
-        shared.bus.fire(
-            "salt/presence/present",
-            Value::map().with("present", list(now.iter().collect())),
-        );
-    }
-    now
-}
-
-/// `salt/key` events for key changes made on disk (`brine-key`, `salt-key`, auto-accept).
-fn fire_key_changes(
-    shared: &Shared,
-    before: BTreeMap<String, &'static str>,
-) -> BTreeMap<String, &'static str> {
-    let after = key_states(&shared.keys);
-    for (id, act) in &after {
-        if before.get(id) != Some(act) {
-            shared.bus.fire(
-                "salt/key",
-                Value::map()
-                    .with("id", id.as_str())
-                    .with("act", *act)
-                    .with("result", true),
-            );
-        }
-    }
-    for id in before.keys().filter(|id| !after.contains_key(*id)) {
-        shared.bus.fire(
-            "salt/key",
-            Value::map()
-                .with("id", id.as_str())
-                .with("act", "delete")
-                .with("result", true),
-        );
-    }
-    after
-}
-
-/// Salt's `jid_to_time`: `2026, Nov 27 06:09:28.860244`.
-pub fn start_time(jid: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    if jid.len() < 20 || !jid.as_bytes()[..20].iter().all(u8::is_ascii_digit) {
-        return String::new();
-    }
-    let month = jid[4..6].parse::<usize>().unwrap_or(1).clamp(1, 12);
-    format!(
-        "{}, {} {} {}:{}:{}.{}",
-        &jid[0..4],
-        MONTHS[month - 1],
-        &jid[6..8],
-        &jid[8..10],
-        &jid[10..12],
-        &jid[12..14],
-        &jid[14..20]
-    )
-}
-
-/// A jid is valid job id text.
-pub fn valid_jid(jid: &str) -> bool {
-    Jid::parse(jid).is_some()
 }

@@ -122,7 +122,12 @@ impl SimMinion {
     }
 }
 
-async fn authenticate(
+/// Authenticate `me` over `req` as a minion does (retrying while pending, resending on timeout)
+/// until accepted or `deadline` passes.
+///
+/// # Errors
+/// [`SimError`] if refused or not accepted in time.
+pub async fn authenticate(
     me: &MinionIdentity,
     req: &mut ReqClient,
     deadline: Duration,

@@ -305,7 +305,7 @@ fn run(a: &Args) -> Result<u8, String> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    if jid.is_empty() || minions.is_empty() {
+    if jid.is_empty() {
         println!("No minions matched the target. No command was sent, no jid was assigned.");
         if a.run_async {
             println!("Executed command with job ID: 0");

@@ -58,6 +58,11 @@ pub struct MasterConfig {
     pub presence_events: bool,
     /// `id` of the master (the AES dropfile must contain it); default `<hostname>_master`.
     pub id: Option<String>,
+    /// `order_masters`: this master has syndics below it (publishes carry `to`; syndics'
+    /// returns and expected minions are accepted).
+    pub order_masters: bool,
+    /// `syndic_wait`: the longest a job waits for a syndic that has not reported yet.
+    pub syndic_wait: u64,
     /// Keys brine does not implement (warned about at start).
     pub unknown_keys: Vec<String>,
 }
@@ -99,6 +104,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "rotate_aes_key",
     "job_cache",
     "order_masters",
+    "syndic_wait",
 ];
 
 impl MasterConfig {
@@ -169,6 +175,8 @@ impl MasterConfig {
                 .map(|p| under_root(&root_dir, Path::new(&p))),
             presence_events: o.bool("presence_events", false)?,
             id: o.string("id")?,
+            order_masters: o.bool("order_masters", false)?,
+            syndic_wait: o.int("syndic_wait", 5, 0..=3600)? as u64,
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
         };
         if cfg.interface.parse::<std::net::IpAddr>().is_err() {
