@@ -5,7 +5,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
@@ -41,18 +41,26 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// How to reach the API.
-#[derive(Debug, Clone, Default)]
+/// How to reach the API: the command-line options `brine` and `brine-run` share.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnectArgs {
-    /// `--url http://host:port`.
+    /// Configuration directory of the local master (API address, root token).
+    #[arg(short = 'c', long = "config-dir", default_value = "/etc/salt")]
+    pub config_dir: PathBuf,
+    /// The API URL of a remote master (http://host:port).
+    #[arg(long)]
     pub url: Option<String>,
-    /// `--token`.
+    /// An API token (else BRINE_TOKEN, -a, or the local root token).
+    #[arg(long)]
     pub token: Option<String>,
-    /// `-a/--auth` eauth backend to log in with.
+    /// Log in with this external_auth backend (e.g. file).
+    #[arg(short = 'a', long = "auth")]
     pub eauth: Option<String>,
-    /// `--username`.
+    /// User name for -a (else BRINE_USERNAME).
+    #[arg(long)]
     pub username: Option<String>,
-    /// `--password`.
+    /// Password for -a (else BRINE_PASSWORD).
+    #[arg(long)]
     pub password: Option<String>,
 }
 
@@ -73,7 +81,8 @@ impl Api {
     ///
     /// # Errors
     /// A message for the user.
-    pub fn connect(config_dir: &Path, a: &ConnectArgs) -> Result<Self, String> {
+    pub fn connect(a: &ConnectArgs) -> Result<Self, String> {
+        let config_dir = a.config_dir.as_path();
         let local = || -> Result<brine_mofm::config::MasterConfig, String> {
             let o = brine_daemon::config::load(config_dir, "master").map_err(|e| e.to_string())?;
             brine_mofm::config::MasterConfig::from_options(&o).map_err(|e| e.to_string())

@@ -160,12 +160,14 @@ impl Mofm {
     /// `external_auth`).
     pub async fn bind(cfg: MasterConfig) -> Result<Self, String> {
         let eauth = Eauth::from_config(&cfg.external_auth, &cfg.root_dir)?;
-        let api = tokio::net::TcpListener::bind((cfg.api_host.as_str(), cfg.api_port))
-            .await
-            .map_err(|e| format!("API {}:{}: {e}", cfg.api_host, cfg.api_port))?;
+        let (api_host, api_port) = (cfg.api_host.clone(), cfg.api_port);
         let root_token = random_hex(20);
         write_private(&root_token_path(&cfg.cachedir), root_token.as_bytes())?;
+        // The ret and publish ports first: once the API answers, minions can authenticate.
         let server = Server::bind(cfg)?;
+        let api = tokio::net::TcpListener::bind((api_host.as_str(), api_port))
+            .await
+            .map_err(|e| format!("API {api_host}:{api_port}: {e}"))?;
         let shared = Arc::new(Shared {
             core: server.core(),
             tokens: Mutex::new(HashMap::new()),

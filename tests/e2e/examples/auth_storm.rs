@@ -7,14 +7,13 @@
 //! (`mofm` from `BRINE_BIN_DIR`, default this profile's target dir.)
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brine_proto::auth::MinionIdentity;
 use brine_proto::crypt::PrivateKey;
 use brine_test_support::sim::authenticate;
-use brine_test_support::{Daemon, free_port, wait_for};
+use brine_test_support::{free_port, proc_cpu_ticks, start_mofm, wait_for};
 use brine_transport::{Context, ReqClient, SocketOptions, tcp_endpoint};
 
 fn bin(name: &str) -> PathBuf {
@@ -26,15 +25,21 @@ fn bin(name: &str) -> PathBuf {
 }
 
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |x| x.1)
-        .split_whitespace()
-        .collect();
-    let t = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    t as f64 / 100.0
+    proc_cpu_ticks(pid) as f64 / 100.0
+}
+
+/// Run one storm and print what it cost mofm.
+async fn measured(what: &str, ctx: &Context, ids: &[Arc<MinionIdentity>], ret: u16, mofm_pid: u32) {
+    let c0 = cpu_secs(mofm_pid);
+    let (t, ok) = storm(ctx, ids, ret).await;
+    let cpu = cpu_secs(mofm_pid) - c0;
+    println!(
+        "{what}: {ok}/{} accepted in {:.2} s ({:.0} auths/s wall); mofm CPU {cpu:.2} s ({:.0} auths per CPU-second)",
+        ids.len(),
+        t.as_secs_f64(),
+        ok as f64 / t.as_secs_f64(),
+        ok as f64 / cpu
+    );
 }
 
 /// Cached key pairs (generating 2048-bit keys is the slow part of a swarm).
@@ -90,51 +95,21 @@ async fn main() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let (pubp, ret, api) = (free_port(), free_port(), free_port());
-    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-    std::fs::write(
-        dir.path().join("etc/master"),
-        format!(
-            "root_dir: {}\ninterface: 127.0.0.1\npublish_port: {pubp}\nret_port: {ret}\n\
-             rest_cherrypy: {{port: {api}}}\nauto_accept: True\n",
-            dir.path().join("root").display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin("mofm"));
-    cmd.arg("-c")
-        .arg(dir.path().join("etc"))
-        .args(["-l", "warning"]);
-    let log = dir.path().join("mofm.log");
-    let mofm = Daemon::spawn(cmd, "mofm", &log);
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-    }));
+    let mofm = start_mofm(&bin("mofm"), dir.path(), "127.0.0.1", (pubp, ret, api), "");
     let ctx = Context::new();
 
-    let c0 = cpu_secs(mofm.pid());
-    let (t1, ok1) = storm(&ctx, &ids, ret).await;
-    let c1 = cpu_secs(mofm.pid());
-    println!(
-        "first contact: {ok1}/{n} accepted in {:.2} s ({:.0} auths/s wall); mofm CPU {:.2} s ({:.0} auths per CPU-second)",
-        t1.as_secs_f64(),
-        ok1 as f64 / t1.as_secs_f64(),
-        c1 - c0,
-        ok1 as f64 / (c1 - c0)
-    );
+    measured("first contact", &ctx, &ids, ret, mofm.pid()).await;
     // Rotate the AES key (what brine-key -d does) and let every minion re-key at once.
     let cache = dir.path().join("root/var/cache/salt/master");
     std::fs::write(cache.join(".dfn"), "x").unwrap();
     assert!(wait_for(Duration::from_secs(5), || !cache
         .join(".dfn")
         .exists()));
-    let c2 = cpu_secs(mofm.pid());
-    let (t2, ok2) = storm(&ctx, &ids, ret).await;
-    let c3 = cpu_secs(mofm.pid());
-    println!(
-        "re-key after rotation: {ok2}/{n} in {:.2} s ({:.0} auths/s wall); mofm CPU {:.2} s ({:.0} auths per CPU-second)",
-        t2.as_secs_f64(),
-        ok2 as f64 / t2.as_secs_f64(),
-        c3 - c2,
-        ok2 as f64 / (c3 - c2)
-    );
+    measured("re-key after rotation", &ctx, &ids, ret, mofm.pid()).await;
+    if std::env::var("BRINE_MOFM_LOG").is_ok() {
+        eprintln!(
+            "{}",
+            brine_test_support::tail(&dir.path().join("mofm.log"), 30)
+        );
+    }
 }

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use brine_test_support::{Daemon, SaltMaster, SaltPeer, free_port, wait_for};
+use brine_test_support::{
+    Daemon, SaltMaster, SaltPeer, free_port, proc_cpu_ticks, start_mofm, wait_for,
+};
 
 fn bin(name: &str) -> PathBuf {
     if let Ok(d) = std::env::var("BRINE_BIN_DIR") {
@@ -53,20 +55,7 @@ fn rss_tree_kb(root: u32) -> u64 {
 
 /// CPU time (user + system, clock ticks) of a process and its descendants.
 fn cpu_ticks_tree(root: u32) -> u64 {
-    tree(root)
-        .into_iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let f: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or("", |x| x.1)
-                .split_whitespace()
-                .collect();
-            // utime and stime: fields 14 and 15, i.e. 12th and 13th after the command name.
-            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        })
-        .sum()
+    tree(root).into_iter().map(proc_cpu_ticks).sum()
 }
 
 /// Minions that answered `True` in `--out txt` output (`id: True` lines).
@@ -100,24 +89,7 @@ fn main() {
     for f in ["master.pem", "master.pub"] {
         std::fs::copy(salt.pki_dir().join(f), pki.join(f)).unwrap();
     }
-    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-    std::fs::write(
-        dir.path().join("etc/master"),
-        format!(
-            "root_dir: {}\ninterface: 127.0.0.2\npublish_port: {pubp}\nret_port: {retp}\n\
-             rest_cherrypy: {{port: {api}}}\nauto_accept: True\n",
-            dir.path().join("root").display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin("mofm"));
-    cmd.arg("-c")
-        .arg(dir.path().join("etc"))
-        .args(["-l", "warning"]);
-    let mofm = Daemon::spawn(cmd, "mofm", &dir.path().join("mofm.log"));
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-    }));
+    let mofm = start_mofm(&bin("mofm"), dir.path(), "127.0.0.2", (pubp, retp, api), "");
 
     // Hot multi-master: each minion lists both masters.
     eprintln!("{n} real salt-minions {version}, each attached to both masters ...");

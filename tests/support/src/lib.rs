@@ -693,3 +693,54 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// Start the `mofm` binary at `bin` with its config in `dir/etc/master` (root_dir `dir/root`,
+/// `interface`, `ports` = (publish, ret, API), `auto_accept: True`, plus `extra` YAML), logging
+/// to `dir/mofm.log` at `BRINE_MOFM_LOG` (default warning); returns once its API answers.
+///
+/// # Panics
+/// If it does not come up within 10 s.
+pub fn start_mofm(
+    bin: &Path,
+    dir: &Path,
+    interface: &str,
+    ports: (u16, u16, u16),
+    extra: &str,
+) -> Daemon {
+    let (publish, ret, api) = ports;
+    write_config(
+        &dir.join("etc/master"),
+        &format!(
+            "root_dir: {}\ninterface: {interface}\npublish_port: {publish}\nret_port: {ret}\n\
+             rest_cherrypy: {{port: {api}}}\nauto_accept: True\n{extra}\n",
+            dir.join("root").display()
+        ),
+    );
+    let mut cmd = Command::new(bin);
+    let level = std::env::var("BRINE_MOFM_LOG").unwrap_or_else(|_| "warning".into());
+    cmd.arg("-c").arg(dir.join("etc")).args(["-l", &level]);
+    let log = dir.join("mofm.log");
+    let d = Daemon::spawn(cmd, "mofm", &log);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", api)).is_ok()
+        }),
+        "mofm did not come up:\n{}",
+        tail(&log, 20)
+    );
+    d
+}
+
+/// CPU time (user + system) of process `pid` in clock ticks (1/100 s), from `/proc/PID/stat`;
+/// 0 if it is gone.
+pub fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |x| x.1)
+        .split_whitespace()
+        .collect();
+    // utime and stime: fields 14 and 15, i.e. the 12th and 13th after the command name.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}

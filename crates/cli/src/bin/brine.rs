@@ -21,24 +21,8 @@ use serde_json::{Map, Value as Json, json};
 #[command(name = "brine", version)]
 #[allow(clippy::struct_excessive_bools)]
 struct Args {
-    /// Configuration directory of the local master (API address, root token).
-    #[arg(short = 'c', long = "config-dir", default_value = "/etc/salt")]
-    config_dir: PathBuf,
-    /// The API URL of a remote master (http://host:port).
-    #[arg(long)]
-    url: Option<String>,
-    /// An API token (else BRINE_TOKEN, -a, or the local root token).
-    #[arg(long)]
-    token: Option<String>,
-    /// Log in with this external_auth backend (e.g. file).
-    #[arg(short = 'a', long = "auth")]
-    eauth: Option<String>,
-    /// User name for -a (else BRINE_USERNAME).
-    #[arg(long)]
-    username: Option<String>,
-    /// Password for -a (else BRINE_PASSWORD).
-    #[arg(long)]
-    password: Option<String>,
+    #[command(flatten)]
+    conn: ConnectArgs,
     /// Target is a regular expression.
     #[arg(short = 'E', long = "pcre")]
     pcre: bool,
@@ -266,16 +250,7 @@ fn run(a: &Args) -> Result<u8, String> {
         None => None,
     };
     let mut out = Out { file, fmt };
-    let api = Api::connect(
-        &a.config_dir,
-        &ConnectArgs {
-            url: a.url.clone(),
-            token: a.token.clone(),
-            eauth: a.eauth.clone(),
-            username: a.username.clone(),
-            password: a.password.clone(),
-        },
-    )?;
+    let api = Api::connect(&a.conn)?;
     let ttype = tgt_type(a);
     let tgt = if ttype == "list" {
         json!(

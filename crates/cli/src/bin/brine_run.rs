@@ -2,7 +2,6 @@
 //! `jobs.lookup_jid`, `jobs.list_jobs`, `jobs.active`, `manage.up`, `manage.down`,
 //! `manage.status`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use brine_cli::client::{Api, ConnectArgs};
@@ -14,24 +13,8 @@ use serde_json::{Map, Value as Json, json};
 #[derive(Debug, Parser)]
 #[command(name = "brine-run", version)]
 struct Args {
-    /// Configuration directory of the local master (API address, root token).
-    #[arg(short = 'c', long = "config-dir", default_value = "/etc/salt")]
-    config_dir: PathBuf,
-    /// The API URL of a remote master (http://host:port).
-    #[arg(long)]
-    url: Option<String>,
-    /// An API token (else BRINE_TOKEN, -a, or the local root token).
-    #[arg(long)]
-    token: Option<String>,
-    /// Log in with this external_auth backend (e.g. file).
-    #[arg(short = 'a', long = "auth")]
-    eauth: Option<String>,
-    /// User name for -a.
-    #[arg(long)]
-    username: Option<String>,
-    /// Password for -a (else BRINE_PASSWORD).
-    #[arg(long)]
-    password: Option<String>,
+    #[command(flatten)]
+    conn: ConnectArgs,
     /// Outputter: nested, json, yaml, txt, raw, quiet.
     #[arg(long = "out", default_value = "nested")]
     out: String,
@@ -47,14 +30,7 @@ fn main() -> ExitCode {
         eprintln!("brine-run: {e}");
         return ExitCode::from(64);
     }
-    let conn = ConnectArgs {
-        url: a.url.clone(),
-        token: a.token.clone(),
-        eauth: a.eauth.clone(),
-        username: a.username.clone(),
-        password: a.password.clone(),
-    };
-    let api = match Api::connect(&a.config_dir, &conn) {
+    let api = match Api::connect(&a.conn) {
         Ok(api) => api,
         Err(e) => {
             eprintln!("ERROR: {e}");
