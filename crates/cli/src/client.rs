@@ -82,15 +82,21 @@ impl Api {
     /// # Errors
     /// A message for the user.
     pub fn connect(a: &ConnectArgs) -> Result<Self, String> {
-        let config_dir = a.config_dir.as_path();
-        let local = || -> Result<brine_mofm::config::MasterConfig, String> {
-            let o = brine_daemon::config::load(config_dir, "master").map_err(|e| e.to_string())?;
-            brine_mofm::config::MasterConfig::from_options(&o).map_err(|e| e.to_string())
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let token = a.token.clone().or_else(|| env("BRINE_TOKEN"));
+        // The local master's config, read once, when the API address or the root token is
+        // to come from it.
+        let local = if a.url.is_none() || (a.eauth.is_none() && token.is_none()) {
+            let o =
+                brine_daemon::config::load(&a.config_dir, "master").map_err(|e| e.to_string())?;
+            Some(brine_mofm::config::MasterConfig::from_options(&o).map_err(|e| e.to_string())?)
+        } else {
+            None
         };
-        let (host, port) = match &a.url {
-            Some(u) => parse_url(u)?,
-            None => {
-                let c = local()?;
+        let (host, port) = match (&a.url, &local) {
+            (Some(u), _) => parse_url(u)?,
+            (None, None) => unreachable!("the local config is read when there is no --url"),
+            (None, Some(c)) => {
                 let host = match c.api_host.as_str() {
                     "0.0.0.0" => "127.0.0.1".to_owned(),
                     "::" => "::1".to_owned(),
@@ -104,7 +110,6 @@ impl Api {
             port,
             token: String::new(),
         };
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(eauth) = &a.eauth {
             let user = a
                 .username
@@ -129,10 +134,9 @@ impl Api {
                 .as_str()
                 .ok_or("login answer without a token")?
                 .to_owned();
-        } else if let Some(t) = a.token.clone().or_else(|| env("BRINE_TOKEN")) {
+        } else if let Some(t) = token {
             api.token = t;
-        } else {
-            let c = local()?;
+        } else if let Some(c) = &local {
             let p = brine_mofm::root_token_path(&c.cachedir);
             api.token = std::fs::read_to_string(&p)
                 .map_err(|e| {

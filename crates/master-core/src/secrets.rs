@@ -12,8 +12,17 @@ use brine_proto::crypt::{Crypticle, Entropy, PrivateKey, SerialCounter};
 /// # Errors
 /// A message naming the file when it cannot be read, parsed or written.
 pub fn load_or_create_master_key(pki_dir: &Path) -> Result<PrivateKey, String> {
+    load_or_create_key(pki_dir, "master")
+}
+
+/// Load `pki_dir/<stem>.pem`, or create it (RSA-2048, mode 0400) and `<stem>.pub` (0644): the
+/// master key (`master`) and the `master_sign_pubkey` signing key (`master_sign`).
+///
+/// # Errors
+/// A message naming the file when it cannot be read, parsed or written.
+pub fn load_or_create_key(pki_dir: &Path, stem: &str) -> Result<PrivateKey, String> {
     std::fs::create_dir_all(pki_dir).map_err(|e| format!("{}: {e}", pki_dir.display()))?;
-    let pem = pki_dir.join("master.pem");
+    let pem = pki_dir.join(format!("{stem}.pem"));
     if pem.exists() {
         let data = std::fs::read(&pem).map_err(|e| format!("{}: {e}", pem.display()))?;
         return PrivateKey::from_pem(&data).map_err(|e| format!("{}: {e}", pem.display()));
@@ -27,7 +36,7 @@ pub fn load_or_create_master_key(pki_dir: &Path) -> Result<PrivateKey, String> {
     };
     write(&pem, &bytes, 0o400)?;
     write(
-        &pki_dir.join("master.pub"),
+        &pki_dir.join(format!("{stem}.pub")),
         key.public_key().to_pem_file().as_bytes(),
         0o644,
     )?;

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,11 +18,11 @@ use crate::json::to_json;
 use crate::keys::{KeyDir, KeyStore};
 use crate::publish::JobPublisher;
 use crate::requests::{Policy, RequestHandler};
-use crate::secrets::{Secrets, load_or_create_master_key};
+use crate::secrets::{Secrets, load_or_create_key, load_or_create_master_key};
 use crate::targeting::expected_minions;
 use brine_proto::Value;
 use brine_proto::auth::MasterIdentity;
-use brine_proto::crypt::{Entropy, PrivateKey, SigAlgo};
+use brine_proto::crypt::{Entropy, SigAlgo};
 use brine_proto::jid::{Jid, JidGenerator};
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_transport::{Context, OsEntropy, Publisher, Router, SocketOptions, tcp_endpoint};
@@ -123,7 +122,6 @@ pub struct MasterCore {
     pub bus: EventBus,
     publisher: JobPublisher,
     jidgen: Mutex<JidGenerator>,
-    find_jobs_sent: AtomicU64,
     /// Minions present: authenticated or heard from in this run and not given up on since.
     present: Mutex<BTreeSet<String>>,
     /// Syndics below this master (`cachedir/syndics/<id>`, as Salt records them).
@@ -199,11 +197,6 @@ impl MasterCore {
     /// on (a `find_job` left unanswered) since.
     pub fn present(&self) -> BTreeSet<String> {
         lock(&self.present).clone()
-    }
-
-    /// How many `saltutil.find_job` publishes this master sent (each to a few minions).
-    pub fn find_jobs_sent(&self) -> u64 {
-        self.find_jobs_sent.load(Ordering::Relaxed)
     }
 
     /// Publish a job as `user`, after `allow(fun, minions)` agreed to the minions it targets.
@@ -441,7 +434,6 @@ impl MasterCore {
             lock(&self.find_jobs).insert(fj.to_string(), jid.clone());
             let load = JobLoad::find_job(&jid, &who, &fj);
             info!(jid = %jid, find_job_jid = %fj, minions = ?who, "asking silent minions (saltutil.find_job)");
-            self.find_jobs_sent.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.publisher.publish(load, Some(&who), &mut Rng).await {
                 warn!(error = %e, "find_job publish failed");
             }
@@ -465,14 +457,17 @@ impl MasterCore {
                 }
                 info!(jid = %f.jid, returned = f.returned.len(), missing = f.missing.len(), "job finished");
             }
+            let before = jobs.len();
             jobs.retain(|_, j| {
                 j.finished_at
                     .is_none_or(|t| now.duration_since(t) < KEEP_FINISHED)
             });
+            // find_job jids live as long as the job they ask about stays in memory.
+            if jobs.len() != before {
+                lock(&self.find_jobs).retain(|_, orig| jobs.contains_key(orig));
+            }
             cache.flush();
         }
-        let active: BTreeSet<String> = lock(&self.jobs).keys().cloned().collect();
-        lock(&self.find_jobs).retain(|_, orig| active.contains(orig));
     }
 }
 
@@ -490,25 +485,6 @@ impl std::fmt::Debug for Server {
             .field("ret", &self.router.endpoint())
             .finish_non_exhaustive()
     }
-}
-
-fn signing_key(cfg: &MasterConfig) -> Result<PrivateKey, String> {
-    let pem = cfg
-        .pki_dir
-        .join(format!("{}.pem", cfg.master_sign_key_name));
-    if pem.exists() {
-        let data = std::fs::read(&pem).map_err(|e| format!("{}: {e}", pem.display()))?;
-        return PrivateKey::from_pem(&data).map_err(|e| format!("{}: {e}", pem.display()));
-    }
-    let key = PrivateKey::generate(2048).map_err(|e| e.to_string())?;
-    write_private(&pem, &key.to_pem_pkcs1().map_err(|e| e.to_string())?)?;
-    std::fs::write(
-        cfg.pki_dir
-            .join(format!("{}.pub", cfg.master_sign_key_name)),
-        key.public_key().to_pem_file(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(key)
 }
 
 impl Server {
@@ -540,7 +516,10 @@ impl Server {
         let mut identity = MasterIdentity::new(key.clone(), publisher.port());
         if cfg.master_sign_pubkey {
             identity = identity
-                .with_signing_key(&signing_key(&cfg)?, SigAlgo::Pkcs1v15Sha1)
+                .with_signing_key(
+                    &load_or_create_key(&cfg.pki_dir, &cfg.master_sign_key_name)?,
+                    SigAlgo::Pkcs1v15Sha1,
+                )
                 .map_err(|e| e.to_string())?;
         }
         let secrets = Arc::new(Mutex::new(Secrets::new(&mut Rng)));
@@ -584,7 +563,6 @@ impl Server {
             bus: EventBus::new(),
             publisher: jp,
             jidgen: Mutex::new(JidGenerator::default()),
-            find_jobs_sent: AtomicU64::new(0),
             present: Mutex::new(BTreeSet::new()),
             syndics: Mutex::new(syndics),
         });

@@ -25,7 +25,7 @@
 //! matches the glob; `{'@runner': [FUNCTION_GLOBS]}` limits runners.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use brine_proto::target::fnmatch;
@@ -57,7 +57,7 @@ impl Eauth {
     ///
     /// # Errors
     /// A message for shapes or backends brine does not support.
-    pub fn from_config(cfg: &Json, root_dir: &Path) -> Result<Self, String> {
+    pub fn from_config(cfg: &Json) -> Result<Self, String> {
         let mut out = Self {
             hashtype: "plaintext".into(),
             separator: ":".into(),
@@ -82,7 +82,6 @@ impl Eauth {
                 match (k.as_str(), v) {
                     ("^filename", Json::String(p)) => {
                         // Salt uses ^filename as written (no root_dir prefix).
-                        let _ = root_dir;
                         out.file = Some(PathBuf::from(p));
                     }
                     ("^hashtype", Json::String(h)) => out.hashtype = h.to_ascii_lowercase(),
@@ -280,7 +279,7 @@ mod tests {
             "alice": [{"web*": ["test.*"]}, "@runner"],
             "bob": ["test.ping"],
         }});
-        let e = Eauth::from_config(&cfg, Path::new("/")).unwrap();
+        let e = Eauth::from_config(&cfg).unwrap();
         assert!(e.authenticate("file", "alice", "wrong").is_none());
         assert!(e.authenticate("pam", "alice", "wonderland").is_none());
         assert!(e.authenticate("file", "carol", "x").is_none());
@@ -299,6 +298,6 @@ mod tests {
         assert!(!bob.allows_local("test.echo", &mixed));
         assert!(!bob.allows_runner("manage.up"));
         assert!(Perms::Root.allows_local("cmd.run", &mixed));
-        assert!(Eauth::from_config(&serde_json::json!({"pam": {}}), Path::new("/")).is_err());
+        assert!(Eauth::from_config(&serde_json::json!({"pam": {}})).is_err());
     }
 }

@@ -159,7 +159,7 @@ impl Mofm {
     /// A message naming what failed (pki directory, key file, address in use, bad
     /// `external_auth`).
     pub async fn bind(cfg: MasterConfig) -> Result<Self, String> {
-        let eauth = Eauth::from_config(&cfg.external_auth, &cfg.root_dir)?;
+        let eauth = Eauth::from_config(&cfg.external_auth)?;
         let (api_host, api_port) = (cfg.api_host.clone(), cfg.api_port);
         let root_token = random_hex(20);
         write_private(&root_token_path(&cfg.cachedir), root_token.as_bytes())?;

@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 use brine_proto::Value;
 use serde_json::{Map, Value as Json, json};
 
-use crate::eauth::Perms;
-use crate::{PublishSpec, Shared, Token};
+use crate::{MasterCore, PublishSpec, Shared, Token};
 
 /// Salt's job summary keys from a cached load.
 pub(crate) fn summary(jid: &str, load: &Json) -> Json {
@@ -84,24 +83,22 @@ pub(crate) async fn run(
         "manage.up" | "manage.down" | "manage.status" => {
             let timeout = kwarg(chunk, "timeout", usize::MAX).and_then(Json::as_u64);
             let accepted: BTreeSet<String> = shared.accepted().into_iter().collect();
-            let root = Token {
-                perms: Perms::Root,
-                ..token.clone()
-            };
-            let p = shared
-                .publish(
-                    PublishSpec {
-                        tgt: Value::str("*"),
-                        tgt_type: "glob".into(),
-                        fun: "test.ping".into(),
-                        arg: vec![],
-                        timeout,
-                        ret: String::new(),
-                    },
-                    &root,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            // The runner itself was authorized; its ping goes to every accepted minion.
+            let p = MasterCore::publish(
+                shared,
+                PublishSpec {
+                    tgt: Value::str("*"),
+                    tgt_type: "glob".into(),
+                    fun: "test.ping".into(),
+                    arg: vec![],
+                    timeout,
+                    ret: String::new(),
+                },
+                &token.user,
+                &|_, _| true,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let mut up = BTreeSet::new();
             if !p.jid.is_empty() {
                 shared.wait_job(&p.jid).await;
