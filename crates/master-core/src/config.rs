@@ -65,6 +65,19 @@ pub struct MasterConfig {
     pub syndic_wait: u64,
     /// Keys brine does not implement (warned about at start).
     pub unknown_keys: Vec<String>,
+    /// `master_id`: stamped on publishes so syndics send returns back to this master.
+    pub master_id: Option<String>,
+    /// `syndic_master`: the masters above (string or list; `host` or `host:port`).
+    pub syndic_master: Vec<String>,
+    /// `syndic_master_port`: their ret port (default 4506).
+    pub syndic_master_port: u16,
+    /// `syndic_failover`: `random` or `ordered` (the order in which upstream masters are tried
+    /// for returns whose master is gone).
+    pub syndic_failover_random: bool,
+    /// `syndic_mode`: `sync` forwards events upward; `cluster` only returns and job reports.
+    pub syndic_mode_sync: bool,
+    /// `syndic_event_forward_timeout`: the return batching window.
+    pub syndic_event_forward_timeout: std::time::Duration,
 }
 
 /// Keys mofm reads or deliberately accepts (Salt process-model options with no meaning here).
@@ -105,6 +118,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "job_cache",
     "order_masters",
     "syndic_wait",
+    "master_id",
+    "syndic_master",
+    "syndic_master_port",
+    "syndic_failover",
+    "syndic_mode",
+    "syndic_event_forward_timeout",
 ];
 
 impl MasterConfig {
@@ -178,6 +197,41 @@ impl MasterConfig {
             order_masters: o.bool("order_masters", false)?,
             syndic_wait: o.int("syndic_wait", 5, 0..=3600)? as u64,
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
+            master_id: o.string("master_id")?,
+            syndic_master: o.string_list("syndic_master")?.unwrap_or_default(),
+            syndic_master_port: port("syndic_master_port", 4506)?,
+            syndic_failover_random: match o.string("syndic_failover")?.as_deref() {
+                None | Some("random") => true,
+                Some("ordered") => false,
+                Some(other) => {
+                    return Err(invalid(
+                        "syndic_failover",
+                        format!("{other:?} is not random or ordered"),
+                    ));
+                }
+            },
+            syndic_mode_sync: match o.string("syndic_mode")?.as_deref() {
+                None | Some("sync") => true,
+                Some("cluster") => false,
+                Some(other) => {
+                    return Err(invalid(
+                        "syndic_mode",
+                        format!("{other:?} is not sync or cluster"),
+                    ));
+                }
+            },
+            syndic_event_forward_timeout: match o.get("syndic_event_forward_timeout") {
+                None | Some(serde_json::Value::Null) => std::time::Duration::from_millis(500),
+                Some(v) => match v.as_f64() {
+                    Some(f) if (0.0..=60.0).contains(&f) => std::time::Duration::from_secs_f64(f),
+                    _ => {
+                        return Err(invalid(
+                            "syndic_event_forward_timeout",
+                            format!("{v} is not a number of seconds between 0 and 60"),
+                        ));
+                    }
+                },
+            },
         };
         if cfg.interface.parse::<std::net::IpAddr>().is_err() {
             return Err(ConfigError::Invalid {

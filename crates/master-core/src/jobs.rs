@@ -155,6 +155,20 @@ impl JobTracker {
         }
     }
 
+    /// Whether `jid` still waits for syndics to report (`None` for an unknown job).
+    pub fn waiting_on_syndics(&self, jid: &str, now: Instant) -> Option<bool> {
+        self.jobs
+            .get(jid)
+            .map(|j| !j.waiting_syndics.is_empty() && j.hold_until.is_some_and(|h| now < h))
+    }
+
+    /// Whether `id` still runs `jid`: expected, not returned, not given up on, job not final.
+    pub fn is_running(&self, jid: &str, id: &str) -> bool {
+        self.jobs.get(jid).is_some_and(|j| {
+            j.expected.contains(id) && !j.returned.contains(id) && !j.missing.contains_key(id)
+        })
+    }
+
     /// A return arrived.
     pub fn handle_return(&mut self, jid: &str, id: &str) {
         if let Some(job) = self.jobs.get_mut(jid) {

@@ -21,3 +21,4 @@ pub mod requests;
 pub mod secrets;
 pub mod server;
 pub mod targeting;
+pub mod upstream;

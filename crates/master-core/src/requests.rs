@@ -78,8 +78,16 @@ impl std::fmt::Debug for RequestHandler {
     }
 }
 
-/// What a syndic reported for one job: `(jid, the job's minions below the syndic)`.
-pub type SyndicReport = (String, Vec<String>);
+/// What a syndic sent for one job.
+#[derive(Debug, Clone)]
+pub struct SyndicReport {
+    /// The job id.
+    pub jid: String,
+    /// The job's minions below the syndic (the job load's `Minions`), when the entry is a report.
+    pub minions: Option<Vec<String>>,
+    /// The job load as the syndic has it (without `Minions`), if sent.
+    pub load: Value,
+}
 
 /// The reply to one request and what it caused.
 #[derive(Debug, Default)]
@@ -333,17 +341,22 @@ impl RequestHandler {
                                 warn!(syndic = %id, jid = %e.jid, "syndic return with a bad jid ignored");
                                 continue;
                             }
-                            let minions = e
-                                .load
-                                .get("Minions")
-                                .and_then(Value::as_array)
-                                .unwrap_or_default()
-                                .iter()
-                                .filter_map(Value::as_str)
-                                .filter(|m| brine_proto::auth::valid_minion_id(m))
-                                .map(str::to_owned)
-                                .collect();
-                            reported.push((e.jid.clone(), minions));
+                            let minions = e.load.get("Minions").map(|m| {
+                                m.as_array()
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .filter_map(Value::as_str)
+                                    .filter(|m| brine_proto::auth::valid_minion_id(m))
+                                    .map(str::to_owned)
+                                    .collect()
+                            });
+                            let mut load = e.load.clone();
+                            load.remove("Minions");
+                            reported.push(SyndicReport {
+                                jid: e.jid.clone(),
+                                minions,
+                                load,
+                            });
                         }
                         for r in sr.to_returns() {
                             if !brine_proto::auth::valid_minion_id(&r.id)

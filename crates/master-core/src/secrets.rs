@@ -34,7 +34,21 @@ pub fn load_or_create_key(pki_dir: &Path, stem: &str) -> Result<PrivateKey, Stri
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| format!("{}: {e}", path.display()))
     };
-    write(&pem, &bytes, 0o400)?;
+    // Masters that share a pki directory (hot pairs, failover syndics) may start together:
+    // the key is written aside and linked into place, so exactly one of them creates it and
+    // the others read that one.
+    let tmp = pki_dir.join(format!(".{stem}.pem.{}", std::process::id()));
+    write(&tmp, &bytes, 0o400)?;
+    let linked = std::fs::hard_link(&tmp, &pem);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let data = std::fs::read(&pem).map_err(|e| format!("{}: {e}", pem.display()))?;
+            return PrivateKey::from_pem(&data).map_err(|e| format!("{}: {e}", pem.display()));
+        }
+        Err(e) => return Err(format!("{}: {e}", pem.display())),
+    }
     write(
         &pki_dir.join(format!("{stem}.pub")),
         key.public_key().to_pem_file().as_bytes(),

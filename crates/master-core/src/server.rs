@@ -43,6 +43,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A brine syndic whose heartbeat (every 2 s) is older than this is not waited for.
+const SYNDIC_HEARTBEAT_STALE: Duration = Duration::from_secs(7);
+
 /// How long a finished job stays in memory (the cache has it afterwards).
 const KEEP_FINISHED: Duration = Duration::from_secs(120);
 
@@ -126,7 +129,22 @@ pub struct MasterCore {
     present: Mutex<BTreeSet<String>>,
     /// Syndics below this master (`cachedir/syndics/<id>`, as Salt records them).
     syndics: Mutex<BTreeSet<String>>,
+    /// Where returns go besides the cache (a syndic's upstream links).
+    return_tap: std::sync::OnceLock<ReturnTap>,
+    /// Last heartbeat of each brine syndic below.
+    syndic_beats: Mutex<HashMap<String, Instant>>,
+    /// This master's id as a syndic (events that passed through it are dropped).
+    syndic_id: std::sync::OnceLock<String>,
+    /// Forwarded events seen, by origin tag and stamp (masters that syndicate each other see
+    /// copies by several paths).
+    forwarded_seen: Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<String>,
+    )>,
 }
+
+/// A hook called with every return this master receives (not its own `find_job` answers).
+pub type ReturnTap = Box<dyn Fn(&ReturnLoad) + Send + Sync>;
 
 impl std::fmt::Debug for MasterCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,14 +251,10 @@ impl MasterCore {
             )));
         }
         // Below syndics: they are not minions that return; the job waits for their reports.
-        let syndics: Vec<String> = if self.cfg.order_masters {
-            lock(&self.syndics).iter().cloned().collect()
-        } else {
-            Vec::new()
-        };
+        let (all_syndics, syndics) = self.live_syndics();
         let minions: Vec<String> = minions
             .into_iter()
-            .filter(|m| !syndics.contains(m))
+            .filter(|m| !all_syndics.contains(m))
             .collect();
         if minions.is_empty() && syndics.is_empty() {
             return Ok(Published {
@@ -253,21 +267,81 @@ impl MasterCore {
         let mut job = JobLoad::new(&spec.fun, spec.arg.clone(), tgt.clone(), &tgt_type, &jid);
         job.ret.clone_from(&spec.ret);
         job.user = Some(user.to_owned());
+        job.master_id.clone_from(&self.cfg.master_id);
         let timeout_secs = spec.timeout.unwrap_or(self.cfg.timeout);
+        self.launch(job, spec.tgt, spec.tgt_type, timeout_secs, minions, syndics)
+            .await
+    }
+
+    /// Relay a job published by a master above (this master is its syndic): the same jid,
+    /// `master_id`, user and extra keys, `to` one second less, targets resolved here. Returns the
+    /// minions expected below this master (sub-syndics report theirs later).
+    ///
+    /// # Errors
+    /// [`PublishError::Transport`] if the publish socket failed.
+    pub async fn relay(&self, mut job: JobLoad) -> Result<Published, PublishError> {
+        let tgt_type = job.tgt_type().to_owned();
+        let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
+        let groups = |n: &str| self.cfg.nodegroups.get(n).cloned();
+        let minions = {
+            let grains = lock(&self.grains);
+            expected_minions(&job.tgt, &tgt_type, &delim, &self.accepted(), &grains, &groups)
+                .unwrap_or_else(|e| {
+                    warn!(jid = %job.jid, error = %e, "relayed target not evaluable here; minions decide");
+                    Vec::new()
+                })
+        };
+        let (all_syndics, syndics) = self.live_syndics();
+        // Below this syndic are the minions talking to it now: masters that share a pki
+        // directory (failover pairs) accept the same keys, but each minion is attached to one.
+        let present = self.present();
+        let minions: Vec<String> = minions
+            .into_iter()
+            .filter(|m| !all_syndics.contains(m) && present.contains(m))
+            .collect();
+        let timeout_secs = job.to.map_or(self.cfg.timeout, |t| {
+            u64::try_from(t - 1).unwrap_or(1).max(1)
+        });
+        let (tgt, user) = (job.tgt.clone(), job.user.clone().unwrap_or_default());
+        job.user.get_or_insert(user);
+        job.tgt_type.get_or_insert_with(|| "glob".into());
+        self.launch(job, tgt, tgt_type, timeout_secs, minions, syndics)
+            .await
+    }
+
+    /// Cache, track, publish and announce a job.
+    async fn launch(
+        &self,
+        mut job: JobLoad,
+        tgt: Value,
+        tgt_type: String,
+        timeout_secs: u64,
+        minions: Vec<String>,
+        syndics: Vec<String>,
+    ) -> Result<Published, PublishError> {
+        let jid = job.jid.clone();
+        let fun = job.fun_name().unwrap_or_default().to_owned();
+        let user = job.user.clone().unwrap_or_default();
+        let arg = job.arg.clone();
         if self.cfg.order_masters {
             job.to = Some(i64::try_from(timeout_secs).unwrap_or(i64::MAX));
+        } else {
+            job.to = None;
         }
-        let load = json!({
+        let mut load = json!({
             "jid": jid.as_str(),
-            "fun": spec.fun,
-            "arg": to_json(&Value::Array(spec.arg.clone())),
-            "tgt": to_json(&spec.tgt),
-            "tgt_type": spec.tgt_type,
+            "fun": fun,
+            "arg": to_json(&arg),
+            "tgt": to_json(&tgt),
+            "tgt_type": tgt_type,
             "user": user,
             "minions": minions,
-            "StartTime": start_time(jid.as_str()),
+            "StartTime": start_time(&jid),
         });
-        if let Err(e) = lock(&self.cache).save_job(jid.as_str(), &load) {
+        if let Some(m) = &job.master_id {
+            load["master_id"] = json!(m);
+        }
+        if let Err(e) = lock(&self.cache).save_job(&jid, &load) {
             warn!(jid = %jid, error = %e, "job cache write failed");
         }
         let timeout = Duration::from_secs(timeout_secs);
@@ -277,16 +351,16 @@ impl MasterCore {
                 tr.handle_connected(id);
             }
             let now = Instant::now();
-            tr.handle_published(jid.as_str(), minions.iter().cloned(), now, timeout, None);
+            tr.handle_published(&jid, minions.iter().cloned(), now, timeout, None);
             tr.handle_syndics(
-                jid.as_str(),
+                &jid,
                 syndics.iter().cloned(),
                 now,
                 Duration::from_secs(self.cfg.syndic_wait),
             );
         }
         lock(&self.jobs).insert(
-            jid.to_string(),
+            jid.clone(),
             ActiveJob {
                 load: load.clone(),
                 expected: minions.clone(),
@@ -299,24 +373,91 @@ impl MasterCore {
             .publish(job, Some(&minions), &mut Rng)
             .await
             .map_err(|e| PublishError::Transport(e.to_string()))?;
-        info!(jid = %jid, fun = %spec.fun, minions = minions.len(), user, "published");
+        info!(jid = %jid, fun = %fun, minions = minions.len(), user, "published");
         self.bus.fire(
             format!("salt/job/{jid}/new"),
             crate::json::from_json(&json!({
                 "jid": jid.as_str(),
-                "tgt": to_json(&spec.tgt),
-                "tgt_type": spec.tgt_type,
-                "fun": spec.fun,
-                "arg": to_json(&Value::Array(spec.arg)),
+                "tgt": to_json(&tgt),
+                "tgt_type": tgt_type,
+                "fun": fun,
+                "arg": to_json(&arg),
                 "minions": minions,
                 "missing": [],
                 "user": user,
             })),
         );
-        Ok(Published {
-            jid: jid.to_string(),
-            minions,
-        })
+        Ok(Published { jid, minions })
+    }
+
+    /// Send every return this master receives to `tap` as well, and know this master's id as a
+    /// syndic (once; later calls are ignored).
+    pub fn set_return_tap(&self, syndic_id: &str, tap: ReturnTap) {
+        let _ = self.return_tap.set(tap);
+        let _ = self.syndic_id.set(syndic_id.to_owned());
+    }
+
+    /// Whether an event forwarded by a syndic should reach the bus: not one that passed through
+    /// this master already, not a second copy of one seen by another path.
+    fn forwarded_event_is_new(&self, tag: &str, data: &Value) -> bool {
+        if !tag.starts_with("syndic/") {
+            return true;
+        }
+        let me = self.syndic_id.get().map_or("", String::as_str);
+        let (origin, looped) = crate::upstream::origin_tag(tag, me);
+        if looped && !me.is_empty() {
+            return false;
+        }
+        let Some(stamp) = data.get("_stamp").and_then(Value::as_str) else {
+            return true;
+        };
+        let key = format!("{origin}\u{0}{stamp}");
+        let mut seen = lock(&self.forwarded_seen);
+        if !seen.0.insert(key.clone()) {
+            return false;
+        }
+        seen.1.push_back(key);
+        if seen.1.len() > 20_000
+            && let Some(old) = seen.1.pop_front()
+        {
+            seen.0.remove(&old);
+        }
+        true
+    }
+
+    /// Whether the tracker still follows `jid` (not final yet).
+    pub fn is_tracking(&self, jid: &str) -> bool {
+        lock(&self.tracker)
+            .waiting_on_syndics(jid, Instant::now())
+            .is_some()
+    }
+
+    /// The minions expected for `jid` once every syndic below has reported them (or
+    /// `syndic_wait` passed); `None` while waiting, or for an unknown job.
+    pub fn settled_expected(&self, jid: &str) -> Option<Vec<String>> {
+        let waiting = lock(&self.tracker).waiting_on_syndics(jid, Instant::now());
+        if waiting == Some(true) {
+            return None;
+        }
+        lock(&self.jobs).get(jid).map(|j| j.expected.clone())
+    }
+
+    /// Whether each of `ids` still runs `jid` here: `Some(true)` running, `Some(false)` done or
+    /// given up on, `None` for a minion this master does not know for that job.
+    pub fn running(&self, jid: &str, ids: &[String]) -> Vec<(String, Option<bool>)> {
+        let jobs = lock(&self.jobs);
+        let tr = lock(&self.tracker);
+        ids.iter()
+            .map(|id| {
+                let known = jobs.get(jid).is_some_and(|j| j.expected.contains(id));
+                (id.clone(), known.then(|| tr.is_running(jid, id)))
+            })
+            .collect()
+    }
+
+    /// The job's cached load (what a syndic reports upward).
+    pub fn job_load(&self, jid: &str) -> Option<Json> {
+        lock(&self.jobs).get(jid).map(|j| j.load.clone())
     }
 
     /// A job as the API shows it: in memory while running (and shortly after), else from the
@@ -369,12 +510,38 @@ impl MasterCore {
         lock(&self.cache).list()
     }
 
+    /// Syndics a new job waits for: every registered syndic (with `order_masters`), except
+    /// brine syndics whose heartbeat stopped (dead or cut off: nobody will report for them).
+    /// Salt's syndics send no heartbeat and are always waited for, up to `syndic_wait`.
+    /// Returns `(every registered syndic, the ones to wait for)`.
+    fn live_syndics(&self) -> (BTreeSet<String>, Vec<String>) {
+        if !self.cfg.order_masters {
+            return (BTreeSet::new(), Vec::new());
+        }
+        let all = lock(&self.syndics).clone();
+        let beats = lock(&self.syndic_beats);
+        let live = all
+            .iter()
+            .filter(|id| {
+                beats
+                    .get(*id)
+                    .is_none_or(|t| t.elapsed() < SYNDIC_HEARTBEAT_STALE)
+            })
+            .cloned()
+            .collect();
+        (all, live)
+    }
+
     /// Syndics known below this master.
     pub fn syndics(&self) -> BTreeSet<String> {
         lock(&self.syndics).clone()
     }
 
-    fn on_syndic(&self, syndic: &str, reported: &[(String, Vec<String>)]) {
+    fn on_syndic(&self, syndic: &str, reported: &[crate::requests::SyndicReport]) {
+        if reported.is_empty() {
+            // An empty `_syndic_return` is a brine syndic's heartbeat.
+            lock(&self.syndic_beats).insert(syndic.to_owned(), Instant::now());
+        }
         if lock(&self.syndics).insert(syndic.to_owned()) {
             let dir = self.cfg.cachedir.join("syndics");
             let _ = std::fs::create_dir_all(&dir);
@@ -385,7 +552,21 @@ impl MasterCore {
         }
         let mut tr = lock(&self.tracker);
         let mut jobs = lock(&self.jobs);
-        for (jid, minions) in reported {
+        for rep in reported {
+            let jid = &rep.jid;
+            // Returns for a job this master did not publish (its master died and the syndic
+            // sent them here): keep the syndic's job load so lookups show what ran.
+            if !jobs.contains_key(jid) && rep.load.as_map().is_some_and(|m| !m.is_empty()) {
+                let mut cache = lock(&self.cache);
+                if cache.job(jid).is_none()
+                    && let Err(e) = cache.save_job(jid, &to_json(&rep.load))
+                {
+                    warn!(jid = %jid, error = %e, "job cache write failed");
+                }
+            }
+            let Some(minions) = &rep.minions else {
+                continue;
+            };
             for m in minions {
                 tr.handle_connected(m);
             }
@@ -416,7 +597,15 @@ impl MasterCore {
         }
         lock(&self.tracker).handle_return(&r.jid, &r.id);
         if let Some(j) = lock(&self.jobs).get_mut(&r.jid) {
+            // A minion that was not expected (it attached after the job was published) is
+            // expected now, so syndics report it upward.
+            if !j.expected.contains(&r.id) {
+                j.expected.push(r.id.clone());
+            }
             j.returns.insert(r.id.clone(), data.clone());
+        }
+        if let Some(tap) = self.return_tap.get() {
+            tap(r);
         }
         if let Err(e) = lock(&self.cache).add_return(&r.jid, &r.id, &data) {
             warn!(jid = %r.jid, minion_id = %r.id, error = %e, "job cache write failed");
@@ -565,6 +754,10 @@ impl Server {
             jidgen: Mutex::new(JidGenerator::default()),
             present: Mutex::new(BTreeSet::new()),
             syndics: Mutex::new(syndics),
+            return_tap: std::sync::OnceLock::new(),
+            syndic_id: std::sync::OnceLock::new(),
+            syndic_beats: Mutex::new(HashMap::new()),
+            forwarded_seen: Mutex::new(Default::default()),
         });
         Ok(Self {
             shared,
@@ -645,6 +838,10 @@ impl Server {
                         shared.on_return(r);
                     }
                     for e in h.events {
+                        if !shared.forwarded_event_is_new(&e.tag, &e.data) {
+                            debug!(tag = %e.tag, "forwarded event seen before; dropped");
+                            continue;
+                        }
                         if e.tag.starts_with("salt/minion/") && e.tag.ends_with("/start") {
                             info!(tag = %e.tag, "minion started");
                         } else {

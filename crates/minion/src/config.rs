@@ -17,14 +17,7 @@ pub enum MasterType {
     Disable,
 }
 
-/// One master to connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MasterAddr {
-    /// Host or address as configured.
-    pub host: String,
-    /// Request (ret) port.
-    pub ret_port: u16,
-}
+pub use brine_link::MasterAddr;
 
 /// Everything the minion reads from its config. Defaults are Salt 3007.17's.
 #[derive(Debug, Clone)]
@@ -159,6 +152,25 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
                 .map(|(k, v)| (Value::str(k), json_to_value(v)))
                 .collect(),
         ),
+    }
+}
+
+impl MinionConfig {
+    /// What the links to masters need.
+    pub fn link(&self) -> brine_link::LinkConfig {
+        brine_link::LinkConfig {
+            id: self.id.clone(),
+            pki_dir: self.pki_dir.clone(),
+            publish_port: self.publish_port,
+            zmq_filtering: self.zmq_filtering,
+            auth_timeout: self.auth_timeout,
+            acceptance_wait_time: self.acceptance_wait_time,
+            acceptance_wait_time_max: self.acceptance_wait_time_max,
+            rejected_retry: self.rejected_retry,
+            verify_master_pubkey_sign: self.verify_master_pubkey_sign,
+            master_sign_key_name: self.master_sign_key_name.clone(),
+            give_up_on_timeout: self.master_type == MasterType::Failover,
+        }
     }
 }
 

@@ -11,9 +11,8 @@
 pub mod config;
 pub mod exec;
 pub mod grains;
-pub mod link;
-pub mod pki;
-pub mod spool;
+
+pub use brine_link::{link, pki, spool};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,30 +37,12 @@ pub(crate) fn target_glob(pat: &str, name: &str) -> bool {
     brine_proto::target::fnmatch(pat, name)
 }
 
-/// `time.asctime()` for a unix time, in UTC: `Fri Nov 27 01:56:30 2026`.
-pub fn asctime(unix: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let jid = brine_proto::jid::Jid::from_unix_micros((unix.max(0) as u64) * 1_000_000);
-    let s = jid.as_str();
-    let month: usize = s[4..6].parse().unwrap_or(1);
-    let day: u32 = s[6..8].parse().unwrap_or(1);
-    format!(
-        "{} {} {day:>2} {}:{}:{} {}",
-        DAYS[(unix.div_euclid(86_400)).rem_euclid(7) as usize],
-        MONTHS[month - 1],
-        &s[8..10],
-        &s[10..12],
-        &s[12..14],
-        &s[0..4]
-    )
-}
+pub use brine_link::asctime;
 
 /// Shared state of a running minion.
 struct Shared {
     cfg: Arc<MinionConfig>,
+    link: Arc<brine_link::LinkConfig>,
     me: MinionIdentity,
     grains: Arc<Value>,
     jobs: JobTable,
@@ -88,6 +69,7 @@ pub async fn run(
     ));
     let spool = spool::Spool::new(&cfg.cachedir, cfg.return_spool_max_bytes);
     let shared = Arc::new(Shared {
+        link: Arc::new(cfg.link()),
         cfg: Arc::new(cfg),
         me,
         grains,
@@ -225,9 +207,15 @@ async fn serve_master(
     primary: Option<&MasterAddr>,
 ) -> Result<LinkEnd, LinkError> {
     let cfg = &shared.cfg;
-    let mut feed = JobFeed::connect(&shared.ctx, cfg, &master.host)?;
+    let mut feed = JobFeed::connect(&shared.ctx, &shared.link, &master.host, cfg.publish_port)?;
     let chan = Arc::new(
-        ReqChannel::connect(&shared.ctx, cfg.clone(), shared.me.clone(), master.clone()).await?,
+        ReqChannel::connect(
+            &shared.ctx,
+            shared.link.clone(),
+            shared.me.clone(),
+            master.clone(),
+        )
+        .await?,
     );
     info!(master = %master.host, "authenticated");
     let started = format!(
@@ -440,13 +428,4 @@ async fn send_return(shared: &Shared, chan: &ReqChannel, job: &JobLoad, out: exe
         }
     }
     shared.spool.push(&job.jid, &load);
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn asctime_like_python() {
-        assert_eq!(super::asctime(1_795_744_590), "Fri Nov 27 01:56:30 2026");
-        assert_eq!(super::asctime(0), "Thu Jan  1 00:00:00 1970");
-    }
 }

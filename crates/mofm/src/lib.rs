@@ -203,12 +203,22 @@ impl Mofm {
 
     /// Serve until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with(None, shutdown).await;
+    }
+
+    /// Serve until `shutdown` resolves, being a syndic of the masters above too when `up` is
+    /// given (`syndic_master`; masters that syndicate each other).
+    pub async fn run_with(
+        self,
+        up: Option<brine_syndic::Upstream>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         info!(
             api = %self.api_addr().map(|a| a.to_string()).unwrap_or_default(),
             "HTTP API serving"
         );
         let api_task = tokio::spawn(api::serve(self.api, self.shared));
-        self.server.run(shutdown).await;
+        brine_syndic::serve(self.server, up, shutdown).await;
         api_task.abort();
     }
 }

@@ -46,6 +46,10 @@ fn main() -> ExitCode {
     if cfg.open_mode {
         tracing::warn!("open_mode is on: any key is accepted for any minion id");
     }
+    let up = match brine_syndic::Upstream::from_config_dir(&args.config_dir, &cfg, None) {
+        Ok(u) => u,
+        Err(e) => return brine_daemon::usage_error("mofm", e),
+    };
     if args.validate {
         eprintln!(
             "mofm: configuration OK ({}:{}/{})",
@@ -62,6 +66,6 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => return brine_daemon::failure("mofm", e),
     };
-    rt.block_on(mofm.run(brine_daemon::shutdown_signal()));
+    rt.block_on(mofm.run_with(up, brine_daemon::shutdown_signal()));
     ExitCode::SUCCESS
 }

@@ -20,7 +20,8 @@ use brine_transport::{
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::config::{MasterAddr, MinionConfig};
+use crate::pki;
+use crate::{LinkConfig, MasterAddr};
 
 /// Liveness probe: Salt's clear `ping` request (what `status.ping_master` sends), answered by
 /// every Salt master with an echo. A dead, hung (SIGSTOP) or partitioned master does not answer.
@@ -50,7 +51,6 @@ impl Prober {
         self.client.request(frame, timeout).await.is_ok()
     }
 }
-use crate::pki;
 
 /// The OS random source.
 #[derive(Debug, Clone, Copy, Default)]
@@ -102,7 +102,7 @@ pub enum LinkError {
 
 /// The authenticated request channel to one master, shared by the jobs that return through it.
 pub struct ReqChannel {
-    cfg: Arc<MinionConfig>,
+    cfg: Arc<LinkConfig>,
     me: MinionIdentity,
     master: MasterAddr,
     req: Mutex<ReqInner>,
@@ -124,7 +124,7 @@ impl ReqChannel {
     /// [`LinkError`] when the master refuses us or cannot be reached.
     pub async fn connect(
         ctx: &Context,
-        cfg: Arc<MinionConfig>,
+        cfg: Arc<LinkConfig>,
         me: MinionIdentity,
         master: MasterAddr,
     ) -> Result<Self, LinkError> {
@@ -173,6 +173,15 @@ impl ReqChannel {
     pub async fn creds(&self) -> (brine_proto::crypt::Crypticle, PublicKey) {
         let r = self.req.lock().await;
         (r.creds.aes.clone(), r.creds.master_pub.clone())
+    }
+
+    /// The publish port the master advertised when we authenticated.
+    pub async fn advertised_publish_port(&self) -> Option<u16> {
+        let r = self.req.lock().await;
+        r.creds
+            .publish_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
     }
 
     /// Authenticate again (after an AES rotation); returns the new publish key.
@@ -254,7 +263,7 @@ impl ReqChannel {
 }
 
 async fn authenticate(
-    cfg: &MinionConfig,
+    cfg: &LinkConfig,
     me: &MinionIdentity,
     master: &MasterAddr,
     client: &mut ReqClient,
@@ -297,7 +306,7 @@ async fn authenticate(
                     timeouts += 1;
                     // Failover walks on to the next master after one unanswered attempt
                     // (Salt sets auth_tries to 0 with failover).
-                    if cfg.master_type == crate::config::MasterType::Failover {
+                    if cfg.give_up_on_timeout {
                         return Err(LinkError::Unreachable(master.host.clone()));
                     }
                     auth.handle_timeout(Instant::now() + cfg.auth_timeout, &mut Rng)
@@ -361,6 +370,8 @@ pub struct PublishDecoder {
     id: String,
     /// `sign_pub_messages`: the master key every publish must be signed with.
     pub verify_with: Option<PublicKey>,
+    /// Pass every job on regardless of its target (a syndic relays jobs for the minions below).
+    pub relay: bool,
 }
 
 impl PublishDecoder {
@@ -371,6 +382,7 @@ impl PublishDecoder {
             seen: VecDeque::new(),
             id: id.to_owned(),
             verify_with: None,
+            relay: false,
         }
     }
 }
@@ -389,11 +401,16 @@ pub enum Feed {
 const JID_QUEUE: usize = 100;
 
 impl JobFeed {
-    /// Subscribe to `host:publish_port` (topics per `zmq_filtering`).
+    /// Subscribe to `host:port` (topics per `zmq_filtering`).
     ///
     /// # Errors
     /// [`LinkError::Local`] for a bad endpoint.
-    pub fn connect(ctx: &Context, cfg: &MinionConfig, host: &str) -> Result<Self, LinkError> {
+    pub fn connect(
+        ctx: &Context,
+        cfg: &LinkConfig,
+        host: &str,
+        port: u16,
+    ) -> Result<Self, LinkError> {
         let opts = SocketOptions {
             identity: Some(cfg.id.as_bytes().to_vec()),
             ..SocketOptions::default()
@@ -404,7 +421,7 @@ impl JobFeed {
         } else {
             vec![b""]
         };
-        let sub = Subscriber::connect(ctx, &tcp_endpoint(host, cfg.publish_port), &topics, &opts)
+        let sub = Subscriber::connect(ctx, &tcp_endpoint(host, port), &topics, &opts)
             .map_err(|e| LinkError::Local(e.to_string()))?;
         Ok(Self {
             sub,
@@ -467,6 +484,9 @@ impl PublishDecoder {
             debug!("publish without tgt/jid/fun/arg ignored");
             return Feed::Skip;
         };
+        if self.relay {
+            return self.fresh(job);
+        }
         let facts = Facts {
             id: &self.id,
             grains,
@@ -481,6 +501,11 @@ impl PublishDecoder {
                 return Feed::Skip;
             }
         }
+        self.fresh(job)
+    }
+
+    /// The job, unless its jid was seen recently.
+    fn fresh(&mut self, job: JobLoad) -> Feed {
         if self.seen.contains(&job.jid) {
             return Feed::Skip;
         }

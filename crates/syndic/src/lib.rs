@@ -1,0 +1,92 @@
+//! brine's syndic: the master core serving its own minions (`CONFIG_DIR/master`) plus links to
+//! the masters above (`syndic_master`), with the syndic's minion identity (`id`, `pki_dir`)
+//! from `CONFIG_DIR/minion`, as salt-syndic reads them. The relaying itself is
+//! brine-master's `upstream` module; this crate reads the configuration and starts it, for the
+//! `syndic` binary and for `mofm` when a master of masters is itself a syndic (masters that
+//! syndicate each other).
+//!
+//! The minion file is read with brine-minion's configuration module (the same keys and
+//! defaults as the brine minion), and only the identity and auth timing are used from it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use brine_master::config::MasterConfig;
+use brine_master::server::MasterCore;
+use brine_master::upstream::{self, UpstreamConfig};
+use brine_proto::auth::MinionIdentity;
+
+/// The upstream side, ready to run.
+#[derive(Debug)]
+pub struct Upstream {
+    cfg: UpstreamConfig,
+    me: MinionIdentity,
+}
+
+impl Upstream {
+    /// Read `config_dir/minion` for the syndic's identity and load (or create) its key, when
+    /// `master` lists a `syndic_master`. `None` without one.
+    ///
+    /// # Errors
+    /// A message naming the bad option or the unusable pki directory.
+    pub fn from_config_dir(
+        config_dir: &Path,
+        master: &MasterConfig,
+        id_override: Option<String>,
+    ) -> Result<Option<Self>, String> {
+        if master.syndic_master.is_empty() {
+            return Ok(None);
+        }
+        let opts = brine_daemon::config::load(config_dir, "minion").map_err(|e| e.to_string())?;
+        let id_override = id_override.or_else(|| master.id.clone());
+        let mcfg = brine_minion::config::MinionConfig::from_options(
+            &opts,
+            config_dir,
+            id_override,
+            brine_minion::config::resolve_host_id,
+        )
+        .map_err(|e| format!("{}: {e}", config_dir.join("minion").display()))?;
+        let mut link = mcfg.link();
+        // A syndic keeps trying every upper master; it does not walk a failover list.
+        link.give_up_on_timeout = false;
+        let key = brine_minion::pki::load_or_create(&mcfg.pki_dir).map_err(|e| e.to_string())?;
+        let me = MinionIdentity::new(&mcfg.id, key).map_err(|e| e.to_string())?;
+        let Some(cfg) = UpstreamConfig::from_master(master, link)? else {
+            return Ok(None);
+        };
+        Ok(Some(Self { cfg, me }))
+    }
+
+    /// The syndic's id toward the upper masters.
+    pub fn id(&self) -> &str {
+        &self.me.id
+    }
+
+    /// Run the links until `shutdown` resolves (returns still batched are spooled).
+    pub async fn run(self, core: Arc<MasterCore>, shutdown: impl Future<Output = ()>) {
+        upstream::run(core, self.cfg, self.me, shutdown).await;
+    }
+}
+
+/// Run `server` and, if configured, the upstream links, until `shutdown`; the links stop after
+/// the server (returns that arrived meanwhile are spooled, not lost).
+pub async fn serve(
+    server: brine_master::server::Server,
+    up: Option<Upstream>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let up_task = up.map(|u| {
+        let core = server.core();
+        let stop = stop.clone();
+        tokio::spawn(async move { u.run(core, stop.notified()).await })
+    });
+    server.run(shutdown).await;
+    stop.notify_one();
+    if let Some(t) = up_task {
+        let _ = t.await;
+    }
+}
