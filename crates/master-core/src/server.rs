@@ -408,10 +408,7 @@ impl MasterCore {
         if looped && !me.is_empty() {
             return false;
         }
-        let Some(stamp) = data.get("_stamp").and_then(Value::as_str) else {
-            return true;
-        };
-        let key = format!("{origin}\u{0}{stamp}");
+        let key = crate::upstream::event_key(origin, data);
         let mut seen = lock(&self.forwarded_seen);
         if !seen.0.insert(key.clone()) {
             return false;

@@ -767,6 +767,20 @@ impl EventDedup {
     }
 }
 
+/// An event's identity across masters: its origin tag and its `_stamp` (set where it was first
+/// fired), or a digest of its data when it has no stamp (string data).
+pub fn event_key(origin: &str, data: &Value) -> String {
+    match data.get("_stamp").and_then(Value::as_str) {
+        Some(stamp) => format!("{origin}\u{0}{stamp}"),
+        None => {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            brine_proto::codec::encode_wire(data).hash(&mut h);
+            format!("{origin}\u{0}#{:016x}", h.finish())
+        }
+    }
+}
+
 /// The tag an event had where it was first fired (without `syndic/<id>/` prefixes), and
 /// whether `me` is among the masters it passed through.
 pub fn origin_tag<'a>(tag: &'a str, me: &str) -> (&'a str, bool) {
@@ -796,8 +810,7 @@ async fn forward_events(
                 if looped || origin.contains("/ret/") && origin.starts_with("salt/job/") {
                     continue;
                 }
-                let stamp = e.data.get("_stamp").and_then(Value::as_str).unwrap_or("");
-                if !seen.first_time(format!("{origin}\u{0}{stamp}")) {
+                if !seen.first_time(event_key(origin, &e.data)) {
                     continue;
                 }
                 batch.push((e.tag.clone(), e.data.clone()));

@@ -16,6 +16,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub mod sim;
+pub mod topology;
 
 pub use sim::SimMinion;
 pub use tempfile::TempDir;
@@ -184,7 +185,8 @@ impl Drop for Daemon {
     }
 }
 
-fn write_config(path: &Path, body: &str) {
+/// Write a config file (creating its directory).
+pub fn write_config(path: &Path, body: &str) {
     std::fs::create_dir_all(path.parent().expect("config has a parent")).expect("mkdir config dir");
     let mut f = std::fs::File::create(path).expect("write config");
     f.write_all(body.as_bytes()).expect("write config");
@@ -493,6 +495,39 @@ impl SaltMinion {
             id: id.to_owned(),
             daemon,
         }
+    }
+
+    /// Start a minion `id` with `conf` as the rest of its config (masters, ports, failover...);
+    /// `root_dir`, `id`, `user` and the log file are added.
+    pub fn start_conf(peer: &SaltPeer, id: &str, conf: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("brine-salt-minion-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        let conf = format!(
+            "root_dir: {root}\nid: {id}\nuser: root\nacceptance_wait_time: 2\n\
+             log_file: {log}\nlog_level_logfile: debug\n{conf}\n",
+            root = root.display(),
+            log = root.join("minion.log").display(),
+        );
+        write_config(&dir.path().join("etc/minion"), &conf);
+        let mut cmd = peer.command("salt-minion");
+        cmd.arg("-c")
+            .arg(dir.path().join("etc"))
+            .args(["-l", "warning"]);
+        let daemon = Daemon::spawn(cmd, "salt-minion", &dir.path().join("minion.out"));
+        Self {
+            peer: peer.clone(),
+            dir,
+            id: id.to_owned(),
+            daemon,
+        }
+    }
+
+    /// The minion's own log file (`root/minion.log`, debug level).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("root/minion.log")).unwrap_or_default()
     }
 
     /// Whether the process is still running.

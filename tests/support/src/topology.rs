@@ -1,0 +1,164 @@
+//! brine daemons (`mofm`, `syndic`, `minion`) in multi-master layouts on loopback: each node on
+//! its own 127.x.y.z address, all on one publish/ret port pair (Salt minions use one
+//! `publish_port` and `master_port` for every master they list), logs kept for failure
+//! messages, and `kill -9` for failure tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::{Daemon, tail, wait_for, workspace_bin, write_config};
+
+/// `n` loopback addresses in a /24 of 127.0.0.0/8 picked at random (so tests running at the
+/// same time do not meet), and a `(publish, ret)` port pair free on all of them.
+pub fn loopback(n: usize) -> (Vec<String>, u16, u16) {
+    let mut seed = [0u8; 4];
+    brine_transport::OsEntropy::fill_bytes(&mut seed);
+    let net = format!("127.{}.{}", 1 + seed[0] % 250, 1 + seed[1] % 250);
+    let addrs: Vec<String> = (1..=n).map(|i| format!("{net}.{i}")).collect();
+    let free = |port: u16| {
+        addrs
+            .iter()
+            .all(|a| std::net::TcpListener::bind((a.as_str(), port)).is_ok())
+    };
+    let mut port = 20_000 + u16::from_le_bytes([seed[2], seed[3]]) % 20_000;
+    loop {
+        if free(port) && free(port + 1) {
+            return (addrs, port, port + 1);
+        }
+        port = if port > 40_000 { 20_000 } else { port + 2 };
+    }
+}
+
+/// One brine daemon with its config directory.
+#[derive(Debug)]
+pub struct Node {
+    /// A short name for messages.
+    pub name: String,
+    /// The address it binds (masters) or its id (minions).
+    pub addr: String,
+    /// Its config directory (`-c`).
+    pub etc: PathBuf,
+    log: PathBuf,
+    bin: String,
+    daemon: Option<Daemon>,
+}
+
+impl Node {
+    /// Write `files` (`(name, YAML)`) into `etc`, then start `bin -c etc -l info`, logging to
+    /// `etc/../<name>.log`.
+    pub fn start(bin: &str, name: &str, addr: &str, etc: &Path, files: &[(&str, String)]) -> Self {
+        for (f, body) in files {
+            write_config(&etc.join(f), body);
+        }
+        let log = etc
+            .parent()
+            .expect("etc has a parent")
+            .join(format!("{name}.log"));
+        let mut n = Self {
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+            etc: etc.to_owned(),
+            log,
+            bin: bin.to_owned(),
+            daemon: None,
+        };
+        n.spawn();
+        n
+    }
+
+    /// Start (again) after [`Node::kill9`].
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(workspace_bin(&self.bin));
+        cmd.arg("-c").arg(&self.etc).args(["-l", "info"]);
+        // Appending: a restart keeps the earlier log.
+        let prev = std::fs::read_to_string(&self.log).unwrap_or_default();
+        self.daemon = Some(Daemon::spawn(cmd, &self.name, &self.log));
+        if !prev.is_empty() {
+            let _ = std::fs::write(self.log.with_extension("log.prev"), prev);
+        }
+    }
+
+    /// Wait until something accepts TCP connections on `addr:port`.
+    ///
+    /// # Panics
+    /// After 20 s, with the log tail.
+    pub fn wait_port(&self, port: u16) {
+        let addr = self.addr.clone();
+        assert!(
+            wait_for(Duration::from_secs(20), || {
+                std::net::TcpStream::connect((addr.as_str(), port)).is_ok()
+            }),
+            "{} did not come up:\n{}",
+            self.name,
+            self.log_tail(30)
+        );
+    }
+
+    /// `kill -9` the daemon (and its process group).
+    pub fn kill9(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.signal_group("-KILL");
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Daemon::pid)
+    }
+
+    /// Its whole log (earlier runs included).
+    pub fn log(&self) -> String {
+        let prev = std::fs::read_to_string(self.log.with_extension("log.prev")).unwrap_or_default();
+        prev + &std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        format!("--- {} ---\n{}", self.name, tail(&self.log, lines))
+    }
+
+    fn tool(&self, bin: &str, args: &[&str]) -> Output {
+        Command::new(workspace_bin(bin))
+            .arg("-c")
+            .arg(&self.etc)
+            .args(args)
+            .output()
+            .expect("run a brine CLI")
+    }
+
+    /// `brine -c etc ARGS` (a mofm node).
+    pub fn brine(&self, args: &[&str]) -> Output {
+        self.tool("brine", args)
+    }
+
+    /// `brine -c etc ARGS --out json --static`, parsed (`Null` if not JSON).
+    pub fn brine_json(&self, args: &[&str]) -> Json {
+        let mut a = args.to_vec();
+        a.extend(["--out", "json", "--static"]);
+        serde_json::from_slice(&self.brine(&a).stdout).unwrap_or(Json::Null)
+    }
+
+    /// `brine-run -c etc ARGS --out json`, parsed.
+    pub fn brine_run_json(&self, args: &[&str]) -> Json {
+        let mut a = args.to_vec();
+        a.extend(["--out", "json"]);
+        serde_json::from_slice(&self.tool("brine-run", &a).stdout).unwrap_or(Json::Null)
+    }
+}
+
+/// The jid printed by `brine ... --async` (`Executed command with job ID: <jid>`).
+pub fn async_jid(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
