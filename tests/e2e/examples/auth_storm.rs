@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brine_proto::auth::MinionIdentity;
-use brine_proto::crypt::PrivateKey;
-use brine_test_support::sim::authenticate;
+use brine_test_support::sim::{authenticate, cached_keys};
 use brine_test_support::{free_port, proc_cpu_ticks, start_mofm, wait_for};
 use brine_transport::{Context, ReqClient, SocketOptions, tcp_endpoint};
 
@@ -40,24 +39,6 @@ async fn measured(what: &str, ctx: &Context, ids: &[Arc<MinionIdentity>], ret: u
         ok as f64 / t.as_secs_f64(),
         ok as f64 / cpu
     );
-}
-
-/// Cached key pairs (generating 2048-bit keys is the slow part of a swarm).
-fn keys(n: usize) -> Vec<PrivateKey> {
-    let dir = std::env::var("HOME").map_or_else(|_| PathBuf::from("/tmp"), PathBuf::from);
-    let dir = dir.join(".cache/brine/swarm-keys");
-    std::fs::create_dir_all(&dir).unwrap();
-    (0..n)
-        .map(|i| {
-            let p = dir.join(format!("{i:06}.pem"));
-            if let Ok(b) = std::fs::read(&p) {
-                return PrivateKey::from_pem(&b).unwrap();
-            }
-            let k = PrivateKey::generate(2048).unwrap();
-            std::fs::write(&p, k.to_pem_pkcs1().unwrap()).unwrap();
-            k
-        })
-        .collect()
 }
 
 async fn storm(ctx: &Context, ids: &[Arc<MinionIdentity>], ret: u16) -> (Duration, usize) {
@@ -88,7 +69,7 @@ async fn storm(ctx: &Context, ids: &[Arc<MinionIdentity>], ret: u16) -> (Duratio
 async fn main() {
     let n: usize = std::env::args().nth(1).map_or(2000, |s| s.parse().unwrap());
     eprintln!("loading {n} cached minion keys (generated once) ...");
-    let ids: Vec<Arc<MinionIdentity>> = keys(n)
+    let ids: Vec<Arc<MinionIdentity>> = cached_keys(n)
         .into_iter()
         .enumerate()
         .map(|(i, k)| Arc::new(MinionIdentity::new(format!("storm-{i:06}"), k).unwrap()))

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use brine_test_support::{
-    Daemon, SaltMaster, SaltPeer, free_port, proc_cpu_ticks, start_mofm, wait_for,
+    Daemon, SaltMaster, SaltPeer, cpu_ticks_tree, free_port, rss_tree_kb, start_mofm, wait_for,
 };
 
 fn bin(name: &str) -> PathBuf {
@@ -20,42 +20,6 @@ fn bin(name: &str) -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().join(name)
-}
-
-fn tree(root: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut todo = vec![root];
-    while let Some(pid) = todo.pop() {
-        out.push(pid);
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        todo.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-    }
-    out
-}
-
-/// Resident set of a process and its descendants (kB).
-fn rss_tree_kb(root: u32) -> u64 {
-    tree(root)
-        .into_iter()
-        .map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
-}
-
-/// CPU time (user + system, clock ticks) of a process and its descendants.
-fn cpu_ticks_tree(root: u32) -> u64 {
-    tree(root).into_iter().map(proc_cpu_ticks).sum()
 }
 
 /// Minions that answered `True` in `--out txt` output (`id: True` lines).

@@ -2,6 +2,7 @@
 //! brine-transport: it authenticates, subscribes, matches targets and returns results for a
 //! few test functions. Used by interop tests, the demo and (later) the swarm.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -268,4 +269,26 @@ async fn respond(
             }
         });
     }
+}
+
+/// `n` minion key pairs, generated once and cached in `~/.cache/brine/swarm-keys` (generating
+/// 2048-bit keys is the slow part of a swarm).
+///
+/// # Panics
+/// If the cache directory cannot be written.
+pub fn cached_keys(n: usize) -> Vec<PrivateKey> {
+    let dir = std::env::var("HOME").map_or_else(|_| PathBuf::from("/tmp"), PathBuf::from);
+    let dir = dir.join(".cache/brine/swarm-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("{i:06}.pem"));
+            if let Ok(b) = std::fs::read(&p) {
+                return PrivateKey::from_pem(&b).unwrap();
+            }
+            let k = PrivateKey::generate(2048).unwrap();
+            std::fs::write(&p, k.to_pem_pkcs1().unwrap()).unwrap();
+            k
+        })
+        .collect()
 }
