@@ -214,6 +214,45 @@ fn arch5_real_minions_under_brine_syndics_survive_kills() {
         assert_eq!(rets, ids, "each return once in {}'s job cache", mom.name);
     }
 
+    // A job outliving the MoM's timeout: the MoM asks with saltutil.find_job, the syndics answer
+    // from their trackers (the MoM's find_job never reaches a minion), and the job waits for the
+    // returns.
+    let slow = moms[0].brine_json(&["*", "test.sleep", "5", "-t", "1"]);
+    assert!(
+        all_true(&slow, &ids),
+        "{slow}\n{}",
+        tails(&moms.iter().chain(&syndics).collect::<Vec<_>>())
+    );
+    let mom_find_jobs: Vec<String> = moms[0]
+        .log()
+        .lines()
+        .filter(|l| l.contains("asking silent minions"))
+        .filter_map(|l| l.split("find_job_jid=").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !mom_find_jobs.is_empty(),
+        "the MoM asked about the slow job"
+    );
+    assert!(
+        syndics
+            .iter()
+            .map(|s| s.log_count("answering find_job from the tracker"))
+            .sum::<usize>()
+            > 0
+    );
+    for m in &minions {
+        let log = m.log();
+        for fj in &mom_find_jobs {
+            assert!(
+                !log.contains(fj.as_str()),
+                "{} saw the MoM's find_job {fj}",
+                m.id
+            );
+        }
+    }
+
     // kill -9 a syndic that has minions: they fail over, and a later job reaches all of them.
     let busy = (0..3)
         .find(|j| syndics[*j].log_count("authentication minion_id=arch5-") > 0)

@@ -452,9 +452,12 @@ impl MasterCore {
             .collect()
     }
 
-    /// The job's cached load (what a syndic reports upward).
+    /// The job's load (what a syndic reports upward), from memory or the job cache.
     pub fn job_load(&self, jid: &str) -> Option<Json> {
-        lock(&self.jobs).get(jid).map(|j| j.load.clone())
+        if let Some(j) = lock(&self.jobs).get(jid) {
+            return Some(j.load.clone());
+        }
+        lock(&self.cache).job(jid)
     }
 
     /// A job as the API shows it: in memory while running (and shortly after), else from the

@@ -125,8 +125,6 @@ struct Route {
     tgt_type: String,
     /// Minions reported upward so far (`None`: not reported yet).
     reported: Option<BTreeSet<String>>,
-    /// Links that already have the job load.
-    load_sent: BTreeSet<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -337,7 +335,6 @@ impl Up {
                         tgt: job.tgt.clone(),
                         tgt_type: job.tgt_type().to_owned(),
                         reported: None,
-                        load_sent: BTreeSet::new(),
                     },
                 );
             }
@@ -445,7 +442,7 @@ impl Up {
         if returns.is_empty() {
             return;
         }
-        debug!(jid = %orig, find_job_jid = %job.jid, answers = returns.len(), "answering find_job from the tracker");
+        info!(jid = %orig, find_job_jid = %job.jid, answers = returns.len(), "answering find_job from the tracker");
         let load = SyndicReturn {
             entries: vec![SyndicReturnEntry {
                 id: self.me.id.clone(),
@@ -506,19 +503,17 @@ impl Up {
     /// One `_syndic_return` load per link (the link the jobs came from): `(first jid, load)`.
     fn build_return_loads(&self, batch: Outbox) -> BTreeMap<usize, Option<(String, Value)>> {
         let mut per_link: BTreeMap<usize, Vec<SyndicReturnEntry>> = BTreeMap::new();
-        let mut routes = lock(&self.routes);
+        let routes = lock(&self.routes);
         for (jid, returns) in batch.by_jid {
-            let Some(route) = routes.map.get_mut(&jid) else {
+            let Some(route) = routes.map.get(&jid) else {
                 continue;
             };
-            let load = if route.load_sent.insert(route.link) {
-                self.core
-                    .job_load(&jid)
-                    .map_or(Value::Nil, |l| from_json(&l))
-            } else {
-                Value::Nil
-            };
-            let mut load = load;
+            // The job load goes with every batch (one per jid, small): whichever master takes
+            // the returns can show the job, even when it did not publish it.
+            let mut load = self
+                .core
+                .job_load(&jid)
+                .map_or(Value::Nil, |l| from_json(&l));
             load.remove("Minions");
             load.remove("minions");
             per_link
