@@ -240,7 +240,9 @@ fn arch5_real_minions_under_brine_syndics_survive_kills() {
             .iter()
             .map(|s| s.log_count("answering find_job from the tracker"))
             .sum::<usize>()
-            > 0
+            > 0,
+        "{mom_find_jobs:?}\n{}",
+        tails(&moms.iter().chain(&syndics).collect::<Vec<_>>())
     );
     for m in &minions {
         let log = m.log();

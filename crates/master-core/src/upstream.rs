@@ -145,6 +145,15 @@ impl Routes {
     }
 }
 
+/// One `_syndic_return` load ready to send: the link it belongs to, its first jid (for the
+/// spool's file name), the load, and the `(jid, minion)` returns it carries.
+struct Batch {
+    link: usize,
+    jid: String,
+    load: Value,
+    members: Vec<(String, String)>,
+}
+
 /// Returns waiting for the next flush, per jid: `(minion, {return, retcode, success, ...})`.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -161,6 +170,9 @@ struct Up {
     links: Vec<Mutex<Option<Arc<ReqChannel>>>>,
     routes: Mutex<Routes>,
     outbox: Mutex<Outbox>,
+    /// Returns taken from minions and not yet delivered upward or spooled, per jid: a `find_job`
+    /// about them is answered "running" (the result is on its way).
+    in_flight: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     wake: Notify,
     spool: Spool,
 }
@@ -182,6 +194,7 @@ pub async fn run(
         ctx: Context::new(),
         routes: Mutex::new(Routes::default()),
         outbox: Mutex::new(Outbox::default()),
+        in_flight: Mutex::new(HashMap::new()),
         wake: Notify::new(),
         cfg,
     });
@@ -203,8 +216,8 @@ pub async fn run(
     set.abort_all();
     // Whatever is still batched goes to the spool, not away.
     let batch = std::mem::take(&mut *lock(&up.outbox));
-    for load in up.build_return_loads(batch).into_values().flatten() {
-        up.spool.push(&load.0, &load.1);
+    for b in up.build_return_loads(batch) {
+        up.spool.push(&b.jid, &b.load);
     }
 }
 
@@ -236,6 +249,8 @@ fn rand_u16() -> u16 {
 const REKEY_MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// How often an upper master is probed; it is dead after two unanswered probes.
 const PROBE_PERIOD: Duration = Duration::from_secs(2);
+/// How long a request upward may take before that master is taken for dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
     let m = up.cfg.masters[i].clone();
@@ -299,6 +314,9 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
                 up.on_publish(i, &chan, *job).await;
             }
             _ = probe_tick.tick() => {
+                if !chan.is_alive() {
+                    return Ok(());
+                }
                 if chan.send(&beat, PROBE_PERIOD).await.is_ok() {
                     misses = 0;
                 } else {
@@ -419,9 +437,14 @@ impl Up {
             .map
             .get(&orig)
             .map_or(Value::Nil, |r| r.fun.clone());
+        let on_the_way = lock(&self.in_flight)
+            .get(&orig)
+            .cloned()
+            .unwrap_or_default();
         let mut returns = Vec::new();
         for (id, running) in self.core.running(&orig, &ids) {
             let Some(running) = running else { continue };
+            let running = running || on_the_way.contains(&id);
             let ret = if running {
                 Value::map()
                     .with("jid", orig.as_str())
@@ -477,6 +500,10 @@ impl Up {
         if let Some(out) = &r.out {
             entry.insert("out", out.as_str());
         }
+        lock(&self.in_flight)
+            .entry(r.jid.clone())
+            .or_default()
+            .insert(r.id.clone());
         let spill = {
             let mut ob = lock(&self.outbox);
             ob.by_jid
@@ -494,15 +521,17 @@ impl Up {
                 returns = batch.count,
                 "too many returns waiting for the upper masters; spooling them"
             );
-            for (jid, load) in self.build_return_loads(batch).into_values().flatten() {
-                self.spool.push(&jid, &load);
+            for b in self.build_return_loads(batch) {
+                self.spool.push(&b.jid, &b.load);
+                self.landed(&b.members);
             }
         }
     }
 
-    /// One `_syndic_return` load per link (the link the jobs came from): `(first jid, load)`.
-    fn build_return_loads(&self, batch: Outbox) -> BTreeMap<usize, Option<(String, Value)>> {
-        let mut per_link: BTreeMap<usize, Vec<SyndicReturnEntry>> = BTreeMap::new();
+    /// One `_syndic_return` load per link (the link the jobs came from).
+    fn build_return_loads(&self, batch: Outbox) -> Vec<Batch> {
+        type Entries = (Vec<SyndicReturnEntry>, Vec<(String, String)>);
+        let mut per_link: BTreeMap<usize, Entries> = BTreeMap::new();
         let routes = lock(&self.routes);
         for (jid, returns) in batch.by_jid {
             let Some(route) = routes.map.get(&jid) else {
@@ -516,30 +545,45 @@ impl Up {
                 .map_or(Value::Nil, |l| from_json(&l));
             load.remove("Minions");
             load.remove("minions");
-            per_link
-                .entry(route.link)
-                .or_default()
-                .push(SyndicReturnEntry {
-                    id: self.me.id.clone(),
-                    jid: jid.clone(),
-                    fun: route.fun.clone(),
-                    load,
-                    returns,
-                    master_id: route.master_id.clone(),
-                    extra: vec![
-                        (Value::str("arg"), route.arg.clone()),
-                        (Value::str("tgt"), route.tgt.clone()),
-                        (Value::str("tgt_type"), Value::str(&route.tgt_type)),
-                    ],
-                });
+            let slot = per_link.entry(route.link).or_default();
+            slot.1
+                .extend(returns.iter().map(|(id, _)| (jid.clone(), id.clone())));
+            slot.0.push(SyndicReturnEntry {
+                id: self.me.id.clone(),
+                jid: jid.clone(),
+                fun: route.fun.clone(),
+                load,
+                returns,
+                master_id: route.master_id.clone(),
+                extra: vec![
+                    (Value::str("arg"), route.arg.clone()),
+                    (Value::str("tgt"), route.tgt.clone()),
+                    (Value::str("tgt_type"), Value::str(&route.tgt_type)),
+                ],
+            });
         }
         per_link
             .into_iter()
-            .map(|(link, entries)| {
-                let jid = entries.first().map(|e| e.jid.clone()).unwrap_or_default();
-                (link, Some((jid, SyndicReturn { entries }.to_value())))
+            .map(|(link, (entries, members))| Batch {
+                link,
+                jid: entries.first().map(|e| e.jid.clone()).unwrap_or_default(),
+                load: SyndicReturn { entries }.to_value(),
+                members,
             })
             .collect()
+    }
+
+    /// These returns reached an upper master or the spool.
+    fn landed(&self, members: &[(String, String)]) {
+        let mut f = lock(&self.in_flight);
+        for (jid, id) in members {
+            if let Some(set) = f.get_mut(jid) {
+                set.remove(id);
+                if set.is_empty() {
+                    f.remove(jid);
+                }
+            }
+        }
     }
 
     fn live(&self, i: usize) -> Option<Arc<ReqChannel>> {
@@ -639,15 +683,18 @@ impl Up {
                 }
                 continue;
             };
-            match chan.send(&report, Duration::from_secs(10)).await {
+            match chan.send(&report, SEND_TIMEOUT).await {
                 Ok(_) => {
                     debug!(jid = %jid, minions = new.len(), "reported expected minions upward");
                     if let Some(r) = lock(&self.routes).map.get_mut(&jid) {
                         r.reported.get_or_insert_with(BTreeSet::new).extend(new);
                     }
-                    let _ = chan.send(&event, Duration::from_secs(10)).await;
+                    let _ = chan.send(&event, SEND_TIMEOUT).await;
                 }
-                Err(e) => warn!(jid = %jid, error = %e, "report not delivered; will retry"),
+                Err(e) => {
+                    chan.mark_dead();
+                    warn!(jid = %jid, error = %e, "report not delivered; will retry");
+                }
             }
         }
     }
@@ -694,14 +741,13 @@ async fn flusher(up: Arc<Up>) {
         let batch = std::mem::take(&mut *lock(&up.outbox));
         if batch.count > 0 {
             let n = batch.count;
-            let loads = up.build_return_loads(batch);
-            for (link, load) in loads {
-                let Some((jid, load)) = load else { continue };
-                if up.deliver(link, &load).await {
+            for b in up.build_return_loads(batch) {
+                if up.deliver(b.link, &b.load).await {
                     debug!(returns = n, "returns forwarded upward");
                 } else {
-                    up.spool.push(&jid, &load);
+                    up.spool.push(&b.jid, &b.load);
                 }
+                up.landed(&b.members);
             }
         }
         if let Some(rx) = events.as_mut() {
@@ -832,10 +878,9 @@ async fn forward_events(
     .to_value();
     for i in 0..up.links.len() {
         if let Some(chan) = up.live(i)
-            && let Err(e) = chan
-                .send(&load, up.cfg.window.max(Duration::from_secs(5)))
-                .await
+            && let Err(e) = chan.send(&load, SEND_TIMEOUT).await
         {
+            chan.mark_dead();
             debug!(master = %chan.master().host, error = %e, "events not forwarded");
         }
     }
