@@ -435,28 +435,6 @@ fn real_minions_through_brine_3008() {
     through_brine("3008.5");
 }
 
-/// Read `GET /events` into a shared list of `tag:` lines.
-fn sse(port: u16, token: &str) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::io::{BufRead as _, Write as _};
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /events HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\n\r\n"
-    )
-    .unwrap();
-    let out = seen.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(s).lines() {
-            let Ok(line) = line else { return };
-            if let Some(tag) = line.strip_prefix("tag: ") {
-                out.lock().unwrap().push(tag.to_owned());
-            }
-        }
-    });
-    seen
-}
-
 fn brine_minion(m: &Mofm, id: &str, extra: &str) -> (tempfile::TempDir, Daemon) {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -498,7 +476,7 @@ fn events_autosign_and_nodegroups() {
         assert_eq!(mode & 0o777, 0o600, "root token file mode");
     }
     let token = std::fs::read_to_string(&tok_path).unwrap();
-    let events = sse(m.ports.2, token.trim());
+    let events = brine_test_support::topology::sse_tags("127.0.0.1", m.ports.2, token.trim());
     let _auto = brine_minion(&m, "ev-auto-1", "");
     let _manual = brine_minion(&m, "ev-manual", "");
     assert!(

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use brine_test_support::topology::{Node, async_jid, loopback};
+use brine_test_support::topology::{Node, async_jid, loopback, sse_tags};
 use brine_test_support::{SaltMaster, SaltMinion, SaltPeer, subscribe, wait_for};
 use serde_json::{Value as Json, json};
 
@@ -20,28 +20,6 @@ fn mofm_conf(root: &Path, addr: &str, ports: (u16, u16), api: u16, extra: &str) 
         ports.1,
         root = root.display()
     )
-}
-
-/// Tags seen on a mofm's `GET /events` stream.
-fn sse(addr: &str, port: u16, token: &str) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::io::{BufRead as _, Write as _};
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut s = std::net::TcpStream::connect((addr, port)).unwrap();
-    write!(
-        s,
-        "GET /events HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\n\r\n"
-    )
-    .unwrap();
-    let out = seen.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(s).lines() {
-            let Ok(line) = line else { return };
-            if let Some(tag) = line.strip_prefix("tag: ") {
-                out.lock().unwrap().push(tag.to_owned());
-            }
-        }
-    });
-    seen
 }
 
 fn api_port(addr: &str) -> u16 {
@@ -380,7 +358,7 @@ fn arch6_masters_syndicating_each_other_deliver_once() {
                     .join("var/cache/salt/master/brine/root_token"),
             )
             .unwrap();
-            sse(addr, *api, tok.trim())
+            sse_tags(addr, *api, tok.trim())
         })
         .collect();
     // One brine minion on each master.

@@ -28,6 +28,25 @@ pub fn failure(prog: &str, msg: impl std::fmt::Display) -> std::process::ExitCod
     std::process::ExitCode::from(EXIT_FAILURE as u8)
 }
 
+/// Start logging at `cli_level` (`-l`) or else the config's `log_level`, then warn about each
+/// option of the `what` file that is unknown or unsupported.
+///
+/// # Errors
+/// The usage exit code (64), after printing why, for a bad level.
+pub fn start_logging(
+    prog: &str,
+    cli_level: Option<&str>,
+    cfg_level: &str,
+    unknown: &[String],
+    what: &str,
+) -> Result<(), std::process::ExitCode> {
+    logging::init(cli_level.unwrap_or(cfg_level)).map_err(|e| usage_error(prog, e))?;
+    for k in unknown {
+        tracing::warn!(key = %k, "unknown or unsupported {what} option ignored");
+    }
+    Ok(())
+}
+
 /// The daemons' tokio runtime: two worker threads named `brine-PROG`.
 ///
 /// # Errors

@@ -127,6 +127,14 @@ pub const KNOWN_KEYS: &[&str] = &[
 ];
 
 impl MasterConfig {
+    /// Read `dir/master` (+ `master.d/*.conf`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] for unreadable files or bad values.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        Self::from_options(&brine_daemon::config::load(dir, "master")?)
+    }
+
     /// Build from merged options.
     ///
     /// # Errors

@@ -38,15 +38,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return brine_daemon::usage_error("minion", e),
     };
-    let level = args
-        .log_level
-        .clone()
-        .unwrap_or_else(|| cfg.log_level.clone());
-    if let Err(e) = brine_daemon::logging::init(&level) {
-        return brine_daemon::usage_error("minion", e);
-    }
-    for k in &cfg.unknown_keys {
-        tracing::warn!(key = %k, "unknown or unsupported minion option ignored");
+    if let Err(code) = brine_daemon::start_logging(
+        "minion",
+        args.log_level.as_deref(),
+        &cfg.log_level,
+        &cfg.unknown_keys,
+        "minion",
+    ) {
+        return code;
     }
     if args.validate {
         eprintln!(

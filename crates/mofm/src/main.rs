@@ -22,23 +22,18 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let opts = match brine_daemon::config::load(&args.config_dir, "master") {
-        Ok(o) => o,
-        Err(e) => return brine_daemon::usage_error("mofm", e),
-    };
-    let cfg = match brine_mofm::config::MasterConfig::from_options(&opts) {
+    let cfg = match brine_mofm::config::MasterConfig::load(&args.config_dir) {
         Ok(c) => c,
         Err(e) => return brine_daemon::usage_error("mofm", e),
     };
-    let level = args
-        .log_level
-        .clone()
-        .unwrap_or_else(|| cfg.log_level.clone());
-    if let Err(e) = brine_daemon::logging::init(&level) {
-        return brine_daemon::usage_error("mofm", e);
-    }
-    for k in &cfg.unknown_keys {
-        tracing::warn!(key = %k, "unknown or unsupported master option ignored");
+    if let Err(code) = brine_daemon::start_logging(
+        "mofm",
+        args.log_level.as_deref(),
+        &cfg.log_level,
+        &cfg.unknown_keys,
+        "master",
+    ) {
+        return code;
     }
     if cfg.auto_accept {
         tracing::warn!("auto_accept is on: every minion key is trusted on first contact");

@@ -471,30 +471,13 @@ impl SaltMinion {
     /// Start a minion `id` pointed at `127.0.0.1:ret_port` / `publish_port`, plus `extra` YAML.
     /// Returns once the process runs; what it does next is the test's to observe.
     pub fn start(peer: &SaltPeer, id: &str, publish_port: u16, ret_port: u16, extra: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("brine-salt-minion-")
-            .tempdir()
-            .expect("tempdir");
-        let root = dir.path().join("root");
-        let conf = format!(
-            "root_dir: {root}\nmaster: 127.0.0.1\nmaster_port: {ret_port}\n\
-             publish_port: {publish_port}\nid: {id}\nuser: root\nacceptance_wait_time: 2\n\
-             log_file: {log}\nlog_level_logfile: debug\n{extra}\n",
-            root = root.display(),
-            log = root.join("minion.log").display(),
-        );
-        write_config(&dir.path().join("etc/minion"), &conf);
-        let mut cmd = peer.command("salt-minion");
-        cmd.arg("-c")
-            .arg(dir.path().join("etc"))
-            .args(["-l", "warning"]);
-        let daemon = Daemon::spawn(cmd, "salt-minion", &dir.path().join("minion.out"));
-        Self {
-            peer: peer.clone(),
-            dir,
-            id: id.to_owned(),
-            daemon,
-        }
+        Self::start_conf(
+            peer,
+            id,
+            &format!(
+                "master: 127.0.0.1\nmaster_port: {ret_port}\npublish_port: {publish_port}\n{extra}"
+            ),
+        )
     }
 
     /// Start a minion `id` with `conf` as the rest of its config (masters, ports, failover...);

@@ -162,3 +162,35 @@ pub fn async_jid(out: &Output) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Tags seen on a mofm's `GET /events` stream (salt-api's `tag:` lines), collected by a thread
+/// from now on.
+///
+/// # Panics
+/// If the API cannot be reached.
+pub fn sse_tags(
+    addr: &str,
+    port: u16,
+    token: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{BufRead as _, Write as _};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = std::net::TcpStream::connect((addr, port)).expect("connect to the API");
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\n\r\n"
+    )
+    .expect("send the request");
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(s).lines() {
+            let Ok(line) = line else { return };
+            if let Some(tag) = line.strip_prefix("tag: ") {
+                out.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(tag.to_owned());
+            }
+        }
+    });
+    seen
+}
