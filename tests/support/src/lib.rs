@@ -696,8 +696,9 @@ impl Drop for Netns {
     }
 }
 
-/// A binary of another workspace package, next to the running test's `deps/` directory
-/// (`cargo test --workspace` builds every package's binaries before running any test).
+/// A binary of another workspace package, next to the running test's `deps/` directory.
+/// `cargo test --workspace` builds, before running any test, the binaries of every package
+/// that has integration tests (so each binary package keeps at least one).
 ///
 /// # Panics
 /// If it has not been built, saying how to build it.

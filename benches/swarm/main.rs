@@ -1,0 +1,596 @@
+//! `brine-swarm`: N simulated minions over the real protocol against any master (brine `mofm`,
+//! a brine `syndic`, or a real `salt-master`), to measure what the master costs.
+//!
+//! Each simulated minion has its own id, its own cached RSA key (`~/.cache/brine/swarm-keys`),
+//! its own request and publish connections; it authenticates, decrypts and verifies every
+//! publish, matches targets (glob, list, pcre, grains `os:Debian`...), answers `test.ping`,
+//! `test.echo`, `test.sleep`, `saltutil.find_job`, and records publish-to-return latency: from
+//! the job's jid (the master's publish time, to the microsecond) to the master's reply to the
+//! return.
+//!
+//! Minions are spread over processes of `--per-proc` each (a process may hold 20,000 files),
+//! and each process connects from its own source address (`--src`, then the next ones: a
+//! (source, destination) pair has ~28k ephemeral ports).
+//!
+//! Phases: every minion authenticates at once (no pacing), then for each round each
+//! `--publish` command runs (e.g. `brine -c DIR '*' test.ping`, `salt '*' test.ping`) and the
+//! swarm waits until every minion's return was acknowledged. Printed: auth storm wall time and
+//! failures, per command the CLI's wall time, completion (all returns acknowledged), p50/p99/max
+//! latency, missing returns; the master processes' CPU seconds, RSS and PSS (`--pids`, each
+//! with its children), and the swarm's own CPU.
+//!
+//! `brine-swarm --master 127.0.0.1:4506 -n 1000 --pids $(pgrep -o mofm) \
+//!     --publish "brine -c /etc/salt '*' test.ping --out quiet" --rounds 3 [--json]`
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, Write as _};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use brine_proto::Value;
+use brine_proto::auth::{MinionIdentity, MinionSession};
+use brine_proto::crypt::{SerialCheck, SerialGuard};
+use brine_proto::envelope::Publish;
+use brine_proto::jid::iso_stamp;
+use brine_proto::loads::{JobLoad, ReturnLoad};
+use brine_proto::target::{self, Facts, NoNodegroups};
+use brine_test_support::sim::{Rng, authenticate, cached_keys};
+use brine_test_support::{cpu_ticks_tree, proc_tree, rss_tree_kb};
+use brine_transport::{Context, ReqClient, SocketOptions, Subscriber};
+use clap::Parser;
+use serde_json::{Value as Json, json};
+
+/// N simulated Salt minions against one master.
+#[derive(Debug, Parser)]
+#[command(name = "brine-swarm")]
+struct Args {
+    /// The master's request (ret) address, `host:port`.
+    #[arg(long)]
+    master: String,
+    /// The master's publish port (default: the ret port minus one).
+    #[arg(long)]
+    publish_port: Option<u16>,
+    /// Simulated minions.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    minions: usize,
+    /// Minions per process.
+    #[arg(long, default_value_t = 4000)]
+    per_proc: usize,
+    /// Minion id prefix (ids are PREFIX00000, PREFIX00001...).
+    #[arg(long, default_value = "swarm-")]
+    prefix: String,
+    /// Index of the first key and id (several swarms against several masters).
+    #[arg(long, default_value_t = 0)]
+    first: usize,
+    /// Source address of the first process's connections; the next processes use the next
+    /// addresses.
+    #[arg(long, default_value = "127.0.0.2")]
+    src: String,
+    /// A command that publishes one job (run with `sh -c` once per round); repeatable.
+    #[arg(long = "publish")]
+    publish: Vec<String>,
+    /// Rounds of the publish commands.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Master process ids to sample (CPU, RSS, PSS, with their children).
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Seconds to wait for every minion to authenticate, and for every return of a round.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
+    /// Distinct key pairs to use (minion i uses key i mod K); 0: one per minion. Every minion
+    /// still has its own id and does its own RSA work; a pool only saves generating keys for
+    /// very large swarms.
+    #[arg(long, default_value_t = 0)]
+    key_pool: usize,
+    /// Print one JSON summary on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// (internal) run as worker process K for minions `--range A..B`.
+    #[arg(long, hide = true)]
+    child: Option<usize>,
+    /// (internal) the worker's minion range.
+    #[arg(long, hide = true)]
+    range: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let (Some(k), Some(r)) = (args.child, args.range.clone()) {
+        let (a, b) = r.split_once("..").expect("range A..B");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(child(&args, k, a.parse().unwrap(), b.parse().unwrap()));
+        return;
+    }
+    parent(&args);
+}
+
+// ---- the worker process -------------------------------------------------------------------
+
+/// Latencies (ms) of acknowledged returns, per jid, since the last report.
+type Latencies = Arc<Mutex<HashMap<String, Vec<u32>>>>;
+
+fn src_addr(base: &str, k: usize) -> String {
+    let mut o: Vec<u32> = base.split('.').map(|x| x.parse().unwrap_or(0)).collect();
+    o.resize(4, 0);
+    let v = (o[0] << 24 | o[1] << 16 | o[2] << 8 | o[3]) + k as u32;
+    format!(
+        "{}.{}.{}.{}",
+        v >> 24,
+        (v >> 16) & 255,
+        (v >> 8) & 255,
+        v & 255
+    )
+}
+
+async fn child(args: &Args, k: usize, a: usize, b: usize) {
+    let (host, ret) = args.master.rsplit_once(':').expect("--master host:port");
+    let ret: u16 = ret.parse().expect("ret port");
+    let publish = args.publish_port.unwrap_or(ret - 1);
+    let src = src_addr(&args.src, k);
+    let ctx = Context::new();
+    let pool = if args.key_pool == 0 {
+        args.first + b
+    } else {
+        args.key_pool
+    };
+    let keys = cached_keys(pool);
+    let lat: Latencies = Arc::default();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in a..b {
+        let id = format!("{}{:05}", args.prefix, args.first + i);
+        let key = keys[(args.first + i) % keys.len()].clone();
+        let (ctx, host, src, lat, answered) = (
+            ctx.clone(),
+            host.to_owned(),
+            src.clone(),
+            lat.clone(),
+            answered.clone(),
+        );
+        let wait = Duration::from_secs(args.wait);
+        set.spawn(async move {
+            minion(
+                &ctx, id, key, &src, &host, ret, publish, wait, lat, answered,
+            )
+            .await
+        });
+    }
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    let mut running = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(task)) => {
+                ok += 1;
+                running.push(task);
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                *errors.entry(e).or_default() += 1;
+            }
+            Err(e) => {
+                failed += 1;
+                *errors.entry(e.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let line = json!({"authed": ok, "failed": failed, "secs": t0.elapsed().as_secs_f64(), "errors": errors});
+    println!("{line}");
+    std::io::stdout().flush().ok();
+    // Commands on stdin: `stats` → the latencies recorded since the last `stats`.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for l in std::io::stdin().lock().lines() {
+            let Ok(l) = l else { break };
+            if tx.blocking_send(l).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(cmd) = rx.recv().await {
+        if cmd.trim() == "stats" {
+            let jobs = std::mem::take(&mut *lat.lock().unwrap());
+            println!("{}", json!({ "jobs": jobs }));
+            std::io::stdout().flush().ok();
+        }
+    }
+    drop(running);
+}
+
+/// One simulated minion: authenticate, subscribe, then answer jobs until the process ends.
+#[allow(clippy::too_many_arguments)]
+async fn minion(
+    ctx: &Context,
+    id: String,
+    key: brine_proto::crypt::PrivateKey,
+    src: &str,
+    host: &str,
+    ret: u16,
+    publish: u16,
+    wait: Duration,
+    lat: Latencies,
+    answered: Arc<AtomicUsize>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let me = MinionIdentity::new(&id, key).map_err(|e| e.to_string())?;
+    let mut req = ReqClient::new(
+        ctx,
+        &format!("tcp://{src}:0;{host}:{ret}"),
+        SocketOptions::default(),
+    );
+    let creds = authenticate(&me, &mut req, wait)
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = MinionSession::new(
+        me,
+        creds.session.clone(),
+        Default::default(),
+        Default::default(),
+    );
+    let sub = Subscriber::connect(
+        ctx,
+        &format!("tcp://{src}:0;{host}:{publish}"),
+        &[b""],
+        &SocketOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(tokio::spawn(answer(
+        id, sub, req, session, creds, lat, answered,
+    )))
+}
+
+async fn answer(
+    id: String,
+    mut sub: Subscriber,
+    req: ReqClient,
+    session: MinionSession,
+    creds: Box<brine_proto::auth::Credentials>,
+    lat: Latencies,
+    answered: Arc<AtomicUsize>,
+) {
+    let req = Arc::new(tokio::sync::Mutex::new(req));
+    let mut serials = SerialGuard::default();
+    let grains = Value::map().with("id", id.as_str()).with("os", "Debian");
+    while let Ok(frames) = sub.recv().await {
+        let Some(frame) = frames.last() else { continue };
+        let Some(mut load) = Publish::decode(frame).ok().and_then(|p| {
+            p.verify(&creds.master_pub)
+                .then(|| p.open(&creds.aes).ok())
+                .flatten()
+        }) else {
+            continue;
+        };
+        if matches!(serials.check(&mut load), SerialCheck::Replayed { .. }) {
+            continue;
+        }
+        let Ok(job) = JobLoad::from_value(&load) else {
+            continue;
+        };
+        let facts = Facts {
+            id: &id,
+            grains: &grains,
+            pillar: &Value::Nil,
+        };
+        let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
+        if !target::matches(&job.tgt, job.tgt_type(), &delim, &facts, &NoNodegroups)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let (id, req, session, lat, answered) = (
+            id.clone(),
+            req.clone(),
+            session.clone(),
+            lat.clone(),
+            answered.clone(),
+        );
+        tokio::spawn(async move {
+            let fun = job.fun_name().unwrap_or_default().to_owned();
+            let args = job.arg.as_array().unwrap_or_default().to_vec();
+            let (ret, retcode) = match fun.as_str() {
+                "test.ping" => (Value::Bool(true), 0),
+                "test.echo" => (args.first().cloned().unwrap_or_else(|| Value::str("")), 0),
+                "test.sleep" => {
+                    let s = args.first().and_then(|a| {
+                        a.as_i64()
+                            .or_else(|| a.as_str().and_then(|s| s.parse().ok()))
+                    });
+                    tokio::time::sleep(Duration::from_secs(s.unwrap_or(0).clamp(0, 3600) as u64))
+                        .await;
+                    (Value::Bool(true), 0)
+                }
+                "saltutil.find_job" => (Value::map(), 0),
+                other => (Value::str(format!("'{other}' is not available.")), 254),
+            };
+            let load = ReturnLoad {
+                id,
+                success: retcode == 0,
+                ret,
+                retcode,
+                jid: job.jid.clone(),
+                fun: job.fun.clone(),
+                fun_args: job.arg.clone(),
+                user: job.user.clone(),
+                out: None,
+                stamp: Some(iso_stamp(now_us())),
+                extra: vec![],
+            };
+            let sealed = session.seal(load.to_value(), (now_us() / 1_000_000) as i64, &mut Rng);
+            let mut req = req.lock().await;
+            for _ in 0..3 {
+                if let Ok(reply) = req
+                    .request(sealed.frame.clone(), Duration::from_secs(20))
+                    .await
+                {
+                    if session.open_reply(&reply, &sealed.nonce).is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        if fun != "saltutil.find_job" {
+                            let ms =
+                                jid_us(&job.jid).map_or(0, |t| now_us().saturating_sub(t) / 1000);
+                            lat.lock()
+                                .unwrap()
+                                .entry(job.jid.clone())
+                                .or_default()
+                                .push(u32::try_from(ms).unwrap_or(u32::MAX));
+                        }
+                    }
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A jid's time (`YYYYMMDDhhmmssffffff`, UTC) in microseconds since the epoch.
+fn jid_us(jid: &str) -> Option<u64> {
+    if jid.len() < 20 || !jid.as_bytes()[..20].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = |a: usize, b: usize| jid[a..b].parse::<i64>().ok();
+    let (y, m, d) = (n(0, 4)?, n(4, 6)?, n(6, 8)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(8, 10)? * 3600 + n(10, 12)? * 60 + n(12, 14)?;
+    Some(u64::try_from(secs).ok()? * 1_000_000 + n(14, 20)? as u64)
+}
+
+// ---- the parent process -------------------------------------------------------------------
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: std::io::BufReader<ChildStdout>,
+}
+
+impl Worker {
+    fn line(&mut self) -> Json {
+        let mut l = String::new();
+        self.stdout.read_line(&mut l).ok();
+        serde_json::from_str(&l).unwrap_or(Json::Null)
+    }
+}
+
+/// The master processes' CPU (ticks), RSS and PSS (kB), each with its children.
+fn sample(pids: &[u32]) -> (u64, u64, u64) {
+    let pss = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        pids.iter().map(|p| cpu_ticks_tree(*p)).sum(),
+        pids.iter().map(|p| rss_tree_kb(*p)).sum(),
+        pids.iter().flat_map(|p| proc_tree(*p)).map(pss).sum(),
+    )
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn parent(args: &Args) {
+    let exe = std::env::current_exe().expect("current_exe");
+    let n = args.minions;
+    let per = args.per_proc.max(1);
+    // Keys first (cached; generating is slow), so the storm below is only the storm.
+    let _ = cached_keys(if args.key_pool == 0 {
+        args.first + n
+    } else {
+        args.key_pool
+    });
+    let before = sample(&args.pids);
+    let t0 = Instant::now();
+    let mut workers: Vec<Worker> = (0..n.div_ceil(per))
+        .map(|k| {
+            let (a, b) = (k * per, ((k + 1) * per).min(n));
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--master", &args.master])
+                .args(["--prefix", &args.prefix])
+                .args(["--first", &args.first.to_string()])
+                .args(["--src", &args.src])
+                .args(["--wait", &args.wait.to_string()])
+                .args(["--key-pool", &args.key_pool.to_string()])
+                .args(["--child", &k.to_string()])
+                .args(["--range", &format!("{a}..{b}")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            if let Some(p) = args.publish_port {
+                cmd.args(["--publish-port", &p.to_string()]);
+            }
+            let mut child = cmd.spawn().expect("spawn a swarm worker");
+            Worker {
+                stdin: child.stdin.take().expect("stdin"),
+                stdout: std::io::BufReader::new(child.stdout.take().expect("stdout")),
+                child,
+            }
+        })
+        .collect();
+    let (mut authed, mut failed) = (0u64, 0u64);
+    let mut errors = serde_json::Map::new();
+    for w in &mut workers {
+        let r = w.line();
+        authed += r["authed"].as_u64().unwrap_or(0);
+        failed += r["failed"].as_u64().unwrap_or(0);
+        if let Some(e) = r["errors"].as_object() {
+            for (k, v) in e {
+                let c = errors.get(k).and_then(Json::as_u64).unwrap_or(0) + v.as_u64().unwrap_or(0);
+                errors.insert(k.clone(), json!(c));
+            }
+        }
+    }
+    let auth_secs = t0.elapsed().as_secs_f64();
+    let after_auth = sample(&args.pids);
+    let auth_cpu = (after_auth.0 - before.0) as f64 / 100.0;
+    if !args.json {
+        println!(
+            "auth storm: {authed}/{n} authenticated in {auth_secs:.2} s ({failed} failed{}); master CPU {auth_cpu:.2} s{}",
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", Json::Object(errors.clone()))
+            },
+            if auth_cpu > 0.0 {
+                format!(
+                    " ({:.0} auths per master CPU-second)",
+                    authed as f64 / auth_cpu
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        for cmd in &args.publish {
+            let s0 = sample(&args.pids);
+            let t = Instant::now();
+            let out = Command::new("sh")
+                .args(["-c", cmd])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let cli_secs = t.elapsed().as_secs_f64();
+            // Collect until every authenticated minion's return of the newest job is in.
+            let mut per_jid: HashMap<String, Vec<u32>> = HashMap::new();
+            let deadline = t + Duration::from_secs(args.wait);
+            let mut complete = None;
+            loop {
+                for w in &mut workers {
+                    let _ = writeln!(w.stdin, "stats");
+                    let _ = w.stdin.flush();
+                    let r = w.line();
+                    if let Some(jobs) = r["jobs"].as_object() {
+                        for (jid, v) in jobs {
+                            per_jid.entry(jid.clone()).or_default().extend(
+                                v.as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|x| x.as_u64().map(|x| x as u32)),
+                            );
+                        }
+                    }
+                }
+                let newest = per_jid.iter().max_by_key(|(j, _)| (*j).clone());
+                if newest.is_some_and(|(_, v)| v.len() as u64 >= authed) {
+                    complete = Some(t.elapsed().as_secs_f64());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let s1 = sample(&args.pids);
+            let (jid, mut v) = per_jid
+                .into_iter()
+                .max_by_key(|(j, _)| j.clone())
+                .unwrap_or_default();
+            v.sort_unstable();
+            let r = json!({
+                "round": round,
+                "command": cmd,
+                "exit": out.ok().and_then(|s| s.code()),
+                "jid": jid,
+                "returns": v.len(),
+                "missing": authed.saturating_sub(v.len() as u64),
+                "cli_secs": cli_secs,
+                "complete_secs": complete,
+                "p50_ms": pct(&v, 0.5),
+                "p99_ms": pct(&v, 0.99),
+                "max_ms": v.last().copied().unwrap_or(0),
+                "master_cpu_secs": (s1.0 - s0.0) as f64 / 100.0,
+            });
+            if !args.json {
+                println!(
+                    "round {round} `{cmd}`: {}/{authed} returns, CLI {cli_secs:.2} s, all returns in {}, latency p50 {} ms p99 {} ms max {} ms, master CPU {:.2} s",
+                    r["returns"],
+                    complete.map_or_else(|| "—(timed out)".to_owned(), |c| format!("{c:.2} s")),
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["max_ms"],
+                    r["master_cpu_secs"].as_f64().unwrap_or(0.0)
+                );
+            }
+            rounds.push(r);
+        }
+    }
+    let end = sample(&args.pids);
+    let swarm_cpu: u64 = workers.iter().map(|w| cpu_ticks_tree(w.child.id())).sum();
+    let summary = json!({
+        "minions": n,
+        "processes": workers.len(),
+        "authed": authed,
+        "auth_failed": failed,
+        "auth_errors": errors,
+        "auth_secs": auth_secs,
+        "auth_master_cpu_secs": auth_cpu,
+        "rounds": rounds,
+        "master_rss_kb": end.1,
+        "master_pss_kb": end.2,
+        "master_pss_kb_per_minion": if authed > 0 { end.2 as f64 / authed as f64 } else { 0.0 },
+        "swarm_cpu_secs": swarm_cpu as f64 / 100.0,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "master: RSS {:.1} MB, PSS {:.1} MB ({:.1} KB per minion); swarm CPU {:.2} s",
+            end.1 as f64 / 1024.0,
+            end.2 as f64 / 1024.0,
+            summary["master_pss_kb_per_minion"].as_f64().unwrap_or(0.0),
+            swarm_cpu as f64 / 100.0
+        );
+    }
+    for mut w in workers {
+        drop(w.stdin);
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    }
+}
