@@ -22,3 +22,9 @@ pub mod secrets;
 pub mod server;
 pub mod targeting;
 pub mod upstream;
+
+/// Lock a mutex, taking the data even if a panicking thread poisoned it (a request handler's
+/// panic must not stop the master).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

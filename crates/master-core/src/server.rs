@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::MasterConfig;
@@ -16,6 +16,7 @@ use crate::jobcache::JobCache;
 use crate::jobs::{JobTracker, Missing};
 use crate::json::to_json;
 use crate::keys::{KeyDir, KeyStore};
+use crate::lock;
 use crate::publish::JobPublisher;
 use crate::requests::{Policy, RequestHandler};
 use crate::secrets::{Secrets, load_or_create_key, load_or_create_master_key};
@@ -37,10 +38,6 @@ impl Entropy for Rng {
     fn fill(&mut self, buf: &mut [u8]) {
         OsEntropy::fill_bytes(buf);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A brine syndic whose heartbeat (every 2 s) is older than this is not waited for.

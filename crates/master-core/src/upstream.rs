@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brine_link::spool::Spool;
@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::MasterConfig;
 use crate::json::from_json;
+use crate::lock;
 use crate::server::MasterCore;
 
 /// Returns that trigger an early flush of the batch.
@@ -48,10 +49,6 @@ const SPOOL_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// Events forwarded per window at most (the rest wait for the next window or are lost to the
 /// bus's own bound, as on a slow subscriber).
 const EVENTS_PER_WINDOW: usize = 5_000;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// How this master reaches the masters above it.
 #[derive(Debug, Clone)]
@@ -311,7 +308,9 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
                         }
                     }
                 };
-                up.on_publish(i, &chan, *job).await;
+                // Relays, reports and find_job answers must not hold up the next publish.
+                let (up, chan) = (up.clone(), chan.clone());
+                tokio::spawn(async move { up.on_publish(i, &chan, *job).await });
             }
             _ = probe_tick.tick() => {
                 if !chan.is_alive() {

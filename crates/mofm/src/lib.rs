@@ -14,10 +14,11 @@ mod runners;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 pub use brine_master::config;
 use brine_master::config::MasterConfig;
+use brine_master::lock;
 pub use brine_master::server::{
     ActiveJob, JobView, MasterCore, PublishError, PublishSpec, Published, Rng, start_time,
     valid_jid,
@@ -26,10 +27,6 @@ use brine_master::server::{Server, random_hex, unix_secs, write_private};
 use tracing::info;
 
 use crate::eauth::{Eauth, Perms};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// A logged-in API session.
 #[derive(Debug, Clone)]
