@@ -57,8 +57,9 @@ struct Args {
     /// Simulated minions.
     #[arg(short = 'n', long, default_value_t = 100)]
     minions: usize,
-    /// Minions per process.
-    #[arg(long, default_value_t = 4000)]
+    /// Minions per process (each minion holds 4 descriptors: two TCP connections and two
+    /// ZeroMQ mailboxes; a process may hold 20,000).
+    #[arg(long, default_value_t = 2500)]
     per_proc: usize,
     /// Minion id prefix (ids are PREFIX00000, PREFIX00001...).
     #[arg(long, default_value = "swarm-")]
@@ -79,9 +80,16 @@ struct Args {
     /// Master process ids to sample (CPU, RSS, PSS, with their children).
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
-    /// Seconds to wait for every minion to authenticate, and for every return of a round.
+    /// Seconds to wait for every minion to authenticate.
     #[arg(long, default_value_t = 120)]
     wait: u64,
+    /// Seconds between the end of the auth storm and the first publish (subscriptions are
+    /// still being set up when the last `_auth` reply arrives, as for real minions).
+    #[arg(long, default_value_t = 3)]
+    settle: u64,
+    /// Seconds to wait for every return of a round.
+    #[arg(long, default_value_t = 120)]
+    round_wait: u64,
     /// Distinct key pairs to use (minion i uses key i mod K); 0: one per minion. Every minion
     /// still has its own id and does its own RSA work; a pool only saves generating keys for
     /// very large swarms.
@@ -145,11 +153,23 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
     let keys = cached_keys(pool);
     let lat: Latencies = Arc::default();
     let answered = Arc::new(AtomicUsize::new(0));
+    // Identities first (key loading and the `tok` signature are not the storm), then wait for
+    // the parent's "go" so every process storms at once.
+    let ids: Vec<Result<MinionIdentity, String>> = (a..b)
+        .map(|i| {
+            let id = format!("{}{:05}", args.prefix, args.first + i);
+            MinionIdentity::new(&id, keys[(args.first + i) % keys.len()].clone())
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    println!("{}", json!({ "ready": true }));
+    std::io::stdout().flush().ok();
+    let mut lines = std::io::stdin().lock().lines();
+    let _go = lines.next();
+    drop(lines);
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
-    for i in a..b {
-        let id = format!("{}{:05}", args.prefix, args.first + i);
-        let key = keys[(args.first + i) % keys.len()].clone();
+    for me in ids {
         let (ctx, host, src, lat, answered) = (
             ctx.clone(),
             host.to_owned(),
@@ -159,10 +179,7 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
         );
         let wait = Duration::from_secs(args.wait);
         set.spawn(async move {
-            minion(
-                &ctx, id, key, &src, &host, ret, publish, wait, lat, answered,
-            )
-            .await
+            minion(&ctx, me?, &src, &host, ret, publish, wait, lat, answered).await
         });
     }
     let (mut ok, mut failed) = (0usize, 0usize);
@@ -211,8 +228,7 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
 #[allow(clippy::too_many_arguments)]
 async fn minion(
     ctx: &Context,
-    id: String,
-    key: brine_proto::crypt::PrivateKey,
+    me: MinionIdentity,
     src: &str,
     host: &str,
     ret: u16,
@@ -221,7 +237,7 @@ async fn minion(
     lat: Latencies,
     answered: Arc<AtomicUsize>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let me = MinionIdentity::new(&id, key).map_err(|e| e.to_string())?;
+    let id = me.id.clone();
     let mut req = ReqClient::new(
         ctx,
         &format!("tcp://{src}:0;{host}:{ret}"),
@@ -425,8 +441,6 @@ fn parent(args: &Args) {
     } else {
         args.key_pool
     });
-    let before = sample(&args.pids);
-    let t0 = Instant::now();
     let mut workers: Vec<Worker> = (0..n.div_ceil(per))
         .map(|k| {
             let (a, b) = (k * per, ((k + 1) * per).min(n));
@@ -452,6 +466,16 @@ fn parent(args: &Args) {
             }
         })
         .collect();
+    for w in &mut workers {
+        let r = w.line();
+        assert_eq!(r["ready"], true, "a swarm worker did not start: {r}");
+    }
+    let before = sample(&args.pids);
+    let t0 = Instant::now();
+    for w in &mut workers {
+        let _ = writeln!(w.stdin, "go");
+        let _ = w.stdin.flush();
+    }
     let (mut authed, mut failed) = (0u64, 0u64);
     let mut errors = serde_json::Map::new();
     for w in &mut workers {
@@ -486,6 +510,7 @@ fn parent(args: &Args) {
             }
         );
     }
+    std::thread::sleep(Duration::from_secs(args.settle));
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         for cmd in &args.publish {
@@ -499,7 +524,7 @@ fn parent(args: &Args) {
             let cli_secs = t.elapsed().as_secs_f64();
             // Collect until every authenticated minion's return of the newest job is in.
             let mut per_jid: HashMap<String, Vec<u32>> = HashMap::new();
-            let deadline = t + Duration::from_secs(args.wait);
+            let deadline = t + Duration::from_secs(args.round_wait);
             let mut complete = None;
             loop {
                 for w in &mut workers {
