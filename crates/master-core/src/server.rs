@@ -297,7 +297,7 @@ impl MasterCore {
             .filter(|m| !all_syndics.contains(m) && present.contains(m))
             .collect();
         let timeout_secs = job.to.map_or(self.cfg.timeout, |t| {
-            u64::try_from(t - 1).unwrap_or(1).max(1)
+            u64::try_from(t.saturating_sub(1)).unwrap_or(1).max(1)
         });
         let (tgt, user) = (job.tgt.clone(), job.user.clone().unwrap_or_default());
         job.user.get_or_insert(user);
@@ -439,8 +439,9 @@ impl MasterCore {
     /// Whether each of `ids` still runs `jid` here: `Some(true)` running, `Some(false)` done or
     /// given up on, `None` for a minion this master does not know for that job.
     pub fn running(&self, jid: &str, ids: &[String]) -> Vec<(String, Option<bool>)> {
-        let jobs = lock(&self.jobs);
+        // Lock order everywhere: tracker before jobs (on_syndic, on_return).
         let tr = lock(&self.tracker);
+        let jobs = lock(&self.jobs);
         ids.iter()
             .map(|id| {
                 let known = jobs.get(jid).is_some_and(|j| j.expected.contains(id));
@@ -535,9 +536,13 @@ impl MasterCore {
     }
 
     fn on_syndic(&self, syndic: &str, reported: &[crate::requests::SyndicReport]) {
-        if reported.is_empty() {
-            // An empty `_syndic_return` is a brine syndic's heartbeat.
-            lock(&self.syndic_beats).insert(syndic.to_owned(), Instant::now());
+        {
+            // An empty `_syndic_return` is a brine syndic's heartbeat; anything else it sends
+            // proves it alive too (its heartbeat may queue behind a large batch).
+            let mut beats = lock(&self.syndic_beats);
+            if reported.is_empty() || beats.contains_key(syndic) {
+                beats.insert(syndic.to_owned(), Instant::now());
+            }
         }
         if lock(&self.syndics).insert(syndic.to_owned()) {
             let dir = self.cfg.cachedir.join("syndics");

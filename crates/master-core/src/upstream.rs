@@ -676,10 +676,8 @@ impl Up {
             }
             .to_value();
             let Some(chan) = self.live(link) else {
-                // The master that published it is gone: nobody waits for the report.
-                if let Some(r) = lock(&self.routes).map.get_mut(&jid) {
-                    r.reported.get_or_insert_with(BTreeSet::new).extend(new);
-                }
+                // The publishing master's link is down (maybe reconnecting): try again next
+                // window while the job runs here.
                 continue;
             };
             match chan.send(&report, SEND_TIMEOUT).await {
@@ -807,18 +805,13 @@ impl EventDedup {
     }
 }
 
-/// An event's identity across masters: its origin tag and its `_stamp` (set where it was first
-/// fired), or a digest of its data when it has no stamp (string data).
+/// An event's identity across masters: its origin tag and a digest of its data (which carries
+/// the `_stamp` set where it was first fired, and is the same on every forwarding path).
 pub fn event_key(origin: &str, data: &Value) -> String {
-    match data.get("_stamp").and_then(Value::as_str) {
-        Some(stamp) => format!("{origin}\u{0}{stamp}"),
-        None => {
-            use std::hash::{Hash as _, Hasher as _};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            brine_proto::codec::encode_wire(data).hash(&mut h);
-            format!("{origin}\u{0}#{:016x}", h.finish())
-        }
-    }
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    brine_proto::codec::encode_wire(data).hash(&mut h);
+    format!("{origin}\u{0}{:016x}", h.finish())
 }
 
 /// The tag an event had where it was first fired (without `syndic/<id>/` prefixes), and
