@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead as _, Write as _};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -152,7 +151,6 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
     };
     let keys = cached_keys(pool);
     let lat: Latencies = Arc::default();
-    let answered = Arc::new(AtomicUsize::new(0));
     // Identities first (key loading and the `tok` signature are not the storm), then wait for
     // the parent's "go" so every process storms at once.
     let ids: Vec<Result<MinionIdentity, String>> = (a..b)
@@ -170,17 +168,9 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for me in ids {
-        let (ctx, host, src, lat, answered) = (
-            ctx.clone(),
-            host.to_owned(),
-            src.clone(),
-            lat.clone(),
-            answered.clone(),
-        );
+        let (ctx, host, src, lat) = (ctx.clone(), host.to_owned(), src.clone(), lat.clone());
         let wait = Duration::from_secs(args.wait);
-        set.spawn(async move {
-            minion(&ctx, me?, &src, &host, ret, publish, wait, lat, answered).await
-        });
+        set.spawn(async move { minion(&ctx, me?, &src, &host, ret, publish, wait, lat).await });
     }
     let (mut ok, mut failed) = (0usize, 0usize);
     let mut errors: HashMap<String, usize> = HashMap::new();
@@ -235,7 +225,6 @@ async fn minion(
     publish: u16,
     wait: Duration,
     lat: Latencies,
-    answered: Arc<AtomicUsize>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let id = me.id.clone();
     let mut req = ReqClient::new(
@@ -259,9 +248,7 @@ async fn minion(
         &SocketOptions::default(),
     )
     .map_err(|e| e.to_string())?;
-    Ok(tokio::spawn(answer(
-        id, sub, req, session, creds, lat, answered,
-    )))
+    Ok(tokio::spawn(answer(id, sub, req, session, creds, lat)))
 }
 
 async fn answer(
@@ -271,7 +258,6 @@ async fn answer(
     session: MinionSession,
     creds: Box<brine_proto::auth::Credentials>,
     lat: Latencies,
-    answered: Arc<AtomicUsize>,
 ) {
     let req = Arc::new(tokio::sync::Mutex::new(req));
     let mut serials = SerialGuard::default();
@@ -302,13 +288,7 @@ async fn answer(
         {
             continue;
         }
-        let (id, req, session, lat, answered) = (
-            id.clone(),
-            req.clone(),
-            session.clone(),
-            lat.clone(),
-            answered.clone(),
-        );
+        let (id, req, session, lat) = (id.clone(), req.clone(), session.clone(), lat.clone());
         tokio::spawn(async move {
             let fun = job.fun_name().unwrap_or_default().to_owned();
             let args = job.arg.as_array().unwrap_or_default().to_vec();
@@ -347,17 +327,15 @@ async fn answer(
                     .request(sealed.frame.clone(), Duration::from_secs(20))
                     .await
                 {
-                    if session.open_reply(&reply, &sealed.nonce).is_ok() {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                        if fun != "saltutil.find_job" {
-                            let ms =
-                                jid_us(&job.jid).map_or(0, |t| now_us().saturating_sub(t) / 1000);
-                            lat.lock()
-                                .unwrap()
-                                .entry(job.jid.clone())
-                                .or_default()
-                                .push(u32::try_from(ms).unwrap_or(u32::MAX));
-                        }
+                    if session.open_reply(&reply, &sealed.nonce).is_ok()
+                        && fun != "saltutil.find_job"
+                    {
+                        let ms = jid_us(&job.jid).map_or(0, |t| now_us().saturating_sub(t) / 1000);
+                        lat.lock()
+                            .unwrap()
+                            .entry(job.jid.clone())
+                            .or_default()
+                            .push(u32::try_from(ms).unwrap_or(u32::MAX));
                     }
                     break;
                 }

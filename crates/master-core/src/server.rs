@@ -132,12 +132,8 @@ pub struct MasterCore {
     syndic_beats: Mutex<HashMap<String, Instant>>,
     /// This master's id as a syndic (events that passed through it are dropped).
     syndic_id: std::sync::OnceLock<String>,
-    /// Forwarded events seen, by origin tag and stamp (masters that syndicate each other see
-    /// copies by several paths).
-    forwarded_seen: Mutex<(
-        std::collections::HashSet<String>,
-        std::collections::VecDeque<String>,
-    )>,
+    /// Forwarded events seen (masters that syndicate each other see copies by several paths).
+    forwarded_seen: Mutex<crate::upstream::EventDedup>,
 }
 
 /// A hook called with every return this master receives (not its own `find_job` answers).
@@ -405,18 +401,7 @@ impl MasterCore {
         if looped && !me.is_empty() {
             return false;
         }
-        let key = crate::upstream::event_key(origin, data);
-        let mut seen = lock(&self.forwarded_seen);
-        if !seen.0.insert(key.clone()) {
-            return false;
-        }
-        seen.1.push_back(key);
-        if seen.1.len() > 20_000
-            && let Some(old) = seen.1.pop_front()
-        {
-            seen.0.remove(&old);
-        }
-        true
+        lock(&self.forwarded_seen).first_time(crate::upstream::event_key(origin, data))
     }
 
     /// Whether the tracker still follows `jid` (not final yet).

@@ -783,15 +783,16 @@ async fn flush_spool(up: &Up) -> Option<bool> {
     Some(true)
 }
 
-/// Remembers forwarded events' identities, so a copy reaching this master twice goes up once.
+/// Remembers the last 20,000 forwarded events' identities ([`event_key`]), so a copy arriving
+/// by a second path is recognised (used by the forwarder and by the core's request path).
 #[derive(Debug, Default)]
-struct EventDedup {
+pub(crate) struct EventDedup {
     set: std::collections::HashSet<String>,
     order: VecDeque<String>,
 }
 
 impl EventDedup {
-    fn first_time(&mut self, key: String) -> bool {
+    pub(crate) fn first_time(&mut self, key: String) -> bool {
         if !self.set.insert(key.clone()) {
             return false;
         }
