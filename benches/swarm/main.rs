@@ -47,10 +47,11 @@ use serde_json::{Value as Json, json};
 #[derive(Debug, Parser)]
 #[command(name = "brine-swarm")]
 struct Args {
-    /// The master's request (ret) address, `host:port`.
-    #[arg(long)]
-    master: String,
-    /// The master's publish port (default: the ret port minus one).
+    /// A master's request (ret) address, `host:port`, or `host:ret:publish`; repeatable (e.g.
+    /// the syndics of a tier): the minions are split evenly over them, in blocks.
+    #[arg(long, required_unless_present = "ceiling")]
+    master: Vec<String>,
+    /// The publish port of a master given as `host:port` (default: the ret port minus one).
     #[arg(long)]
     publish_port: Option<u16>,
     /// Simulated minions.
@@ -79,6 +80,10 @@ struct Args {
     /// Master process ids to sample (CPU, RSS, PSS, with their children).
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// More process ids sampled apart from `--pids` (e.g. the syndics, when `--pids` are the
+    /// masters of masters).
+    #[arg(long, value_delimiter = ',')]
+    tier_pids: Vec<u32>,
     /// Seconds to wait for every minion to authenticate.
     #[arg(long, default_value_t = 120)]
     wait: u64,
@@ -97,6 +102,11 @@ struct Args {
     /// Print one JSON summary on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// Only measure the master's auth ceiling on one core (RSA-2048 private-key operations per
+    /// second, and whole first-contact `_auth` decisions per second: one private and two public
+    /// operations plus the codec) and print it as JSON; no master needed.
+    #[arg(long)]
+    ceiling: bool,
     /// (internal) run as worker process K for minions `--range A..B`.
     #[arg(long, hide = true)]
     child: Option<usize>,
@@ -107,6 +117,10 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if args.ceiling {
+        println!("{}", ceiling());
+        return;
+    }
     if let (Some(k), Some(r)) = (args.child, args.range.clone()) {
         let (a, b) = r.split_once("..").expect("range A..B");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -120,10 +134,87 @@ fn main() {
     parent(&args);
 }
 
+/// One core's ceiling for the master's side of `_auth`, measured for ~2 s each.
+fn ceiling() -> Json {
+    use brine_proto::auth::{AuthPolicy, KeyState, MasterIdentity, decide_auth};
+    use brine_proto::crypt::{Crypticle, PrivateKey, SigAlgo};
+    use brine_proto::loads::AuthRequest;
+    let master = MasterIdentity::new(PrivateKey::generate(2048).expect("RSA key"), 4505);
+    let keys = cached_keys(64);
+    let rate = |f: &mut dyn FnMut(usize)| {
+        let t = Instant::now();
+        let mut n = 0;
+        while t.elapsed() < Duration::from_secs(2) {
+            f(n);
+            n += 1;
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let msg = vec![7u8; 1024];
+    let private = rate(&mut |_| {
+        master.key.sign(&msg, SigAlgo::Pkcs1v15Sha1).expect("sign");
+    });
+    let aes = Crypticle::generate(&mut Rng);
+    let session = Crypticle::generate(&mut Rng);
+    let reqs: Vec<AuthRequest> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| AuthRequest {
+            id: format!("ceiling-{i}"),
+            nonce: format!("{i:032x}"),
+            enc_algo: "OAEP-SHA1".into(),
+            sig_algo: "PKCS1v15-SHA1".into(),
+            autosign_grains: None,
+            token: None,
+            pub_key: k.public_key().to_clean_pem(),
+        })
+        .collect();
+    let policy = AuthPolicy {
+        auto_sign: true,
+        ..AuthPolicy::default()
+    };
+    let auths = rate(&mut |i| {
+        let r = &reqs[i % reqs.len()];
+        decide_auth(
+            r,
+            &KeyState::Unknown,
+            policy,
+            &master,
+            &aes,
+            &session,
+            &mut Rng,
+        )
+        .expect("decide_auth");
+    });
+    json!({ "rsa2048_private_ops_per_sec": private, "first_contact_auths_per_sec": auths })
+}
+
 // ---- the worker process -------------------------------------------------------------------
 
 /// Latencies (ms) of acknowledged returns, per jid, since the last report.
 type Latencies = Arc<Mutex<HashMap<String, Vec<u32>>>>;
+
+/// `host:ret` (publish: `publish_port`, else ret - 1) or `host:ret:publish`.
+fn master_addr(s: &str, publish_port: Option<u16>) -> (String, u16, u16) {
+    let mut parts = s.rsplitn(3, ':').collect::<Vec<_>>();
+    parts.reverse();
+    let port = |p: &str| -> u16 {
+        p.parse()
+            .unwrap_or_else(|_| panic!("--master {s}: not host:port[:publish]"))
+    };
+    match parts.as_slice() {
+        [host, ret, publish] if publish.parse::<u16>().is_ok() && ret.parse::<u16>().is_ok() => {
+            ((*host).to_owned(), port(ret), port(publish))
+        }
+        _ => {
+            let (host, ret) = s
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("--master {s}: not host:port"));
+            let ret = port(ret);
+            (host.to_owned(), ret, publish_port.unwrap_or(ret - 1))
+        }
+    }
+}
 
 fn src_addr(base: &str, k: usize) -> String {
     let mut o: Vec<u32> = base.split('.').map(|x| x.parse().unwrap_or(0)).collect();
@@ -139,9 +230,8 @@ fn src_addr(base: &str, k: usize) -> String {
 }
 
 async fn child(args: &Args, k: usize, a: usize, b: usize) {
-    let (host, ret) = args.master.rsplit_once(':').expect("--master host:port");
-    let ret: u16 = ret.parse().expect("ret port");
-    let publish = args.publish_port.unwrap_or(ret - 1);
+    let (host, ret, publish) = master_addr(&args.master[0], args.publish_port);
+    let host = host.as_str();
     let src = src_addr(&args.src, k);
     let ctx = Context::new();
     let pool = if args.key_pool == 0 {
@@ -214,6 +304,15 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
     drop(running);
 }
 
+/// A minion's socket options; no handshake timer (thousands of them in one process make
+/// libzmq walk its timer map on every handshake, the swarm's CPU then skews the storm).
+fn swarm_socket() -> SocketOptions {
+    SocketOptions {
+        handshake_ivl: Some(Duration::ZERO),
+        ..SocketOptions::default()
+    }
+}
+
 /// One simulated minion: authenticate, subscribe, then answer jobs until the process ends.
 #[allow(clippy::too_many_arguments)]
 async fn minion(
@@ -227,11 +326,7 @@ async fn minion(
     lat: Latencies,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let id = me.id.clone();
-    let mut req = ReqClient::new(
-        ctx,
-        &format!("tcp://{src}:0;{host}:{ret}"),
-        SocketOptions::default(),
-    );
+    let mut req = ReqClient::new(ctx, &format!("tcp://{src}:0;{host}:{ret}"), swarm_socket());
     let creds = authenticate(&me, &mut req, wait)
         .await
         .map_err(|e| e.to_string())?;
@@ -245,7 +340,7 @@ async fn minion(
         ctx,
         &format!("tcp://{src}:0;{host}:{publish}"),
         &[b""],
-        &SocketOptions::default(),
+        &swarm_socket(),
     )
     .map_err(|e| e.to_string())?;
     Ok(tokio::spawn(answer(id, sub, req, session, creds, lat)))
@@ -401,6 +496,25 @@ fn sample(pids: &[u32]) -> (u64, u64, u64) {
     )
 }
 
+/// How many minions the publish command's output shows as having returned: the keys of the
+/// JSON documents it printed (`--out json`, one document or one per minion), minus Salt's
+/// "Minion did not return" placeholders; 0 for any other output.
+fn cli_returned(stdout: &[u8]) -> usize {
+    let mut ids = std::collections::HashSet::new();
+    for doc in serde_json::Deserializer::from_slice(stdout).into_iter::<Json>() {
+        let Ok(Json::Object(m)) = doc else { break };
+        for (id, v) in m {
+            let missing = v
+                .as_str()
+                .is_some_and(|s| s.starts_with("Minion did not return"));
+            if !missing {
+                ids.insert(id);
+            }
+        }
+    }
+    ids.len()
+}
+
 fn pct(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -419,11 +533,24 @@ fn parent(args: &Args) {
     } else {
         args.key_pool
     });
-    let mut workers: Vec<Worker> = (0..n.div_ceil(per))
-        .map(|k| {
-            let (a, b) = (k * per, ((k + 1) * per).min(n));
+    // Each master gets a contiguous block of minions, each block its own worker processes.
+    let masters = args.master.len();
+    let mut plan = Vec::new();
+    for (m, master) in args.master.iter().enumerate() {
+        let (lo, hi) = (n * m / masters, n * (m + 1) / masters);
+        let mut a = lo;
+        while a < hi {
+            let b = (a + per).min(hi);
+            plan.push((master.clone(), a, b));
+            a = b;
+        }
+    }
+    let mut workers: Vec<Worker> = plan
+        .iter()
+        .enumerate()
+        .map(|(k, (master, a, b))| {
             let mut cmd = Command::new(&exe);
-            cmd.args(["--master", &args.master])
+            cmd.args(["--master", master])
                 .args(["--prefix", &args.prefix])
                 .args(["--first", &args.first.to_string()])
                 .args(["--src", &args.src])
@@ -449,6 +576,7 @@ fn parent(args: &Args) {
         assert_eq!(r["ready"], true, "a swarm worker did not start: {r}");
     }
     let before = sample(&args.pids);
+    let tier_before = sample(&args.tier_pids);
     let t0 = Instant::now();
     for w in &mut workers {
         let _ = writeln!(w.stdin, "go");
@@ -470,6 +598,7 @@ fn parent(args: &Args) {
     let auth_secs = t0.elapsed().as_secs_f64();
     let after_auth = sample(&args.pids);
     let auth_cpu = (after_auth.0 - before.0) as f64 / 100.0;
+    let tier_auth_cpu = (sample(&args.tier_pids).0 - tier_before.0) as f64 / 100.0;
     if !args.json {
         println!(
             "auth storm: {authed}/{n} authenticated in {auth_secs:.2} s ({failed} failed{}); master CPU {auth_cpu:.2} s{}",
@@ -493,13 +622,15 @@ fn parent(args: &Args) {
     for round in 0..args.rounds {
         for cmd in &args.publish {
             let s0 = sample(&args.pids);
+            let ts0 = sample(&args.tier_pids);
             let t = Instant::now();
             let out = Command::new("sh")
                 .args(["-c", cmd])
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::null())
-                .status();
+                .output();
             let cli_secs = t.elapsed().as_secs_f64();
+            let cli_returns = out.as_ref().map_or(0, |o| cli_returned(&o.stdout));
             // Collect until every authenticated minion's return of the newest job is in.
             let mut per_jid: HashMap<String, Vec<u32>> = HashMap::new();
             let deadline = t + Duration::from_secs(args.round_wait);
@@ -531,6 +662,7 @@ fn parent(args: &Args) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let s1 = sample(&args.pids);
+            let ts1 = sample(&args.tier_pids);
             let (jid, mut v) = per_jid
                 .into_iter()
                 .max_by_key(|(j, _)| j.clone())
@@ -539,7 +671,8 @@ fn parent(args: &Args) {
             let r = json!({
                 "round": round,
                 "command": cmd,
-                "exit": out.ok().and_then(|s| s.code()),
+                "exit": out.ok().and_then(|o| o.status.code()),
+                "cli_returns": cli_returns,
                 "jid": jid,
                 "returns": v.len(),
                 "missing": authed.saturating_sub(v.len() as u64),
@@ -549,10 +682,13 @@ fn parent(args: &Args) {
                 "p99_ms": pct(&v, 0.99),
                 "max_ms": v.last().copied().unwrap_or(0),
                 "master_cpu_secs": (s1.0 - s0.0) as f64 / 100.0,
+                "master_rss_kb": s1.1,
+                "tier_cpu_secs": (ts1.0 - ts0.0) as f64 / 100.0,
+                "tier_rss_kb": ts1.1,
             });
             if !args.json {
                 println!(
-                    "round {round} `{cmd}`: {}/{authed} returns, CLI {cli_secs:.2} s, all returns in {}, latency p50 {} ms p99 {} ms max {} ms, master CPU {:.2} s",
+                    "round {round} `{cmd}`: {}/{authed} returns ({cli_returns} shown by the command), CLI {cli_secs:.2} s, all returns in {}, latency p50 {} ms p99 {} ms max {} ms, master CPU {:.2} s",
                     r["returns"],
                     complete.map_or_else(|| "—(timed out)".to_owned(), |c| format!("{c:.2} s")),
                     r["p50_ms"],
@@ -565,6 +701,7 @@ fn parent(args: &Args) {
         }
     }
     let end = sample(&args.pids);
+    let tier_end = sample(&args.tier_pids);
     let swarm_cpu: u64 = workers.iter().map(|w| cpu_ticks_tree(w.child.id())).sum();
     let summary = json!({
         "minions": n,
@@ -579,6 +716,9 @@ fn parent(args: &Args) {
         "master_pss_kb": end.2,
         "master_pss_kb_per_minion": if authed > 0 { end.2 as f64 / authed as f64 } else { 0.0 },
         "swarm_cpu_secs": swarm_cpu as f64 / 100.0,
+        "tier_auth_cpu_secs": tier_auth_cpu,
+        "tier_rss_kb": tier_end.1,
+        "tier_pss_kb": tier_end.2,
     });
     if args.json {
         println!("{summary}");

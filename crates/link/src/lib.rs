@@ -39,6 +39,8 @@ pub struct LinkConfig {
     pub zmq_filtering: bool,
     /// `auth_timeout`.
     pub auth_timeout: Duration,
+    /// `auth_tries`: sends of one `_auth` request before a new one.
+    pub auth_tries: u32,
     /// `acceptance_wait_time`.
     pub acceptance_wait_time: Duration,
     /// `acceptance_wait_time_max`.

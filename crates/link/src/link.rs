@@ -289,6 +289,7 @@ async fn authenticate(
     };
     let acfg = MinionAuthConfig {
         auth_timeout: cfg.auth_timeout,
+        auth_tries: cfg.auth_tries,
         acceptance_wait_time: cfg.acceptance_wait_time,
         acceptance_wait_time_max: cfg.acceptance_wait_time_max,
         master_sign_pub,

@@ -149,14 +149,14 @@ impl RequestHandler {
             }
         };
         match &req {
-            Request::Clear { load, .. } => self.clear(load, peer),
+            Request::Clear { load, .. } => self.clear(load, frame, peer),
             Request::Aes { id, .. } => self.aes(&req, id.clone(), peer),
         }
     }
 
-    fn clear(&mut self, load: &Value, peer: &str) -> Handled {
+    fn clear(&mut self, load: &Value, frame: &[u8], peer: &str) -> Handled {
         match load.get("cmd").and_then(Value::as_str) {
-            Some("_auth") => self.auth(load, peer),
+            Some("_auth") => self.auth(load, frame, peer),
             // The failback probe (`status.ping_master`): echo the load.
             Some("ping") => Handled {
                 reply: codec::encode_wire(load),
@@ -172,7 +172,7 @@ impl RequestHandler {
         }
     }
 
-    fn auth(&mut self, load: &Value, peer: &str) -> Handled {
+    fn auth(&mut self, load: &Value, frame: &[u8], peer: &str) -> Handled {
         let req = match AuthRequest::from_value(load) {
             Ok(r) => r,
             Err(e) => {
@@ -188,6 +188,19 @@ impl RequestHandler {
             // Invalid ids are answered by decide_auth without touching any file.
             Err(_) => KeyState::Unknown,
         };
+        // A resend of a request already accepted (the minion's auth_timeout ran out while it
+        // waited in the queue): the same answer, without the RSA work again.
+        let digest = brine_proto::crypt::sha256_hex(frame);
+        if matches!(state, KeyState::Accepted(_))
+            && let Some(reply) = self.secrets().auth_reply(&digest, &req.id)
+        {
+            debug!(minion_id = %req.id, "resent _auth answered with its first reply");
+            return Handled {
+                minion: Some(req.id.clone()),
+                reply,
+                ..Handled::default()
+            };
+        }
         let policy = AuthPolicy {
             open_mode: self.policy.danger_open_mode,
             auto_sign: self.policy.danger_auto_accept
@@ -231,12 +244,15 @@ impl RequestHandler {
             }
             info!(minion_id = %req.id, act = decision.verdict.act(), "authentication");
         }
-        if decision.verdict != Verdict::Accept {
+        let reply = codec::encode_wire(&decision.reply);
+        if decision.verdict == Verdict::Accept {
+            self.secrets().remember_auth_reply(digest, &req.id, &reply);
+        } else {
             self.secrets().drop_session(&req.id);
         }
         Handled {
             minion: (decision.verdict == Verdict::Accept).then(|| req.id.clone()),
-            reply: codec::encode_wire(&decision.reply),
+            reply,
             events: decision
                 .event
                 .map(|data| MasterEvent {
@@ -406,5 +422,76 @@ impl RequestHandler {
             .unwrap_or(session);
         out.reply = codec::encode_wire(&seal_reply(&result, &nonce, &session, self.rng.as_mut()));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brine_proto::auth::{AuthEvent, MinionAuth, MinionAuthConfig, MinionIdentity};
+    use brine_proto::crypt::PrivateKey;
+    use std::time::Instant;
+
+    fn handler(dir: &std::path::Path, secrets: Arc<Mutex<Secrets>>) -> RequestHandler {
+        let key = PrivateKey::generate(2048).unwrap();
+        RequestHandler::new(
+            KeyStore::open(dir).unwrap(),
+            MasterIdentity::new(key, 4505),
+            secrets,
+            Policy {
+                danger_auto_accept: true,
+                ..Policy::default()
+            },
+            Box::new(crate::server::Rng),
+        )
+    }
+
+    /// A minion's `_auth` frame and the state machine that sent it.
+    fn auth_frame(id: &str) -> (MinionAuth, Vec<u8>) {
+        let me = MinionIdentity::new(id, PrivateKey::generate(2048).unwrap()).unwrap();
+        let mut a = MinionAuth::new(
+            me,
+            MinionAuthConfig::default(),
+            None,
+            &mut crate::server::Rng,
+        );
+        a.start(Instant::now(), &mut crate::server::Rng).unwrap();
+        let f = a.poll_transmit().unwrap();
+        (a, f)
+    }
+
+    #[test]
+    fn a_resent_auth_gets_the_first_answer_until_the_key_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Arc::new(Mutex::new(Secrets::new(&mut crate::server::Rng)));
+        let mut h = handler(dir.path(), secrets.clone());
+        let (mut minion, frame) = auth_frame("m1");
+        let first = h.handle(&frame, "test");
+        assert_eq!(first.minion.as_deref(), Some("m1"));
+        assert_eq!(first.events.len(), 1, "salt/auth fired for the decision");
+        let again = h.handle(&frame, "test");
+        assert_eq!(
+            again.reply, first.reply,
+            "the resend gets the very same reply"
+        );
+        assert_eq!(again.minion.as_deref(), Some("m1"));
+        // and it is a reply the minion accepts
+        minion.handle_reply(&again.reply, Instant::now());
+        assert!(matches!(minion.poll_event(), Some(AuthEvent::Accepted(_))));
+        // A rotated publish key: the same frame is decided anew (the old reply has the old key).
+        secrets.lock().unwrap().rotate(&mut crate::server::Rng);
+        let after = h.handle(&frame, "test");
+        assert_ne!(after.reply, first.reply);
+        assert_eq!(after.minion.as_deref(), Some("m1"));
+        // A deleted key: no remembered answer either (the minion is pending... auto_accept
+        // accepts it again, from a fresh decision that rewrites the key file).
+        assert!(h.keys.delete("m1").unwrap());
+        let fresh = h.handle(&frame, "test");
+        assert_ne!(fresh.reply, after.reply);
+        assert!(dir.path().join("minions/m1").exists());
+        // Another minion's frame is never answered from m1's entry.
+        let (_, other) = auth_frame("m2");
+        let o = h.handle(&other, "test");
+        assert_eq!(o.minion.as_deref(), Some("m2"));
     }
 }

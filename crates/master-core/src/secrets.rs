@@ -57,12 +57,48 @@ pub fn load_or_create_key(pki_dir: &Path, stem: &str) -> Result<PrivateKey, Stri
     Ok(key)
 }
 
-/// The publish key, its serials, and the session keys.
+/// The publish key, its serials, the session keys, and recent `_auth` replies.
 #[derive(Debug)]
 pub struct Secrets {
     aes: Crypticle,
     serials: SerialCounter,
     sessions: HashMap<String, Crypticle>,
+    auth_replies: AuthReplies,
+}
+
+/// How long an accepted `_auth` reply is kept for a resend of the same request: Salt's minion
+/// sends the very same `_auth` frame `auth_tries` (7) times, `auth_timeout` (5 s) apart, before
+/// building a new one.
+pub const AUTH_REPLAY_TTL: std::time::Duration = std::time::Duration::from_secs(40);
+const AUTH_REPLIES_MAX: usize = 50_000;
+
+/// Accepted `_auth` replies by digest of the request frame. In an auth storm a minion whose
+/// request waited more than `auth_timeout` in the queue sends it again, and the master used to
+/// pay the RSA work twice (decrypting the token, signing the reply) for one minion; the
+/// resend now gets the first answer back. Only accepted replies are kept, only while the
+/// publish key and the minion's session are unchanged.
+#[derive(Debug, Default)]
+struct AuthReplies {
+    map: HashMap<String, (std::time::Instant, String, Vec<u8>)>,
+    order: std::collections::VecDeque<(std::time::Instant, String)>,
+}
+
+impl AuthReplies {
+    fn expire(&mut self, now: std::time::Instant) {
+        while let Some((t, d)) = self.order.front() {
+            if now.duration_since(*t) < AUTH_REPLAY_TTL && self.order.len() <= AUTH_REPLIES_MAX {
+                break;
+            }
+            if self.map.get(d).is_some_and(|(t2, _, _)| t2 == t) {
+                self.map.remove(d);
+            }
+            self.order.pop_front();
+        }
+        if self.map.is_empty() {
+            self.map = HashMap::new();
+            self.order = Default::default();
+        }
+    }
 }
 
 impl Secrets {
@@ -72,7 +108,31 @@ impl Secrets {
             aes: Crypticle::generate(rng),
             serials: SerialCounter::default(),
             sessions: HashMap::new(),
+            auth_replies: AuthReplies::default(),
         }
+    }
+
+    /// The reply given to the `_auth` request with this frame digest, if it was accepted less
+    /// than [`AUTH_REPLAY_TTL`] ago for `id`, whose session still stands.
+    pub fn auth_reply(&self, digest: &str, id: &str) -> Option<Vec<u8>> {
+        let (t, who, reply) = self.auth_replies.map.get(digest)?;
+        (who == id && t.elapsed() < AUTH_REPLAY_TTL && self.sessions.contains_key(id))
+            .then(|| reply.clone())
+    }
+
+    /// Remember the reply to an accepted `_auth` request.
+    pub fn remember_auth_reply(&mut self, digest: String, id: &str, reply: &[u8]) {
+        let now = std::time::Instant::now();
+        self.auth_replies.expire(now);
+        self.auth_replies.order.push_back((now, digest.clone()));
+        self.auth_replies
+            .map
+            .insert(digest, (now, id.to_owned(), reply.to_vec()));
+    }
+
+    /// Drop remembered `_auth` replies older than [`AUTH_REPLAY_TTL`].
+    pub fn expire_auth_replies(&mut self) {
+        self.auth_replies.expire(std::time::Instant::now());
     }
 
     /// The current publish key.
@@ -103,6 +163,8 @@ impl Secrets {
     pub fn rotate(&mut self, rng: &mut dyn Entropy) {
         self.aes = Crypticle::generate(rng);
         self.serials.reset();
+        // The remembered replies carry the old key.
+        self.auth_replies = AuthReplies::default();
     }
 
     /// Forget `id`'s session (its key was deleted or rejected).

@@ -862,6 +862,7 @@ impl Server {
                     shared.tick().await;
                     if n.is_multiple_of(5) {
                         check_dropfile(&shared, &secrets);
+                        lock(&secrets).expire_auth_replies();
                     }
                     if n.is_multiple_of(10) {
                         key_snapshot = fire_key_changes(&shared, key_snapshot);

@@ -50,6 +50,8 @@ pub struct MinionConfig {
     pub acceptance_wait_time_max: Duration,
     /// `auth_timeout`.
     pub auth_timeout: Duration,
+    /// `auth_tries`: sends of one `_auth` request before a new one.
+    pub auth_tries: u32,
     /// `rejected_retry`: keep retrying when rejected instead of exiting.
     pub rejected_retry: bool,
     /// `root_dir`.
@@ -164,6 +166,7 @@ impl MinionConfig {
             publish_port: self.publish_port,
             zmq_filtering: self.zmq_filtering,
             auth_timeout: self.auth_timeout,
+            auth_tries: self.auth_tries,
             acceptance_wait_time: self.acceptance_wait_time,
             acceptance_wait_time_max: self.acceptance_wait_time_max,
             rejected_retry: self.rejected_retry,
@@ -288,6 +291,7 @@ impl MinionConfig {
             acceptance_wait_time: secs(o, "acceptance_wait_time", 10)?,
             acceptance_wait_time_max: secs(o, "acceptance_wait_time_max", 0)?,
             auth_timeout: secs(o, "auth_timeout", 5)?.max(Duration::from_secs(1)),
+            auth_tries: o.int("auth_tries", 7, 0..=1000)?.max(1) as u32,
             rejected_retry: o.bool("rejected_retry", false)?,
             root_dir,
             pki_dir,

@@ -77,6 +77,13 @@ pub struct SocketOptions {
     pub heartbeat: Option<Heartbeat>,
     /// Received messages buffered between the socket and the application.
     pub inbound_queue: usize,
+    /// `ZMQ_HANDSHAKE_IVL`: `None` keeps libzmq's 30 s; `Some(ZERO)` disables the timer.
+    ///
+    /// libzmq keeps each I/O thread's timers in one ordered map and cancels a timer by walking
+    /// it from the start, so a socket with thousands of connections completing their handshakes
+    /// at once (an auth storm) spends its time walking that map. A peer that completes the
+    /// ZMTP greeting costs no more than one that does not, so the timer protects little.
+    pub handshake_ivl: Option<Duration>,
 }
 
 impl Default for SocketOptions {
@@ -90,6 +97,7 @@ impl Default for SocketOptions {
             backlog: 1000,
             heartbeat: None,
             inbound_queue: 1024,
+            handshake_ivl: None,
         }
     }
 }
@@ -101,6 +109,7 @@ impl SocketOptions {
             linger: Duration::from_millis(1000),
             tcp_keepalive: Some((60, 15, 3)),
             hwm: 0,
+            handshake_ivl: Some(Duration::ZERO),
             ..Self::default()
         }
     }
@@ -109,6 +118,7 @@ impl SocketOptions {
     pub fn master_pub() -> Self {
         Self {
             linger: Duration::from_millis(1),
+            handshake_ivl: Some(Duration::ZERO),
             ..Self::default()
         }
     }
@@ -129,6 +139,9 @@ impl SocketOptions {
         s.set_sndhwm(self.hwm)?;
         s.set_rcvhwm(self.hwm)?;
         s.set_backlog(self.backlog)?;
+        if let Some(ivl) = self.handshake_ivl {
+            s.set_handshake_ivl(ivl.as_millis() as i32)?;
+        }
         if let Some(hb) = self.heartbeat {
             s.set_heartbeat_ivl(hb.interval.as_millis() as i32)?;
             s.set_heartbeat_timeout(hb.timeout.as_millis() as i32)?;

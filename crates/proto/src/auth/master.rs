@@ -113,7 +113,13 @@ pub struct MasterIdentity {
     pub pub_sig: Option<String>,
     /// The `publish_port` advertised in the reply.
     pub publish_port: u16,
+    /// The X9.31 `sig` over the current AES key's digest: the same in every reply while the
+    /// key does not rotate, so one private-key operation serves them all (shared by clones).
+    aes_sig: std::sync::Arc<std::sync::Mutex<Option<AesSig>>>,
 }
+
+/// The digest of an AES key string and its X9.31 signature.
+type AesSig = (String, Vec<u8>);
 
 impl fmt::Debug for MasterIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,7 +139,28 @@ impl MasterIdentity {
             pub_pem,
             pub_sig: None,
             publish_port,
+            aes_sig: Default::default(),
         }
+    }
+
+    /// `sig` for the `aes` key string (X9.31 over its SHA-256 hex digest), computed once per key.
+    ///
+    /// # Errors
+    /// [`AuthError::Rsa`] if signing fails.
+    pub fn aes_sig(&self, aes_string: &str) -> Result<Vec<u8>, AuthError> {
+        let digest = sha256_hex(aes_string.as_bytes());
+        let mut memo = self
+            .aes_sig
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((d, sig)) = memo.as_ref()
+            && *d == digest
+        {
+            return Ok(sig.clone());
+        }
+        let sig = self.key.sign_x931(digest.as_bytes())?;
+        *memo = Some((digest, sig.clone()));
+        Ok(sig)
     }
 
     /// Enable `master_sign_pubkey`: sign `master.pub` with the signing key (`master_sign.pem`).
@@ -316,14 +343,7 @@ pub fn decide_auth(
         "session",
         Value::bin(minion_pub.encrypt_oaep(session.key_string().as_bytes(), enc_algo, rng)?),
     );
-    inner.insert(
-        "sig",
-        Value::bin(
-            master
-                .key
-                .sign_x931(sha256_hex(aes_string.as_bytes()).as_bytes())?,
-        ),
-    );
+    inner.insert("sig", Value::bin(master.aes_sig(&aes_string)?));
     inner.insert("nonce", req.nonce.as_str());
     Ok(AuthDecision {
         verdict: Verdict::Accept,

@@ -24,6 +24,8 @@ use super::AuthError;
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Salt 3007's `acceptance_wait_time` default.
 pub const DEFAULT_ACCEPTANCE_WAIT_TIME: Duration = Duration::from_secs(10);
+/// Salt 3007's `auth_tries` default.
+pub const DEFAULT_AUTH_TRIES: u32 = 7;
 
 /// The minion's own keys and id.
 #[derive(Clone)]
@@ -72,6 +74,9 @@ pub struct MinionAuthConfig {
     pub sig_algo: SigAlgo,
     /// `auth_timeout`: how long to wait for one reply.
     pub auth_timeout: Duration,
+    /// `auth_tries`: how many times the same request is sent (each after `auth_timeout`
+    /// without a reply) before a new one is built after `acceptance_wait_time`.
+    pub auth_tries: u32,
     /// `acceptance_wait_time`: delay before retrying while pending.
     pub acceptance_wait_time: Duration,
     /// `acceptance_wait_time_max`: cap for the doubling delay (zero = no doubling).
@@ -88,6 +93,7 @@ impl Default for MinionAuthConfig {
             enc_algo: EncAlgo::OaepSha1,
             sig_algo: SigAlgo::Pkcs1v15Sha1,
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            auth_tries: DEFAULT_AUTH_TRIES,
             acceptance_wait_time: DEFAULT_ACCEPTANCE_WAIT_TIME,
             acceptance_wait_time_max: Duration::ZERO,
             master_sign_pub: None,
@@ -110,7 +116,8 @@ pub enum AuthEvent {
     /// The master's key differs from the cached `minion_master.pub` and is not signed by
     /// `master_sign.pub`: refuse it ("The master key has changed").
     MasterKeyChanged,
-    /// No reply within `auth_timeout`; a new attempt has been queued.
+    /// No reply within `auth_timeout`: the same request is queued again, or after `auth_tries`
+    /// sends a new one is scheduled after `acceptance_wait_time`.
     TimedOut,
     /// The reply was invalid (bad signature, bad nonce...); a retry is scheduled.
     Invalid(AuthError),
@@ -144,8 +151,17 @@ impl fmt::Debug for Credentials {
 #[derive(Debug)]
 enum State {
     Idle,
-    Awaiting { nonce: String, deadline: Instant },
-    Waiting { until: Instant },
+    Awaiting {
+        nonce: String,
+        deadline: Instant,
+        /// The request as sent (resent as is on a timeout).
+        frame: Vec<u8>,
+        /// Sends of `frame` so far.
+        sent: u32,
+    },
+    Waiting {
+        until: Instant,
+    },
     Done,
 }
 
@@ -213,16 +229,17 @@ impl MinionAuth {
             token,
             pub_key: self.me.pub_pem.clone(),
         };
-        self.transmit = Some(
-            Request::Clear {
-                load: req.to_value(),
-                version: REQUEST_VERSION,
-            }
-            .encode(),
-        );
+        let frame = Request::Clear {
+            load: req.to_value(),
+            version: REQUEST_VERSION,
+        }
+        .encode();
+        self.transmit = Some(frame.clone());
         self.state = State::Awaiting {
             nonce,
             deadline: now + self.cfg.auth_timeout,
+            frame,
+            sent: 1,
         };
         Ok(())
     }
@@ -256,12 +273,26 @@ impl MinionAuth {
     /// # Errors
     /// As [`MinionAuth::start`].
     pub fn handle_timeout(&mut self, now: Instant, rng: &mut dyn Entropy) -> Result<(), AuthError> {
-        match self.state {
-            State::Awaiting { deadline, .. } if now >= deadline => {
+        match &mut self.state {
+            State::Awaiting {
+                deadline,
+                frame,
+                sent,
+                ..
+            } if now >= *deadline => {
                 self.events.push_back(AuthEvent::TimedOut);
-                self.start(now, rng)
+                if *sent < self.cfg.auth_tries.max(1) {
+                    // Salt's sign_in: the same payload again (a master may still be working
+                    // through the first copy, and answers both alike).
+                    *sent += 1;
+                    *deadline = now + self.cfg.auth_timeout;
+                    self.transmit = Some(frame.clone());
+                } else {
+                    self.schedule_retry(now);
+                }
+                Ok(())
             }
-            State::Waiting { until } if now >= until => self.start(now, rng),
+            State::Waiting { until } if now >= *until => self.start(now, rng),
             _ => Ok(()),
         }
     }
@@ -273,9 +304,9 @@ impl MinionAuth {
 
     /// When [`MinionAuth::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            State::Awaiting { deadline, .. } => Some(deadline),
-            State::Waiting { until } => Some(until),
+        match &self.state {
+            State::Awaiting { deadline, .. } => Some(*deadline),
+            State::Waiting { until } => Some(*until),
             State::Idle | State::Done => None,
         }
     }

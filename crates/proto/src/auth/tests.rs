@@ -194,14 +194,28 @@ fn changed_master_key_is_refused() {
 }
 
 #[test]
-fn timeout_resends() {
+fn timeout_resends_the_same_request_then_a_new_one() {
     let mut p = Pair::new(None);
     p.minion.start(p.now, &mut p.rng).unwrap();
     let first = p.minion.poll_transmit().unwrap();
-    let deadline = p.minion.poll_timeout().unwrap();
-    assert_eq!(deadline - p.now, Duration::from_secs(5));
-    p.minion.handle_timeout(deadline, &mut p.rng).unwrap();
+    let mut t = p.minion.poll_timeout().unwrap();
+    assert_eq!(t - p.now, Duration::from_secs(5));
+    // Salt's sign_in: the very same frame, auth_tries (7) times, auth_timeout apart.
+    for _ in 1..7 {
+        p.minion.handle_timeout(t, &mut p.rng).unwrap();
+        assert!(matches!(p.minion.poll_event(), Some(AuthEvent::TimedOut)));
+        assert_eq!(p.minion.poll_transmit().unwrap(), first, "resent as is");
+        let next = p.minion.poll_timeout().unwrap();
+        assert_eq!(next - t, Duration::from_secs(5));
+        t = next;
+    }
+    // Then nothing for acceptance_wait_time, then a new request.
+    p.minion.handle_timeout(t, &mut p.rng).unwrap();
     assert!(matches!(p.minion.poll_event(), Some(AuthEvent::TimedOut)));
+    assert!(p.minion.poll_transmit().is_none());
+    let retry = p.minion.poll_timeout().unwrap();
+    assert_eq!(retry - t, Duration::from_secs(10));
+    p.minion.handle_timeout(retry, &mut p.rng).unwrap();
     let second = p.minion.poll_transmit().unwrap();
     assert_ne!(first, second, "a fresh nonce per attempt");
     // A stale reply for the first attempt's nonce is refused.
@@ -213,7 +227,7 @@ fn timeout_resends() {
         &req, &p.state, p.policy, &p.master, &p.aes, &p.session, &mut p.rng,
     )
     .unwrap();
-    p.minion.handle_reply(&codec::encode_wire(&d.reply), p.now);
+    p.minion.handle_reply(&codec::encode_wire(&d.reply), retry);
     assert!(matches!(
         p.minion.poll_event(),
         Some(AuthEvent::Invalid(AuthError::NonceMismatch))
