@@ -9,8 +9,11 @@
 # docs/performance.md (rows of scenarios not run are kept).
 #
 #   benches/scenarios.sh [--only "i ii iii iv v"] [--sizes "1000 5000 9000"] [--rounds 3]
-#                        [--tier 50000] [--relay 5000] [--salt 3007.17] [--no-docs]
+#                        [--tier 50000] [--relay 5000] [--kinds "brine salt"] [--salt 3007.17]
+#                        [--no-docs] [--report]
 #
+# --kinds runs only some of the two stacks; --report runs nothing and rebuilds the table from
+# the JSON results already in target/scenarios.
 # Masters keep their root_dir on tmpfs (/dev/shm) when there is one, brine and Salt alike: an
 # auth storm creates one key file per minion, and on a file system that just had thousands of
 # files deleted (the previous run) ext4's inode allocator took a third of the master's CPU.
@@ -22,11 +25,15 @@ rounds=3
 version=3007.17
 docs=1
 only="i ii iii iv v"
+kinds="brine salt"
+report=0
 tier=50000
 relay=5000
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only="$2"; shift 2 ;;
+    --kinds) kinds="$2"; shift 2 ;;
+    --report) report=1; shift ;;
     --tier) tier="$2"; shift 2 ;;
     --relay) relay="$2"; shift 2 ;;
     --sizes) sizes="$2"; shift 2 ;;
@@ -263,25 +270,26 @@ CONF
   "$bin/brine-swarm" "${masters[@]}" -n "$n" --prefix "$label-" --wait 900 \
     --key-pool "$key_pool" --rounds "$rounds" --round-wait 300 --settle 10 \
     --pids "$(IFS=,; echo "${mom_pids[*]}")" --tier-pids "$(IFS=,; echo "${syn_pids[*]}")" \
-    --publish "$cli '*' test.ping --out json" --json > "$out/$kind-$label.json"
+    --publish "$cli '*' test.ping --out json" --json > "$out/$kind-$label.json.tmp"
+  mv "$out/$kind-$label.json.tmp" "$out/$kind-$label.json"
   stop_all
 }
 
 # The auth ceiling on one core, measured first, while nothing else runs.
-"$bin/brine-swarm" --ceiling > "$out/ceiling.json"
-if want i || want ii || want iii; then
+[ "$report" = 1 ] || "$bin/brine-swarm" --ceiling > "$out/ceiling.json"
+if [ "$report" = 1 ]; then
+  :
+elif want i || want ii || want iii; then
   for n in $sizes; do
     run brine "$n"
     run salt "$n"
   done
 fi
-if want v; then
-  run_tier brine relay 1 1 "$relay"
-  run_tier salt relay 1 1 "$relay"
+if want v && [ "$report" = 0 ]; then
+  for k in $kinds; do run_tier "$k" relay 1 1 "$relay"; done
 fi
-if want iv; then
-  run_tier brine tier 2 6 "$tier"
-  run_tier salt tier 2 6 "$tier"
+if want iv && [ "$report" = 0 ]; then
+  for k in $kinds; do run_tier "$k" tier 2 6 "$tier"; done
 fi
 
 python3 - "$out" "$version" "$rounds" "$only" "$tier" "$relay" $sizes > "$out/table.md" <<'PY'
@@ -311,7 +319,7 @@ if {"i", "ii", "iii"} & set(only):
     miss_s = sum(r["missing"] for r in s["rounds"])
     ratio = f"{st / bt:.1f}x" if bt and st else "—"
     fmt = lambda t, miss: (f"{t:.2f} s" if t is not None else "did not complete") + (f" ({miss} returns missing)" if miss else "")
-    rows.append((f"(i) `'*' test.ping`, {n} minions: all returns in (median of {rounds})",
+    rows.append((f"(i) `'*' test.ping`, {n} minions: all returns in (median of {len(b['rounds'])})",
                  f"`benches/scenarios.sh --only i --sizes {n}`", fmt(bt, miss_b), fmt(st, miss_s), ratio))
   n = max(sizes)
   b, s = load("brine", n), load("salt", n)
@@ -338,17 +346,27 @@ def tier_cell(x):
             f'syndic tier CPU {tier_cpu:.2f} s, RSS {x["tier_rss_kb"] / 1024:.0f} MB'), cli, mom_cpu, x
 def tier_row(label, name, cmd):
     try:
-        b, s = load("brine", label), load("salt", label)
+        b = load("brine", label)
     except FileNotFoundError:
         return
+    n = b["minions"]
+    name = name.replace("{n}", str(n))
+    cmd = cmd.replace("{n}", str(n))
     bc, bt, bcpu, bx = tier_cell(b)
+    try:
+        s = load("salt", label)
+        if s["minions"] != n:
+            raise FileNotFoundError
+    except FileNotFoundError:
+        rows.append((name, cmd, bc, "not run (`--kinds salt`; see below)", "—"))
+        return
     sc, st, scpu, sx = tier_cell(s)
     ratio = f"CLI {st / bt:.1f}x, MoM CPU {scpu / bcpu:.1f}x, tier RSS {sx['tier_rss_kb'] / bx['tier_rss_kb']:.1f}x" if bt and bcpu and bx["tier_rss_kb"] else "—"
     rows.append((name, cmd, bc, sc, ratio))
 if "v" in only:
-    tier_row("relay", f"(v) one syndic relaying to {relay} minions (`'*' test.ping` from its MoM)", f"`benches/scenarios.sh --only v --relay {relay}`")
+    tier_row("relay", "(v) one syndic relaying to {n} minions (`'*' test.ping` from its MoM)", "`benches/scenarios.sh --only v --relay {n}`")
 if "iv" in only:
-    tier_row("tier", f"(iv) 2 MoMs + 6 syndics, {tier} minions (`'*' test.ping` from one MoM)", f"`benches/scenarios.sh --only iv --tier {tier}`")
+    tier_row("tier", "(iv) 2 MoMs + 6 syndics, {n} minions (`'*' test.ping` from one MoM)", "`benches/scenarios.sh --only iv --tier {n}`")
 print("| scenario | command | brine | Salt %s | ratio | machine |" % version)
 print("|---|---|---|---|---|---|")
 for r in rows:

@@ -37,7 +37,7 @@ use brine_proto::envelope::Publish;
 use brine_proto::jid::iso_stamp;
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_proto::target::{self, Facts, NoNodegroups};
-use brine_test_support::sim::{Rng, authenticate, cached_keys};
+use brine_test_support::sim::{Rng, authenticate, cached_key, cached_keys};
 use brine_test_support::{cpu_ticks_tree, proc_tree, rss_tree_kb};
 use brine_transport::{Context, ReqClient, SocketOptions, Subscriber};
 use clap::Parser;
@@ -234,22 +234,23 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
     let host = host.as_str();
     let src = src_addr(&args.src, k);
     let ctx = Context::new();
-    let pool = if args.key_pool == 0 {
-        args.first + b
-    } else {
-        args.key_pool
-    };
-    let keys = cached_keys(pool);
+    // Only the keys this worker's minions use (minion i uses key i, or i mod --key-pool).
+    let mut keys: HashMap<usize, brine_proto::crypt::PrivateKey> = HashMap::new();
     let lat: Latencies = Arc::default();
     // Identities first (key loading and the `tok` signature are not the storm), then wait for
     // the parent's "go" so every process storms at once.
     let ids: Vec<Result<MinionIdentity, String>> = (a..b)
         .map(|i| {
             let id = format!("{}{:05}", args.prefix, args.first + i);
-            MinionIdentity::new(&id, keys[(args.first + i) % keys.len()].clone())
-                .map_err(|e| e.to_string())
+            let k = match args.key_pool {
+                0 => args.first + i,
+                pool => (args.first + i) % pool,
+            };
+            let key = keys.entry(k).or_insert_with(|| cached_key(k)).clone();
+            MinionIdentity::new(&id, key).map_err(|e| e.to_string())
         })
         .collect();
+    drop(keys);
     println!("{}", json!({ "ready": true }));
     std::io::stdout().flush().ok();
     let mut lines = std::io::stdin().lock().lines();
@@ -309,6 +310,7 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
 fn swarm_socket() -> SocketOptions {
     SocketOptions {
         handshake_ivl: Some(Duration::ZERO),
+        batch_size: Some(brine_transport::MASTER_BATCH_SIZE),
         ..SocketOptions::default()
     }
 }
@@ -501,18 +503,35 @@ fn sample(pids: &[u32]) -> (u64, u64, u64) {
 /// "Minion did not return" placeholders; 0 for any other output.
 fn cli_returned(stdout: &[u8]) -> usize {
     let mut ids = std::collections::HashSet::new();
-    for doc in serde_json::Deserializer::from_slice(stdout).into_iter::<Json>() {
-        let Ok(Json::Object(m)) = doc else { break };
-        for (id, v) in m {
-            let missing = v
-                .as_str()
-                .is_some_and(|s| s.starts_with("Minion did not return"));
-            if !missing {
-                ids.insert(id);
+    let mut pos = 0;
+    while pos < stdout.len() {
+        // Each document starts at a line opening with `{`; other lines (warnings) are skipped.
+        if stdout[pos] == b'{' {
+            let mut docs = serde_json::Deserializer::from_slice(&stdout[pos..]).into_iter::<Json>();
+            if let Some(Ok(Json::Object(m))) = docs.next() {
+                for (id, v) in m {
+                    let missing = v
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("Minion did not return"));
+                    if !missing {
+                        ids.insert(id);
+                    }
+                }
+                pos += docs.byte_offset();
+                continue;
             }
         }
+        pos += stdout[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(stdout.len() - pos, |i| i + 1);
     }
     ids.len()
+}
+
+/// The start of a text, for the JSON summary.
+fn head(b: &[u8], n: usize) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(n)]).into_owned()
 }
 
 fn pct(sorted: &[u32], p: f64) -> u32 {
@@ -558,6 +577,9 @@ fn parent(args: &Args) {
                 .args(["--key-pool", &args.key_pool.to_string()])
                 .args(["--child", &k.to_string()])
                 .args(["--range", &format!("{a}..{b}")])
+                // Thousands of sockets made and dropped across threads (auth timeouts re-create
+                // the request socket) fragment glibc's per-thread arenas; two arenas suffice.
+                .env("MALLOC_ARENA_MAX", "2")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped());
             if let Some(p) = args.publish_port {
@@ -627,7 +649,7 @@ fn parent(args: &Args) {
             let out = Command::new("sh")
                 .args(["-c", cmd])
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .output();
             let cli_secs = t.elapsed().as_secs_f64();
             let cli_returns = out.as_ref().map_or(0, |o| cli_returned(&o.stdout));
@@ -671,6 +693,8 @@ fn parent(args: &Args) {
             let r = json!({
                 "round": round,
                 "command": cmd,
+                "cli_stdout_head": out.as_ref().map_or_else(|e| e.to_string(), |o| head(&o.stdout, 300)),
+                "cli_stderr_head": out.as_ref().map_or_else(|_| String::new(), |o| head(&o.stderr, 300)),
                 "exit": out.ok().and_then(|o| o.status.code()),
                 "cli_returns": cli_returns,
                 "jid": jid,

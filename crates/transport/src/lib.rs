@@ -21,7 +21,7 @@ mod reqrep;
 
 pub use context::Context;
 pub use driver::Multipart;
-pub use options::{Heartbeat, ReconnectBackoff, SocketOptions};
+pub use options::{Heartbeat, MASTER_BATCH_SIZE, ReconnectBackoff, SocketOptions};
 pub use pubsub::{Publisher, Subscriber};
 pub use reqrep::{Dealer, ReqClient, Router, RouterReplier, RouterRequest};
 

@@ -84,6 +84,13 @@ pub struct SocketOptions {
     /// at once (an auth storm) spends its time walking that map. A peer that completes the
     /// ZMTP greeting costs no more than one that does not, so the timer protects little.
     pub handshake_ivl: Option<Duration>,
+    /// libzmq's per-connection batch buffers (`ZMQ_IN_BATCH_SIZE`/`ZMQ_OUT_BATCH_SIZE`, 8 KiB
+    /// by default; draft options, compiled in by `.cargo/config.toml`). A master holds two
+    /// connections per minion, each with one decode and one encode buffer: with 8 KiB these are
+    /// ~25 KiB of the ~60 KiB a connected minion costs. Messages larger than the buffer are
+    /// read into and sent from their own allocation, so small buffers cost throughput only for
+    /// bursts of small messages. `None`: libzmq's default.
+    pub batch_size: Option<i32>,
 }
 
 impl Default for SocketOptions {
@@ -98,6 +105,7 @@ impl Default for SocketOptions {
             heartbeat: None,
             inbound_queue: 1024,
             handshake_ivl: None,
+            batch_size: None,
         }
     }
 }
@@ -110,6 +118,7 @@ impl SocketOptions {
             tcp_keepalive: Some((60, 15, 3)),
             hwm: 0,
             handshake_ivl: Some(Duration::ZERO),
+            batch_size: Some(MASTER_BATCH_SIZE),
             ..Self::default()
         }
     }
@@ -119,11 +128,24 @@ impl SocketOptions {
         Self {
             linger: Duration::from_millis(1),
             handshake_ivl: Some(Duration::ZERO),
+            batch_size: Some(MASTER_BATCH_SIZE),
             ..Self::default()
         }
     }
 
-    pub(crate) fn apply(&self, s: &zmq::Socket) -> Result<(), zmq::Error> {
+    pub(crate) fn apply(&self, s: &mut zmq::Socket) -> Result<(), zmq::Error> {
+        if let Some(b) = self.batch_size {
+            for opt in [ZMQ_IN_BATCH_SIZE, ZMQ_OUT_BATCH_SIZE] {
+                match set_int(s, opt, b) {
+                    // A libzmq built without the draft options: keep its default buffers.
+                    Err(zmq::Error::EINVAL) => {
+                        tracing::debug!("libzmq without ZMQ_IN/OUT_BATCH_SIZE; default buffers");
+                        break;
+                    }
+                    r => r?,
+                }
+            }
+        }
         if let Some(id) = &self.identity {
             s.set_identity(id)?;
         }
@@ -151,6 +173,34 @@ impl SocketOptions {
     }
 }
 
+/// Batch buffer size on the master's sockets (see [`SocketOptions::batch_size`]).
+pub const MASTER_BATCH_SIZE: i32 = 1024;
+const ZMQ_IN_BATCH_SIZE: i32 = 101;
+const ZMQ_OUT_BATCH_SIZE: i32 = 102;
+
+/// `zmq_setsockopt` for an `int` option the `zmq` crate has no setter for.
+fn set_int(s: &mut zmq::Socket, opt: i32, value: i32) -> Result<(), zmq::Error> {
+    // SAFETY: the pointer is the live libzmq socket owned by `s` (borrowed mutably for the
+    // call); libzmq reads `size_of::<c_int>()` bytes from `&value` during the call only.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            s.as_mut_ptr(),
+            opt,
+            std::ptr::from_ref(&value).cast(),
+            size_of::<i32>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: reads libzmq's thread-local errno, no arguments.
+        #[allow(unsafe_code)]
+        let errno = unsafe { zmq_sys::zmq_errno() };
+        Err(zmq::Error::from_raw(errno))
+    }
+}
+
 /// Create a socket of `kind` with `opts` applied, then bind or connect it to `endpoint`.
 pub(crate) fn open(
     ctx: &crate::Context,
@@ -161,10 +211,10 @@ pub(crate) fn open(
     setup: impl FnOnce(&zmq::Socket) -> Result<(), zmq::Error>,
 ) -> Result<zmq::Socket, crate::TransportError> {
     use crate::TransportError;
-    let s = ctx
+    let mut s = ctx
         .socket(kind)
         .map_err(|e| TransportError::zmq("socket", endpoint, e))?;
-    opts.apply(&s)
+    opts.apply(&mut s)
         .and_then(|()| setup(&s))
         .map_err(|e| TransportError::zmq("setsockopt", endpoint, e))?;
     if bind {

@@ -277,18 +277,22 @@ async fn respond(
 /// # Panics
 /// If the cache directory cannot be written.
 pub fn cached_keys(n: usize) -> Vec<PrivateKey> {
+    (0..n).map(cached_key).collect()
+}
+
+/// Key pair number `i` of [`cached_keys`] (generated and cached if missing).
+///
+/// # Panics
+/// If the cache directory cannot be written.
+pub fn cached_key(i: usize) -> PrivateKey {
     let dir = std::env::var("HOME").map_or_else(|_| PathBuf::from("/tmp"), PathBuf::from);
     let dir = dir.join(".cache/brine/swarm-keys");
     std::fs::create_dir_all(&dir).unwrap();
-    (0..n)
-        .map(|i| {
-            let p = dir.join(format!("{i:06}.pem"));
-            if let Ok(b) = std::fs::read(&p) {
-                return PrivateKey::from_pem_unchecked(&b).unwrap();
-            }
-            let k = PrivateKey::generate(2048).unwrap();
-            std::fs::write(&p, k.to_pem_pkcs1().unwrap()).unwrap();
-            k
-        })
-        .collect()
+    let p = dir.join(format!("{i:06}.pem"));
+    if let Ok(b) = std::fs::read(&p) {
+        return PrivateKey::from_pem_unchecked(&b).unwrap();
+    }
+    let k = PrivateKey::generate(2048).unwrap();
+    std::fs::write(&p, k.to_pem_pkcs1().unwrap()).unwrap();
+    k
 }
