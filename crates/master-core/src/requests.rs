@@ -189,9 +189,11 @@ impl RequestHandler {
             Err(_) => KeyState::Unknown,
         };
         // A resend of a request already accepted (the minion's auth_timeout ran out while it
-        // waited in the queue): the same answer, without the RSA work again.
+        // waited in the queue): the same answer, without the RSA work again — as long as the
+        // accepted key is still the one in the request.
         let digest = brine_proto::crypt::sha256_hex(frame);
-        if matches!(state, KeyState::Accepted(_))
+        let clean = brine_proto::crypt::clean_key;
+        if matches!(&state, KeyState::Accepted(k) if clean(k) == clean(&req.pub_key))
             && let Some(reply) = self.secrets().auth_reply(&digest, &req.id)
         {
             debug!(minion_id = %req.id, "resent _auth answered with its first reply");
@@ -489,6 +491,15 @@ mod tests {
         let fresh = h.handle(&frame, "test");
         assert_ne!(fresh.reply, after.reply);
         assert!(dir.path().join("minions/m1").exists());
+        // A different key accepted for the id meanwhile: the old frame is decided anew (and
+        // refused: auto_accept does not replace an accepted key).
+        let other_key = PrivateKey::generate(2048)
+            .unwrap()
+            .public_key()
+            .to_clean_pem();
+        std::fs::write(dir.path().join("minions/m1"), other_key).unwrap();
+        let replaced = h.handle(&frame, "test");
+        assert_eq!(replaced.minion, None, "an old key's resend is not accepted");
         // Another minion's frame is never answered from m1's entry.
         let (_, other) = auth_frame("m2");
         let o = h.handle(&other, "test");
