@@ -160,20 +160,23 @@ CONF
   echo "  $id  $kind, failover ${list%, }" >&2
 done
 
-# Wait for every minion to answer through mom-1 (keys are auto-accepted; real minions take a
-# few seconds to start, and a syndic's minions only count once they have authenticated).
+# Wait for every minion to answer through each MoM (keys are auto-accepted; real minions take a
+# few seconds to start, a syndic's minions only count once they have authenticated, and each
+# syndic links to each MoM on its own schedule).
 deadline=$((SECONDS + 120))
 want=${#ids[@]}
-while :; do
-  got=$("$bin/brine" -c "$work/mom-1/etc" '*' test.ping -t 5 --static --out json 2>/dev/null |
-    python3 -c 'import json,sys; print(sum(1 for v in json.load(sys.stdin).values() if v is True))' 2>/dev/null || echo 0)
-  [ "$got" = "$want" ] && break
-  if [ $SECONDS -ge $deadline ]; then
-    echo "only $got of $want minions answered; logs in $work" >&2
-    keep=1
-    exit 1
-  fi
-  sleep 1
+for i in 1 2; do
+  while :; do
+    got=$("$bin/brine" -c "$work/mom-$i/etc" '*' test.ping -t 5 --static --out json 2>/dev/null |
+      python3 -c 'import json,sys; print(sum(1 for v in json.load(sys.stdin).values() if v is True))' 2>/dev/null || echo 0)
+    [ "$got" = "$want" ] && break
+    if [ $SECONDS -ge $deadline ]; then
+      echo "only $got of $want minions answered through mom-$i; logs in $work" >&2
+      keep=1
+      exit 1
+    fi
+    sleep 1
+  done
 done
 
 for i in 1 2; do
