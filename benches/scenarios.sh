@@ -66,13 +66,15 @@ trap cleanup EXIT
 want() { case " $only " in *" $1 "*) return 0 ;; esac; return 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' "$1" 2>/dev/null && return 0
+# wait_addr HOST PORT [TRIES]: until something listens (TRIES x 0.2 s, default 600)
+wait_addr() {
+  for _ in $(seq 1 "${3:-600}"); do
+    python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),1)' "$1" "$2" 2>/dev/null && return 0
     sleep 0.2
   done
-  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
+  echo "nothing listens on $1:$2" >&2; return 1
 }
+wait_port() { wait_addr 127.0.0.1 "$1" 300; }
 
 # start_master KIND DIR PUB RET -> sets master_pid and cli
 start_master() {
@@ -155,13 +157,6 @@ stop_all() {
   pids=()
 }
 
-wait_addr() {
-  for _ in $(seq 1 600); do
-    python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),1)' "$1" "$2" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  echo "nothing listens on $1:$2" >&2; return 1
-}
 
 # run_tier KIND LABEL MOMS SYNDICS N -> target/scenarios/KIND-LABEL.json
 run_tier() {

@@ -6,6 +6,7 @@
 # Everything lives in a temporary directory and is stopped on exit. KEEP=1 leaves it running
 # (the script prints how to use and stop it).
 set -euo pipefail
+. "$(dirname "$0")/wait-answering.sh"
 cd "$(dirname "$0")/.."
 n="${1:-3}"
 version="${2:-3007.17}"
@@ -88,17 +89,11 @@ for id in "${ids[@]}"; do
   done
 done
 want=${#ids[@]}
-while :; do
-  got=$("$bin/brine" -c "$work/etc" '*' test.ping -t 3 --static --out json 2>/dev/null |
-    python3 -c 'import json,sys; print(sum(1 for v in json.load(sys.stdin).values() if v is True))' 2>/dev/null || echo 0)
-  [ "$got" = "$want" ] && break
-  if [ $SECONDS -ge $deadline ]; then
-    echo "only $got of $want minions answered; logs in $work" >&2
-    KEEP=1
-    exit 1
-  fi
-  sleep 1
-done
+if ! got=$(wait_answering "$work/etc" "$want" "$deadline" 3); then
+  echo "only $got of $want minions answered; logs in $work" >&2
+  KEEP=1
+  exit 1
+fi
 
 echo >&2
 echo "\$ brine '*' test.ping" >&2

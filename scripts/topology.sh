@@ -14,6 +14,7 @@
 # ports (Salt minions use one publish_port and master_port for every master in their list).
 # Everything lives in a temporary directory, removed on exit unless --keep.
 set -euo pipefail
+. "$(dirname "$0")/wait-answering.sh"
 cd "$(dirname "$0")/.."
 n=6
 salt=""
@@ -166,17 +167,11 @@ done
 deadline=$((SECONDS + 120))
 want=${#ids[@]}
 for i in 1 2; do
-  while :; do
-    got=$("$bin/brine" -c "$work/mom-$i/etc" '*' test.ping -t 5 --static --out json 2>/dev/null |
-      python3 -c 'import json,sys; print(sum(1 for v in json.load(sys.stdin).values() if v is True))' 2>/dev/null || echo 0)
-    [ "$got" = "$want" ] && break
-    if [ $SECONDS -ge $deadline ]; then
-      echo "only $got of $want minions answered through mom-$i; logs in $work" >&2
-      keep=1
-      exit 1
-    fi
-    sleep 1
-  done
+  if ! got=$(wait_answering "$work/mom-$i/etc" "$want" "$deadline" 5); then
+    echo "only $got of $want minions answered through mom-$i; logs in $work" >&2
+    keep=1
+    exit 1
+  fi
 done
 
 for i in 1 2; do
