@@ -306,11 +306,15 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
 }
 
 /// A minion's socket options; no handshake timer (thousands of them in one process make
-/// libzmq walk its timer map on every handshake, the swarm's CPU then skews the storm).
+/// libzmq walk its timer map on every handshake, the swarm's CPU then skews the storm). A
+/// request that times out keeps its connection (`keep_on_timeout`): a Salt minion reconnects
+/// instead, but tens of thousands of reconnecting sockets in a few processes made the swarm,
+/// not the master, the thing measured (50k: 10+ GB, ~7 descriptors per minion).
 fn swarm_socket() -> SocketOptions {
     SocketOptions {
         handshake_ivl: Some(Duration::ZERO),
         batch_size: Some(brine_transport::MASTER_BATCH_SIZE),
+        keep_on_timeout: true,
         ..SocketOptions::default()
     }
 }

@@ -109,6 +109,9 @@ pub struct ReqChannel {
     /// Cleared when the link's liveness probe declares the master dead: returns then go to the
     /// spool at once instead of waiting on a master that will not answer.
     alive: std::sync::atomic::AtomicBool,
+    /// When the master last answered a request (milliseconds after `born`).
+    answered_ms: std::sync::atomic::AtomicU64,
+    born: Instant,
 }
 
 struct ReqInner {
@@ -150,7 +153,17 @@ impl ReqChannel {
                 creds,
             }),
             alive: std::sync::atomic::AtomicBool::new(true),
+            answered_ms: std::sync::atomic::AtomicU64::new(0),
+            born: Instant::now(),
         })
+    }
+
+    /// Whether the master answered a request in the last `d` (a slow master that still
+    /// answers is alive, whatever one request's timeout said).
+    pub fn answered_within(&self, d: Duration) -> bool {
+        let last = self.answered_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(last) <= u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether the master is believed alive.
@@ -216,6 +229,9 @@ impl ReqChannel {
                 .request(sealed.frame, timeout)
                 .await
                 .map_err(|e| LinkError::Unreachable(format!("{}: {e}", self.master.host)))?;
+            let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.answered_ms
+                .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
             match r.session.open_reply(&reply, &sealed.nonce) {
                 Ok(v) => return Ok(v),
                 Err(AuthError::Crypticle(CrypticleError::BadMac)) if attempt == 0 => {

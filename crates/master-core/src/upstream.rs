@@ -244,9 +244,16 @@ fn rand_u16() -> u16 {
 
 /// Least time between two re-authentications caused by publishes that fail their MAC.
 const REKEY_MIN_INTERVAL: Duration = Duration::from_secs(2);
-/// How often an upper master is probed; it is dead after two unanswered probes.
+/// How often an upper master is probed (the probe is also the heartbeat a `mofm` waits on).
 const PROBE_PERIOD: Duration = Duration::from_secs(2);
-/// How long a request upward may take before that master is taken for dead.
+/// How long a probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consecutive unanswered probes, with nothing else answered meanwhile, that make an upper
+/// master dead (its link then re-authenticates). A master that answers late is overloaded,
+/// not gone: re-authenticating to it adds RSA work exactly when it has least to spare.
+const PROBE_MISSES: u32 = 3;
+/// How long a report or event batch upward may take (it is retried next window; one timeout
+/// does not make the master dead).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
@@ -316,11 +323,14 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
                 if !chan.is_alive() {
                     return Ok(());
                 }
-                if chan.send(&beat, PROBE_PERIOD).await.is_ok() {
+                if chan.send(&beat, PROBE_TIMEOUT).await.is_ok()
+                    || chan.answered_within(PROBE_TIMEOUT + PROBE_PERIOD)
+                {
                     misses = 0;
                 } else {
                     misses += 1;
-                    if misses >= 2 {
+                    debug!(master = %m.host, misses, "upper master did not answer a probe");
+                    if misses >= PROBE_MISSES {
                         chan.mark_dead();
                         return Ok(());
                     }
@@ -637,7 +647,13 @@ impl Up {
                 })
                 .collect()
         };
+        // A link that failed a report in this pass is not tried again until the next window
+        // (a master that does not answer would otherwise hold every report for its timeout).
+        let mut failed: BTreeSet<usize> = BTreeSet::new();
         for (jid, link, reported) in pending {
+            if failed.contains(&link) {
+                continue;
+            }
             let Some(expected) = self.core.settled_expected(&jid) else {
                 continue;
             };
@@ -689,7 +705,7 @@ impl Up {
                     let _ = chan.send(&event, SEND_TIMEOUT).await;
                 }
                 Err(e) => {
-                    chan.mark_dead();
+                    failed.insert(link);
                     warn!(jid = %jid, error = %e, "report not delivered; will retry");
                 }
             }
@@ -873,7 +889,6 @@ async fn forward_events(
         if let Some(chan) = up.live(i)
             && let Err(e) = chan.send(&load, SEND_TIMEOUT).await
         {
-            chan.mark_dead();
             debug!(master = %chan.master().host, error = %e, "events not forwarded");
         }
     }

@@ -91,6 +91,10 @@ pub struct SocketOptions {
     /// read into and sent from their own allocation, so small buffers cost throughput only for
     /// bursts of small messages. `None`: libzmq's default.
     pub batch_size: Option<i32>,
+    /// REQ only: `ZMQ_REQ_RELAXED` + `ZMQ_REQ_CORRELATE`, so a timed-out request does not cost
+    /// a new connection (see [`crate::ReqClient`]). Salt's minions reconnect instead: against
+    /// an overloaded master each timeout then adds a TCP and ZMTP handshake on both sides.
+    pub keep_on_timeout: bool,
 }
 
 impl Default for SocketOptions {
@@ -106,6 +110,7 @@ impl Default for SocketOptions {
             inbound_queue: 1024,
             handshake_ivl: None,
             batch_size: None,
+            keep_on_timeout: false,
         }
     }
 }
@@ -148,6 +153,10 @@ impl SocketOptions {
         }
         if let Some(id) = &self.identity {
             s.set_identity(id)?;
+        }
+        if self.keep_on_timeout && s.get_socket_type()? == zmq::REQ {
+            s.set_req_relaxed(true)?;
+            s.set_req_correlate(true)?;
         }
         s.set_linger(self.linger.as_millis() as i32)?;
         if let Some((idle, intvl, cnt)) = self.tcp_keepalive {

@@ -25,6 +25,9 @@ pub struct RouterRequest {
     /// Whether the peer framed it as REQ does (`[id, "", payload]`), so the reply needs the
     /// delimiter too.
     pub delimited: bool,
+    /// Envelope frames between the routing id and the delimiter, sent back as they came: the
+    /// request id of a REQ with `ZMQ_REQ_CORRELATE`, or the ids of proxies in between.
+    pub route: Vec<Vec<u8>>,
 }
 
 impl Router {
@@ -57,35 +60,39 @@ impl Router {
         port_of(&self.endpoint)
     }
 
-    /// The next request. Messages that are not `[id, payload]` or `[id, "", payload]` are
-    /// skipped (a peer speaking some other pattern).
+    /// The next request. Messages that are not `[id, payload]` or `[id, envelope.., "",
+    /// payload]` are skipped (a peer speaking some other pattern).
     ///
     /// # Errors
     /// [`TransportError::Closed`] if the socket is gone.
     pub async fn recv(&mut self) -> Result<RouterRequest, TransportError> {
         loop {
             let mut m = self.h.rx.recv().await.ok_or(TransportError::Closed)?;
-            match m.len() {
-                3 if m[1].is_empty() => {
-                    let payload = m.pop().expect("invariant: 3 frames");
-                    let peer = m.swap_remove(0);
-                    return Ok(RouterRequest {
-                        peer,
-                        payload,
-                        delimited: true,
-                    });
-                }
-                2 => {
-                    let payload = m.pop().expect("invariant: 2 frames");
-                    let peer = m.pop().expect("invariant: 2 frames");
-                    return Ok(RouterRequest {
-                        peer,
-                        payload,
-                        delimited: false,
-                    });
-                }
-                n => tracing::debug!(frames = n, "router: ignoring oddly framed message"),
+            if m.len() == 2 {
+                let payload = m.pop().expect("invariant: 2 frames");
+                let peer = m.pop().expect("invariant: 2 frames");
+                return Ok(RouterRequest {
+                    peer,
+                    payload,
+                    delimited: false,
+                    route: Vec::new(),
+                });
             }
+            // `[id, envelope.., "", payload]`: the delimiter is the last frame but one, and
+            // no envelope frame before it is empty.
+            let n = m.len();
+            if n >= 3 && m[n - 2].is_empty() && m[1..n - 2].iter().all(|f| !f.is_empty()) {
+                let payload = m.pop().expect("invariant: >= 3 frames");
+                m.pop();
+                let peer = m.remove(0);
+                return Ok(RouterRequest {
+                    peer,
+                    payload,
+                    delimited: true,
+                    route: m,
+                });
+            }
+            tracing::debug!(frames = n, "router: ignoring oddly framed message");
         }
     }
 
@@ -117,17 +124,21 @@ impl RouterReplier {
     /// # Errors
     /// [`TransportError::Closed`] if the socket is gone.
     pub async fn reply(&self, req: &RouterRequest, payload: Vec<u8>) -> Result<(), TransportError> {
-        let m = if req.delimited {
-            vec![req.peer.clone(), Vec::new(), payload]
-        } else {
-            vec![req.peer.clone(), payload]
-        };
+        let mut m = Vec::with_capacity(3 + req.route.len());
+        m.push(req.peer.clone());
+        m.extend(req.route.iter().cloned());
+        if req.delimited {
+            m.push(Vec::new());
+        }
+        m.push(payload);
         self.tx.send(m).await.map_err(|_| TransportError::Closed)
     }
 }
 
 /// A REQ client with Salt's semantics: one request at a time; on timeout the socket is closed
-/// and a new one (a new TCP connection) is made for the next request.
+/// and a new one (a new TCP connection) is made for the next request — unless
+/// [`SocketOptions::keep_on_timeout`] is set: then the next request goes out on the same
+/// connection and libzmq drops a late reply to the abandoned one.
 #[derive(Debug)]
 pub struct ReqClient {
     ctx: Context,
@@ -177,7 +188,10 @@ impl ReqClient {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
+        let keep = self.opts.keep_on_timeout;
         let h = self.socket()?;
+        // A reply the driver read after the last request was abandoned is not ours.
+        while h.rx.try_recv().is_ok() {}
         let exchange = async {
             h.tx.send(vec![payload])
                 .await
@@ -192,7 +206,9 @@ impl ReqClient {
                 Err(e)
             }
             Err(_) => {
-                self.h = None;
+                if !keep {
+                    self.h = None;
+                }
                 Err(TransportError::Timeout(timeout))
             }
         }

@@ -174,3 +174,39 @@ async fn subscriber_survives_master_heartbeats() {
         assert_eq!(m, vec![format!("m{i}").into_bytes()]);
     }
 }
+
+/// `keep_on_timeout`: after a timeout the next request goes out on the same connection (the
+/// router sees one peer), carries a request id the router sends back, and the late reply to
+/// the abandoned request never reaches the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_req_survives_a_timeout_on_one_connection() {
+    let ctx = Context::new();
+    let mut r = Router::bind(&ctx, "tcp://127.0.0.1:0", &SocketOptions::master_router()).unwrap();
+    let ep = r.endpoint().to_owned();
+    let opts = SocketOptions {
+        keep_on_timeout: true,
+        ..fast()
+    };
+    let mut c = ReqClient::new(&ctx, &ep, opts);
+    let first = tokio::spawn(async move {
+        let e = c
+            .request(b"slow".to_vec(), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TransportError::Timeout(_)), "{e}");
+        c
+    });
+    let slow = tokio::time::timeout(T, r.recv()).await.unwrap().unwrap();
+    assert_eq!(slow.payload, b"slow");
+    assert_eq!(slow.route.len(), 1, "REQ_CORRELATE's request id");
+    let mut c = first.await.unwrap();
+    let second = tokio::spawn(async move { c.request(b"fast".to_vec(), T).await });
+    let fast_req = tokio::time::timeout(T, r.recv()).await.unwrap().unwrap();
+    assert_eq!(fast_req.payload, b"fast");
+    assert_eq!(fast_req.peer, slow.peer, "same connection");
+    assert_ne!(fast_req.route, slow.route);
+    // The late answer to the first request, then the answer to the second.
+    r.reply(&slow, b"late".to_vec()).await.unwrap();
+    r.reply(&fast_req, b"re:fast".to_vec()).await.unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), b"re:fast");
+}
