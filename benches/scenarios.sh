@@ -276,8 +276,7 @@ if [ "$report" = 1 ]; then
   :
 elif want i || want ii || want iii; then
   for n in $sizes; do
-    run brine "$n"
-    run salt "$n"
+    for k in $kinds; do run "$k" "$n"; done
   done
 fi
 if want v && [ "$report" = 0 ]; then

@@ -210,3 +210,63 @@ async fn a_kept_req_survives_a_timeout_on_one_connection() {
     r.reply(&fast_req, b"re:fast".to_vec()).await.unwrap();
     assert_eq!(second.await.unwrap().unwrap(), b"re:fast");
 }
+
+/// Descriptors this process holds.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The `timer_active` field of this process's TCP connections to `port` in `/proc/net/tcp`
+/// (2: the keepalive timer runs).
+fn tcp_timers_to(port: u16) -> Vec<u8> {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local, remote, state 01 (established), "tr:when"
+            (f[2].ends_with(&want) && f[3] == "01")
+                .then(|| f[5].split(':').next().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+/// libzmq is built with the Linux features its own build would detect (.cargo/config.toml):
+/// `tcp_keepalive` options reach the kernel (Salt's keepalive is how a master or minion notices
+/// a peer that vanished), and a socket's mailbox is one eventfd, not a socketpair.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_reaches_the_kernel_and_a_socket_costs_one_descriptor() {
+    let ctx = Context::new();
+    let mut r = Router::bind(&ctx, "tcp://127.0.0.1:0", &SocketOptions::master_router()).unwrap();
+    let port = r.port();
+    let ep = r.endpoint().to_owned();
+    let opts = SocketOptions {
+        tcp_keepalive: Some((60, 15, 3)),
+        ..fast()
+    };
+    let mut c = ReqClient::new(&ctx, &ep, opts);
+    let client = tokio::spawn(async move { c.request(b"hi".to_vec(), T).await });
+    let req = tokio::time::timeout(T, r.recv()).await.unwrap().unwrap();
+    r.reply(&req, b"ho".to_vec()).await.unwrap();
+    assert_eq!(client.await.unwrap().unwrap(), b"ho");
+    let timers = tcp_timers_to(port);
+    assert!(!timers.is_empty(), "no connection to port {port} found");
+    assert!(
+        timers.iter().all(|t| *t == 2),
+        "keepalive timer not running on the client's connection: {timers:?}"
+    );
+
+    // Unconnected sockets: only their mailbox.
+    let before = open_fds();
+    let subs: Vec<Subscriber> = (0..20)
+        .map(|_| Subscriber::connect(&ctx, "tcp://127.0.0.1:1", &[b""], &fast()).unwrap())
+        .collect();
+    let per_socket = (open_fds() - before) as f64 / subs.len() as f64;
+    assert!(
+        per_socket < 1.5,
+        "{per_socket} descriptors per socket (a socketpair mailbox costs 2)"
+    );
+}
