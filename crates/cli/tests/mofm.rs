@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use brine_test_support::sim::cached_key;
 use brine_test_support::{
-    Daemon, SaltMinion, SaltPeer, free_port, subscribe, wait_for, workspace_bin,
+    Daemon, SaltMinion, SaltPeer, SimMinion, free_port, subscribe, wait_for, workspace_bin,
 };
 use serde_json::{Value as Json, json};
 
@@ -591,3 +592,73 @@ fn real_salt_syndic_under_mofm_3007() {
 // Salt 3008.5's salt-syndic relays nothing here even under a real 3008.5 salt-master MoM: its
 // SyndicManager never reports "Syndic successfully connected" (it fails pushing to a minion
 // event bus that a syndic-only node does not run). Noted on issue 5; no 3008 case until then.
+
+/// A minion that resends a return (its acknowledgement came too late) has it taken once: one
+/// line in the job cache, one return in the output, one return event.
+#[test]
+fn a_resent_return_is_taken_once() {
+    subscribe();
+    let m = Mofm::start("auto_accept: True");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ctx = brine_transport::Context::new();
+    let (publish, ret, _) = m.ports;
+    let sim = rt
+        .block_on(SimMinion::start_sending(
+            &ctx,
+            "twice",
+            cached_key(0),
+            ("127.0.0.1", ret, publish),
+            Duration::from_secs(30),
+            2,
+        ))
+        .unwrap();
+    let token =
+        std::fs::read_to_string(m.root().join("var/cache/salt/master/brine/root_token")).unwrap();
+    let events = brine_test_support::topology::sse_tags("127.0.0.1", m.ports.2, token.trim());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_ping(&m, "twice", 30), "{}", m.log_tail());
+    // wait_ping may have asked more than once: every job the minion answered counts.
+    let jobs = m.root().join("var/cache/salt/master/brine/jobs");
+    let per_job = || -> Vec<usize> {
+        std::fs::read_dir(&jobs)
+            .unwrap()
+            .map(|d| {
+                std::fs::read_to_string(d.unwrap().path().join("returns.jsonl"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("\"twice\""))
+                    .count()
+            })
+            .collect()
+    };
+    let k = per_job().iter().filter(|n| **n > 0).count();
+    assert!(
+        wait_for(Duration::from_secs(30), || sim.answered() == 2 * k),
+        "both copies of {k} returns acknowledged: {}",
+        sim.answered()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let cached = per_job();
+    assert!(
+        cached.iter().all(|n| *n <= 1) && cached.iter().filter(|n| **n == 1).count() == k,
+        "returns cached for 'twice' per job: {cached:?}\n{}",
+        m.log_tail()
+    );
+    let rets: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.starts_with("salt/job/") && t.ends_with("/ret/twice"))
+        .cloned()
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = rets.iter().collect();
+    assert_eq!(
+        (rets.len(), distinct.len()),
+        (k, k),
+        "one return event per job: {rets:?}"
+    );
+}

@@ -570,33 +570,46 @@ impl MasterCore {
         }
     }
 
-    fn on_return(&self, r: &ReturnLoad) {
+    /// Take a minion's return. `false` when it is a copy of the return already taken for that
+    /// job (a minion resends a return whose acknowledgement it did not get in time): the copy
+    /// is not stored, forwarded or announced again.
+    fn on_return(&self, r: &ReturnLoad) -> bool {
         let asked_about = lock(&self.find_jobs).get(&r.jid).cloned();
         if let Some(orig) = asked_about {
             let running = r.ret.as_map().is_some_and(|m| !m.is_empty());
             debug!(jid = %orig, minion_id = %r.id, running, "find_job answer");
             lock(&self.tracker).handle_find_job(&orig, &r.id, running);
-            return;
+            return true;
         }
         let mut data = to_json(&r.to_value());
         if let Json::Object(o) = &mut data {
             o.remove("cmd");
         }
-        lock(&self.tracker).handle_return(&r.jid, &r.id);
-        if let Some(j) = lock(&self.jobs).get_mut(&r.jid) {
-            // A minion that was not expected (it attached after the job was published) is
-            // expected now, so syndics report it upward.
-            if !j.expected.contains(&r.id) {
-                j.expected.push(r.id.clone());
+        {
+            // Check and record under one lock: the reply goes out before this runs, so the
+            // copy can be in another handler already.
+            let mut jobs = lock(&self.jobs);
+            if let Some(j) = jobs.get_mut(&r.jid) {
+                if j.returns.get(&r.id).is_some_and(|taken| *taken == data) {
+                    debug!(jid = %r.jid, minion_id = %r.id, "same return again; already taken");
+                    return false;
+                }
+                // A minion that was not expected (it attached after the job was published)
+                // is expected now, so syndics report it upward.
+                if !j.expected.contains(&r.id) {
+                    j.expected.push(r.id.clone());
+                }
+                j.returns.insert(r.id.clone(), data.clone());
             }
-            j.returns.insert(r.id.clone(), data.clone());
         }
+        lock(&self.tracker).handle_return(&r.jid, &r.id);
         if let Some(tap) = self.return_tap.get() {
             tap(r);
         }
         if let Err(e) = lock(&self.cache).add_return(&r.jid, &r.id, &data) {
             warn!(jid = %r.jid, minion_id = %r.id, error = %e, "job cache write failed");
         }
+        true
     }
 
     async fn tick(&self) {
@@ -821,10 +834,16 @@ impl Server {
                     if let Some((syndic, reported)) = &h.syndic {
                         shared.on_syndic(syndic, reported);
                     }
+                    let mut copies = Vec::new();
                     for r in &h.returns {
-                        shared.on_return(r);
+                        if !shared.on_return(r) {
+                            copies.push(format!("salt/job/{}/ret/{}", r.jid, r.id));
+                        }
                     }
                     for e in h.events {
+                        if copies.contains(&e.tag) {
+                            continue;
+                        }
                         if !shared.forwarded_event_is_new(&e.tag, &e.data) {
                             debug!(tag = %e.tag, "forwarded event seen before; dropped");
                             continue;

@@ -81,6 +81,31 @@ impl SimMinion {
         publish_port: u16,
         auth_deadline: Duration,
     ) -> Result<Self, SimError> {
+        Self::start_sending(
+            ctx,
+            id,
+            key,
+            (host, ret_port, publish_port),
+            auth_deadline,
+            1,
+        )
+        .await
+    }
+
+    /// As [`SimMinion::start`], but each return is sent `copies` times (a new envelope around
+    /// the same load each time), as a minion does that resends a return whose acknowledgement
+    /// came too late. `answered` counts every acknowledged copy.
+    ///
+    /// # Errors
+    /// [`SimError`] if the key is not accepted in time.
+    pub async fn start_sending(
+        ctx: &Context,
+        id: &str,
+        key: PrivateKey,
+        (host, ret_port, publish_port): (&str, u16, u16),
+        auth_deadline: Duration,
+        copies: usize,
+    ) -> Result<Self, SimError> {
         let me = MinionIdentity::new(id, key)?;
         let mut req = ReqClient::new(ctx, &tcp_endpoint(host, ret_port), SocketOptions::default());
         let creds = authenticate(&me, &mut req, auth_deadline).await?;
@@ -106,6 +131,7 @@ impl SimMinion {
             creds,
             answered.clone(),
             rejected.clone(),
+            copies,
         ));
         // Give the subscription time to reach the publisher (ZeroMQ's slow joiner).
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -189,6 +215,7 @@ async fn execute(fun: &str, args: &[Value]) -> (Value, i64, bool) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     id: String,
     mut sub: Subscriber,
@@ -197,6 +224,7 @@ async fn respond(
     creds: Box<Credentials>,
     answered: Arc<AtomicUsize>,
     rejected: Arc<AtomicUsize>,
+    copies: usize,
 ) {
     let req = Arc::new(tokio::sync::Mutex::new(req));
     let mut serials = SerialGuard::default();
@@ -250,21 +278,23 @@ async fn respond(
                 stamp: Some(iso_stamp(unix_micros())),
                 extra: vec![],
             };
-            let sealed = session.seal(
-                load.to_value(),
-                (unix_micros() / 1_000_000) as i64,
-                &mut Rng,
-            );
             let mut req = req.lock().await;
-            for _ in 0..3 {
-                if let Ok(reply) = req
-                    .request(sealed.frame.clone(), Duration::from_secs(10))
-                    .await
-                {
-                    if session.open_reply(&reply, &sealed.nonce).is_ok() {
-                        answered.fetch_add(1, Ordering::Relaxed);
+            for _ in 0..copies {
+                let sealed = session.seal(
+                    load.to_value(),
+                    (unix_micros() / 1_000_000) as i64,
+                    &mut Rng,
+                );
+                for _ in 0..3 {
+                    if let Ok(reply) = req
+                        .request(sealed.frame.clone(), Duration::from_secs(10))
+                        .await
+                    {
+                        if session.open_reply(&reply, &sealed.nonce).is_ok() {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        break;
                     }
-                    break;
                 }
             }
         });
