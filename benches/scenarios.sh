@@ -11,6 +11,8 @@
 #   benches/scenarios.sh [--only "i ii iii iv v"] [--sizes "1000 5000 9000"] [--rounds 3]
 #                        [--tier 50000] [--relay 5000] [--kinds "brine salt"] [--salt 3007.17]
 #                        [--no-docs] [--report]
+# SCENARIO_LOG_LEVEL=info keeps the daemons' info logs (in the run's work directory; warning by
+# default).
 #
 # --kinds runs only some of the two stacks; --report runs nothing and rebuilds the table from
 # the JSON results already in target/scenarios.
@@ -22,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes="1000 5000 9000"
 rounds=3
+log_level=${SCENARIO_LOG_LEVEL:-warning}
 version=3007.17
 docs=1
 only="i ii iii iv v"
@@ -88,7 +91,7 @@ publish_port: $pub
 ret_port: $ret
 rest_cherrypy: {host: 127.0.0.1, port: $(free_port)}
 auto_accept: True
-log_level: warning
+log_level: $log_level
 CONF
     setsid "$bin/mofm" -c "$dir/etc" > "$dir/master.log" 2>&1 &
     master_pid=$!
@@ -101,7 +104,7 @@ publish_port: $pub
 ret_port: $ret
 user: $(id -un)
 auto_accept: True
-log_level: warning
+log_level: $log_level
 CONF
     setsid env -u PYTHONPATH "$peer/salt-master" -c "$dir/etc" > "$dir/master.log" 2>&1 &
     master_pid=$!
@@ -190,7 +193,7 @@ rest_cherrypy: {host: $ip, port: $tier_api}
 auto_accept: True
 order_masters: True
 master_id: mom-$i
-log_level: warning
+log_level: $log_level
 CONF
       spawn "$d/mom.log" "$bin/mofm" -c "$d/etc"
     else
@@ -202,7 +205,7 @@ ret_port: $tier_ret
 user: $(id -un)
 auto_accept: True
 order_masters: True
-log_level: warning
+log_level: $log_level
 CONF
       spawn "$d/mom.log" env -u PYTHONPATH "$peer/salt-master" -c "$d/etc"
     fi
@@ -222,7 +225,7 @@ ret_port: $tier_ret
 auto_accept: True
 syndic_master: $list
 syndic_master_port: $tier_ret
-log_level: warning
+log_level: $log_level
 $( [ "$kind" = salt ] && echo "user: $(id -un)" )
 CONF
     cat > "$d/etc/minion" <<CONF
@@ -231,12 +234,12 @@ root_dir: $d/root
 publish_port: $tier_pub
 CONF
     if [ "$kind" = brine ]; then
-      spawn "$d/syndic.log" "$bin/syndic" -c "$d/etc" -l warning
+      spawn "$d/syndic.log" "$bin/syndic" -c "$d/etc" -l "$log_level"
       syn_pids+=("${pids[-1]}")
     else
       spawn "$d/master.log" env -u PYTHONPATH "$peer/salt-master" -c "$d/etc"
       syn_pids+=("${pids[-1]}")
-      spawn "$d/syndic.log" env -u PYTHONPATH "$peer/salt-syndic" -c "$d/etc" -l warning
+      spawn "$d/syndic.log" env -u PYTHONPATH "$peer/salt-syndic" -c "$d/etc" -l "$log_level"
       syn_pids+=("${pids[-1]}")
     fi
     masters+=(--master "$ip:$tier_ret:$tier_pub")
@@ -333,11 +336,13 @@ def tier_cell(x):
     mom_cpu = sum(r["master_cpu_secs"] for r in rs)
     mom_rss = max([r.get("master_rss_kb", 0) for r in rs] + [x["master_rss_kb"]]) / 1024
     tier_cpu = sum(r.get("tier_cpu_secs", 0) for r in rs)
+    unacked = sum(r.get("missing", 0) for r in rs)
     return (f'{x["authed"]}/{x["minions"]} authenticated in {x["auth_secs"]:.0f} s; CLI median {cli:.2f} s, '
             f'returns shown per round {"/".join(str(v) for v in shown)} of {x["authed"]}; '
-            f'MoM CPU {mom_cpu:.2f} s over {len(rs)} rounds, MoM RSS max {mom_rss:.0f} MB '
+            f'MoM CPU {mom_cpu:.2f} s over {len(rs)} rounds, MoM RSS max {mom_rss:.0f} MB (all MoMs) '
             f'(per round: {"/".join(str(round(r.get("master_rss_kb", 0) / 1024)) for r in rs)} MB); '
-            f'syndic tier CPU {tier_cpu:.2f} s, RSS {x["tier_rss_kb"] / 1024:.0f} MB'), cli, mom_cpu, x
+            f'syndic tier CPU {tier_cpu:.2f} s, RSS {x["tier_rss_kb"] / 1024:.0f} MB'
+            + (f'; {unacked} returns never acknowledged to their minion within 3 x 20 s' if unacked else '')), cli, mom_cpu, x
 def tier_row(label, name, cmd):
     try:
         b = load("brine", label)

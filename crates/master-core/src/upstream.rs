@@ -288,10 +288,11 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
     // The liveness probe is an empty `_syndic_return`: authenticated, so the upper master
     // learns this syndic is alive (and stops waiting for it once the beats stop); a Salt
     // master takes it as a return with nothing in it.
-    let beat = SyndicReturn { entries: vec![] }.to_value();
-    let mut probe_tick = tokio::time::interval(PROBE_PERIOD);
-    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut misses = 0u32;
+    // The probe runs beside the publish feed: a probe waiting on a busy master must not hold
+    // up the next publish (a `find_job` from above answered late is a minion given up on).
+    let dead = Arc::new(Notify::new());
+    let prober = tokio::spawn(probe(chan.clone(), m.host.clone(), dead.clone()));
+    let _stop_prober = AbortOnDrop(prober);
     let mut last_rekey: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -319,25 +320,49 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
                 let (up, chan) = (up.clone(), chan.clone());
                 tokio::spawn(async move { up.on_publish(i, &chan, *job).await });
             }
-            _ = probe_tick.tick() => {
-                if !chan.is_alive() {
-                    return Ok(());
-                }
-                if chan.send(&beat, PROBE_TIMEOUT).await.is_ok()
-                    || chan.answered_within(PROBE_TIMEOUT + PROBE_PERIOD)
-                {
-                    misses = 0;
-                } else {
-                    misses += 1;
-                    debug!(master = %m.host, misses, "upper master did not answer a probe");
-                    if misses >= PROBE_MISSES {
-                        chan.mark_dead();
-                        return Ok(());
-                    }
-                }
+            () = dead.notified() => return Ok(()),
+        }
+    }
+}
+
+/// Aborts the task when dropped (the link ended).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Heartbeat an upper master every [`PROBE_PERIOD`] until it is dead: [`PROBE_MISSES`]
+/// unanswered in a row with nothing else answered meanwhile (or marked dead elsewhere).
+async fn probe(chan: Arc<ReqChannel>, host: String, dead: Arc<Notify>) {
+    // The probe is an empty `_syndic_return`: authenticated, so the upper master learns this
+    // syndic is alive (and stops waiting for it once the beats stop); a Salt master takes it
+    // as a return with nothing in it.
+    let beat = SyndicReturn { entries: vec![] }.to_value();
+    let mut tick = tokio::time::interval(PROBE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut misses = 0u32;
+    loop {
+        tick.tick().await;
+        if !chan.is_alive() {
+            break;
+        }
+        if chan.send(&beat, PROBE_TIMEOUT).await.is_ok()
+            || chan.answered_within(PROBE_TIMEOUT + PROBE_PERIOD)
+        {
+            misses = 0;
+        } else {
+            misses += 1;
+            debug!(master = %host, misses, "upper master did not answer a probe");
+            if misses >= PROBE_MISSES {
+                chan.mark_dead();
+                break;
             }
         }
     }
+    dead.notify_one();
 }
 
 impl Up {
