@@ -93,7 +93,7 @@ rest_cherrypy: {host: 127.0.0.1, port: $(free_port)}
 auto_accept: True
 log_level: $log_level
 CONF
-    setsid "$bin/mofm" -c "$dir/etc" > "$dir/master.log" 2>&1 &
+    setsid env ${MOFM_ENV:-} "$bin/mofm" -c "$dir/etc" > "$dir/master.log" 2>&1 &
     master_pid=$!
     cli="$bin/brine -c $dir/etc"
   else

@@ -183,7 +183,7 @@ impl SocketOptions {
 }
 
 /// Batch buffer size on the master's sockets (see [`SocketOptions::batch_size`]).
-pub const MASTER_BATCH_SIZE: i32 = 1024;
+pub const MASTER_BATCH_SIZE: i32 = 512;
 const ZMQ_IN_BATCH_SIZE: i32 = 101;
 const ZMQ_OUT_BATCH_SIZE: i32 = 102;
 
