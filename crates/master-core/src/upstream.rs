@@ -285,11 +285,9 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
     let (mut aes, _) = chan.creds().await;
     *lock(&up.links[i]) = Some(chan.clone());
     up.wake.notify_one();
-    // The liveness probe is an empty `_syndic_return`: authenticated, so the upper master
-    // learns this syndic is alive (and stops waiting for it once the beats stop); a Salt
-    // master takes it as a return with nothing in it.
-    // The probe runs beside the publish feed: a probe waiting on a busy master must not hold
-    // up the next publish (a `find_job` from above answered late is a minion given up on).
+    // The liveness probe runs beside the publish feed: a probe waiting on a busy master must
+    // not hold up the next publish (a `find_job` from above answered late is a minion given
+    // up on).
     let dead = Arc::new(Notify::new());
     let prober = tokio::spawn(probe(chan.clone(), m.host.clone(), dead.clone()));
     let _stop_prober = AbortOnDrop(prober);
