@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use brine_test_support::sim::cached_key;
+use brine_test_support::sim::{SimOptions, cached_key};
 use brine_test_support::{
     Daemon, SaltMinion, SaltPeer, SimMinion, free_port, subscribe, wait_for, workspace_bin,
 };
@@ -607,13 +607,16 @@ fn a_resent_return_is_taken_once() {
     let ctx = brine_transport::Context::new();
     let (publish, ret, _) = m.ports;
     let sim = rt
-        .block_on(SimMinion::start_sending(
+        .block_on(SimMinion::start_with(
             &ctx,
             "twice",
             cached_key(0),
             ("127.0.0.1", ret, publish),
             Duration::from_secs(30),
-            2,
+            SimOptions {
+                copies: 2,
+                ..SimOptions::default()
+            },
         ))
         .unwrap();
     let token =

@@ -7,8 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use brine_test_support::sim::{SimOptions, cached_key};
 use brine_test_support::topology::{Node, async_jid, loopback, sse_tags};
-use brine_test_support::{SaltMaster, SaltMinion, SaltPeer, subscribe, wait_for};
+use brine_test_support::{SaltMaster, SaltMinion, SaltPeer, SimMinion, subscribe, wait_for};
 use serde_json::{Value as Json, json};
 
 fn mofm_conf(root: &Path, addr: &str, ports: (u16, u16), api: u16, extra: &str) -> String {
@@ -546,4 +547,91 @@ fn brine_syndic_under_real_salt_master_3007() {
 #[test]
 fn brine_syndic_under_real_salt_master_3008() {
     brine_syndic_under_salt_master("3008.5");
+}
+
+/// A minion behind a brine syndic that answers its syndic's `find_job` too late (as on a
+/// saturated host) but returns: the syndic's own wait for it runs out first (it relays with a
+/// timeout one second shorter than the MoM's), yet the MoM's CLI still shows the return instead
+/// of "did not return".
+#[test]
+fn a_late_minion_behind_a_syndic_is_still_waited_for() {
+    subscribe();
+    let (addrs, publish, ret) = loopback(2);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let api = api_port(&addrs[0]);
+    let mom = Node::start(
+        "mofm",
+        "mom",
+        &addrs[0],
+        &root.join("mom/etc"),
+        &[(
+            "master",
+            mofm_conf(
+                root,
+                &addrs[0],
+                (publish, ret),
+                api,
+                "pki_dir: /mom/pki\ncachedir: /mom/cache",
+            ),
+        )],
+    );
+    mom.wait_port(api);
+    let master = format!(
+        "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
+         auto_accept: True\npki_dir: /syn/pki\ncachedir: /syn/cache\ngather_job_timeout: 3\n\
+         syndic_master: [{mom}]\nsyndic_master_port: {ret}\n",
+        addr = addrs[1],
+        mom = addrs[0],
+        root = root.display()
+    );
+    let minion = format!(
+        "id: syndic-late\nroot_dir: {root}\npki_dir: /syn/minion-pki\ncachedir: /syn/minion-cache\n",
+        root = root.display()
+    );
+    let syndic = Node::start(
+        "syndic",
+        "syndic",
+        &addrs[1],
+        &root.join("syn/etc"),
+        &[("master", master), ("minion", minion)],
+    );
+    syndic.wait_port(ret);
+    assert!(
+        wait_for(Duration::from_secs(30), || root
+            .join("mom/cache/syndics/syndic-late")
+            .exists()),
+        "{}",
+        tails(&[&mom, &syndic])
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ctx = brine_transport::Context::new();
+    let _late = rt
+        .block_on(SimMinion::start_with(
+            &ctx,
+            "late-1",
+            cached_key(1),
+            (&addrs[1], ret, publish),
+            Duration::from_secs(30),
+            SimOptions {
+                answer_find_job: false,
+                ..SimOptions::default()
+            },
+        ))
+        .unwrap();
+    // MoM timeout 3 s: the syndic relays with 2 s, asks late-1 at 2 s and gives up on it at
+    // 5 s (gather_job_timeout 3); the MoM asks the syndic at 3 s and 6 s; late-1 returns at 8 s.
+    let t0 = std::time::Instant::now();
+    let out = mom.brine_json(&["late-1", "test.sleep", "8", "-t", "3"]);
+    assert_eq!(
+        out,
+        json!({"late-1": true}),
+        "after {:?}\n{}",
+        t0.elapsed(),
+        tails(&[&mom, &syndic])
+    );
 }

@@ -48,6 +48,27 @@ pub enum SimError {
     Proto(#[from] brine_proto::auth::AuthError),
 }
 
+/// How a simulated minion misbehaves (the default: it does not).
+#[derive(Debug, Clone, Copy)]
+pub struct SimOptions {
+    /// Each return is sent this many times (a new envelope around the same load each time), as
+    /// a minion does that resends a return whose acknowledgement came too late. `answered`
+    /// counts every acknowledged copy.
+    pub copies: usize,
+    /// Whether `saltutil.find_job` is answered: a minion on a saturated host answers it too
+    /// late, which looks the same to its master.
+    pub answer_find_job: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            copies: 1,
+            answer_find_job: true,
+        }
+    }
+}
+
 /// A running simulated minion. Dropping it stops it.
 #[derive(Debug)]
 pub struct SimMinion {
@@ -81,30 +102,28 @@ impl SimMinion {
         publish_port: u16,
         auth_deadline: Duration,
     ) -> Result<Self, SimError> {
-        Self::start_sending(
+        Self::start_with(
             ctx,
             id,
             key,
             (host, ret_port, publish_port),
             auth_deadline,
-            1,
+            SimOptions::default(),
         )
         .await
     }
 
-    /// As [`SimMinion::start`], but each return is sent `copies` times (a new envelope around
-    /// the same load each time), as a minion does that resends a return whose acknowledgement
-    /// came too late. `answered` counts every acknowledged copy.
+    /// As [`SimMinion::start`], with the behaviours of [`SimOptions`].
     ///
     /// # Errors
     /// [`SimError`] if the key is not accepted in time.
-    pub async fn start_sending(
+    pub async fn start_with(
         ctx: &Context,
         id: &str,
         key: PrivateKey,
         (host, ret_port, publish_port): (&str, u16, u16),
         auth_deadline: Duration,
-        copies: usize,
+        opts: SimOptions,
     ) -> Result<Self, SimError> {
         let me = MinionIdentity::new(id, key)?;
         let mut req = ReqClient::new(ctx, &tcp_endpoint(host, ret_port), SocketOptions::default());
@@ -131,7 +150,7 @@ impl SimMinion {
             creds,
             answered.clone(),
             rejected.clone(),
-            copies,
+            opts,
         ));
         // Give the subscription time to reach the publisher (ZeroMQ's slow joiner).
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -224,7 +243,7 @@ async fn respond(
     creds: Box<Credentials>,
     answered: Arc<AtomicUsize>,
     rejected: Arc<AtomicUsize>,
-    copies: usize,
+    opts: SimOptions,
 ) {
     let req = Arc::new(tokio::sync::Mutex::new(req));
     let mut serials = SerialGuard::default();
@@ -259,6 +278,9 @@ async fn respond(
         {
             continue;
         }
+        if !opts.answer_find_job && job.fun_name() == Some("saltutil.find_job") {
+            continue;
+        }
         let (id, req, session, answered) =
             (id.clone(), req.clone(), session.clone(), answered.clone());
         tokio::spawn(async move {
@@ -279,7 +301,7 @@ async fn respond(
                 extra: vec![],
             };
             let mut req = req.lock().await;
-            for _ in 0..copies {
+            for _ in 0..opts.copies {
                 let sealed = session.seal(
                     load.to_value(),
                     (unix_micros() / 1_000_000) as i64,
