@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use brine_test_support::sim::{SimOptions, cached_key};
+use brine_test_support::sim::{SimOptions, cached_key, sim_runtime};
 use brine_test_support::{
     Daemon, SaltMinion, SaltPeer, SimMinion, free_port, subscribe, wait_for, workspace_bin,
 };
@@ -599,11 +599,7 @@ fn real_salt_syndic_under_mofm_3007() {
 fn a_resent_return_is_taken_once() {
     subscribe();
     let m = Mofm::start("auto_accept: True");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = sim_runtime();
     let ctx = brine_transport::Context::new();
     let (publish, ret, _) = m.ports;
     let sim = rt

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use brine_test_support::sim::{SimOptions, cached_key};
+use brine_test_support::sim::{SimOptions, cached_key, sim_runtime};
 use brine_test_support::topology::{Node, async_jid, loopback, sse_tags};
 use brine_test_support::{SaltMaster, SaltMinion, SaltPeer, SimMinion, subscribe, wait_for};
 use serde_json::{Value as Json, json};
@@ -604,11 +604,7 @@ fn a_late_minion_behind_a_syndic_is_still_waited_for() {
         "{}",
         tails(&[&mom, &syndic])
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = sim_runtime();
     let ctx = brine_transport::Context::new();
     let _late = rt
         .block_on(SimMinion::start_with(

@@ -48,6 +48,19 @@ pub enum SimError {
     Proto(#[from] brine_proto::auth::AuthError),
 }
 
+/// A runtime for simulated minions in a synchronous test: two worker threads, so the minions
+/// keep answering while the test blocks on commands.
+///
+/// # Panics
+/// If the runtime cannot start.
+pub fn sim_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// How a simulated minion misbehaves (the default: it does not).
 #[derive(Debug, Clone, Copy)]
 pub struct SimOptions {
