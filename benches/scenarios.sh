@@ -61,10 +61,20 @@ tmp=/tmp
 work="$(mktemp -d "$tmp/brine-scenarios.XXXXXX")"
 master_pid=""
 pids=()
+# stop_groups PID...: TERM each process group, wait up to 10 s for the leaders, KILL the rest
+stop_groups() {
+  local p alive
+  for p in "$@"; do kill -- -"$p" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for p in "$@"; do kill -9 -- -"$p" 2>/dev/null || true; done
+}
 cleanup() {
-  for p in $master_pid "${pids[@]}"; do kill -- -"$p" 2>/dev/null || true; done
-  sleep 1
-  for p in $master_pid "${pids[@]}"; do kill -9 -- -"$p" 2>/dev/null || true; done
+  stop_groups $master_pid "${pids[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -117,9 +127,7 @@ CONF
 }
 
 stop_master() {
-  kill -- -"$master_pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$master_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 -- -"$master_pid" 2>/dev/null || true
+  stop_groups "$master_pid"
   master_pid=""
 }
 
@@ -151,14 +159,7 @@ spawn() {
 }
 
 stop_all() {
-  for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null || true; done
-  for _ in $(seq 1 50); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.2
-  done
-  for p in "${pids[@]}"; do kill -9 -- -"$p" 2>/dev/null || true; done
+  stop_groups "${pids[@]}"
   pids=()
 }
 

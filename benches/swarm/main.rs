@@ -581,8 +581,8 @@ fn parent(args: &Args) {
                 .args(["--key-pool", &args.key_pool.to_string()])
                 .args(["--child", &k.to_string()])
                 .args(["--range", &format!("{a}..{b}")])
-                // Thousands of sockets made and dropped across threads (auth timeouts re-create
-                // the request socket) fragment glibc's per-thread arenas; two arenas suffice.
+                // Thousands of sockets and sessions allocated across threads fragment glibc's
+                // per-thread arenas; two arenas suffice.
                 .env("MALLOC_ARENA_MAX", "2")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped());

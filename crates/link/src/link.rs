@@ -162,8 +162,12 @@ impl ReqChannel {
     /// answers is alive, whatever one request's timeout said).
     pub fn answered_within(&self, d: Duration) -> bool {
         let last = self.answered_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        now.saturating_sub(last) <= u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        self.age_ms().saturating_sub(last) <= u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Milliseconds since the channel was made (the clock of `answered_ms`).
+    fn age_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether the master is believed alive.
@@ -229,9 +233,8 @@ impl ReqChannel {
                 .request(sealed.frame, timeout)
                 .await
                 .map_err(|e| LinkError::Unreachable(format!("{}: {e}", self.master.host)))?;
-            let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
             self.answered_ms
-                .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+                .fetch_max(self.age_ms(), std::sync::atomic::Ordering::Relaxed);
             match r.session.open_reply(&reply, &sealed.nonce) {
                 Ok(v) => return Ok(v),
                 Err(AuthError::Crypticle(CrypticleError::BadMac)) if attempt == 0 => {
