@@ -78,6 +78,10 @@ pub struct MasterConfig {
     pub syndic_mode_sync: bool,
     /// `syndic_event_forward_timeout`: the return batching window.
     pub syndic_event_forward_timeout: std::time::Duration,
+    /// `zmq_backlog`: the listen backlog of the ret and publish ports. Salt's default is 1000;
+    /// brine's is 4096 (the kernel caps it at `net.core.somaxconn`): an unpaced storm of 9,000
+    /// minions overflowed 1000 (1,863 connections dropped and retried a second later).
+    pub zmq_backlog: i32,
 }
 
 /// Keys mofm reads or deliberately accepts (Salt process-model options with no meaning here).
@@ -124,6 +128,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "syndic_failover",
     "syndic_mode",
     "syndic_event_forward_timeout",
+    "zmq_backlog",
 ];
 
 impl MasterConfig {
@@ -204,6 +209,7 @@ impl MasterConfig {
             id: o.string("id")?,
             order_masters: o.bool("order_masters", false)?,
             syndic_wait: o.int("syndic_wait", 5, 0..=3600)? as u64,
+            zmq_backlog: o.int("zmq_backlog", 4096, 1..=65_535)? as i32,
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
             master_id: o.string("master_id")?,
             syndic_master: o.string_list("syndic_master")?.unwrap_or_default(),
@@ -321,6 +327,7 @@ mod tests {
         assert!(!c.auto_accept);
         assert_eq!((c.api_host.as_str(), c.api_port), ("127.0.0.1", 8000));
         assert_eq!(c.keep_jobs_seconds, 86_400);
+        assert_eq!(c.zmq_backlog, 4096);
         let c = MasterConfig::from_options(
             &Options::parse(
                 "keep_jobs: 2\nnodegroups: {web: 'web* or G@role:web', two: [a, b]}\nrest_cherrypy: {port: '8123'}\n",
@@ -331,12 +338,15 @@ mod tests {
         assert_eq!(c.keep_jobs_seconds, 7200);
         assert_eq!(c.nodegroups["two"], "L@a,b");
         assert_eq!(c.api_port, 8123);
+        let c = MasterConfig::from_options(&Options::parse("zmq_backlog: 1000\n").unwrap());
+        assert_eq!(c.unwrap().zmq_backlog, 1000);
         for bad in [
             "interface: somewhere\n",
             "ret_port: 99999\n",
             "auto_accept: maybe\n",
             "rest_cherrypy: {port: 70000}\n",
             "nodegroups: [a]\n",
+            "zmq_backlog: 0\n",
         ] {
             assert!(
                 MasterConfig::from_options(&Options::parse(bad).unwrap()).is_err(),

@@ -720,13 +720,19 @@ impl Server {
         let router = Router::bind(
             &ctx,
             &tcp_endpoint(&cfg.interface, cfg.ret_port),
-            &SocketOptions::master_router(),
+            &SocketOptions {
+                backlog: cfg.zmq_backlog,
+                ..SocketOptions::master_router()
+            },
         )
         .map_err(|e| e.to_string())?;
         let publisher = Publisher::bind(
             &ctx,
             &tcp_endpoint(&cfg.interface, cfg.publish_port),
-            &SocketOptions::master_pub(),
+            &SocketOptions {
+                backlog: cfg.zmq_backlog,
+                ..SocketOptions::master_pub()
+            },
         )
         .map_err(|e| e.to_string())?;
         let mut identity = MasterIdentity::new(key.clone(), publisher.port());
