@@ -329,7 +329,13 @@ if {"i", "ii", "iii"} & set(only):
     per_cpu = x["authed"] / cpu if cpu else 0
     return (f'{x["authed"]}/{x["minions"]} in {x["auth_secs"]:.1f} s; {per_cpu:.0f} auths per master CPU-s = '
             f'{100 * per_cpu / ceiling_per_core:.0f}% of the first-contact ceiling ({ceiling_per_core:.0f}/s per core), '
-            f'{100 * per_cpu / rsa_per_core:.0f}% of RSA-2048 private ops ({rsa_per_core:.0f}/s per core)')
+            f'{100 * per_cpu / rsa_per_core:.0f}% of RSA-2048 private ops ({rsa_per_core:.0f}/s per core)'
+            + net_cell(x.get("auth_net")))
+  def net_cell(net):
+    if not net:
+      return ""
+    return (f'; on loopback meanwhile: {net["listen_overflows"]} listen overflows, '
+            f'{net["backlog_drops"]} input-backlog drops, {net["retransmits"]} retransmitted segments')
   rows.append((f"(ii) unpaced auth storm, {n} minions", f"`benches/scenarios.sh --only ii --sizes {n}`", storm(b), storm(s),
              f'{(s["auth_secs"] / b["auth_secs"]):.1f}x' if b["auth_secs"] else "—"))
   rows.append((f"(iii) master PSS per connected minion, {n} minions", f"`benches/scenarios.sh --only iii --sizes {n}`",

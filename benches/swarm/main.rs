@@ -505,6 +505,36 @@ fn sample(pids: &[u32]) -> (u64, u64, u64) {
 /// How many minions the publish command's output shows as having returned: the keys of the
 /// JSON documents it printed (`--out json`, one document or one per minion), minus Salt's
 /// "Minion did not return" placeholders; 0 for any other output.
+/// Machine-wide counters that show a storm losing packets on loopback: packets dropped because
+/// a CPU's input backlog (`net.core.netdev_max_backlog`) was full, connections dropped from a
+/// full accept queue (the listen backlog), TCP segments retransmitted. Each costs a retry
+/// (200 ms RTO, 1 s for a SYN) and CPU on both sides.
+fn net_counters() -> [u64; 3] {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let drops = read("/proc/net/softnet_stat")
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum();
+    // `/proc/net/netstat` and `/proc/net/snmp`: a header line of names, then one of values.
+    let field = |text: &str, prefix: &str, name: &str| -> u64 {
+        let mut rows = text.lines().filter(|l| l.starts_with(prefix));
+        let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+            return 0;
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    [
+        drops,
+        field(&read("/proc/net/netstat"), "TcpExt:", "ListenOverflows"),
+        field(&read("/proc/net/snmp"), "Tcp:", "RetransSegs"),
+    ]
+}
+
 fn cli_returned(stdout: &[u8]) -> usize {
     let mut ids = std::collections::HashSet::new();
     let mut pos = 0;
@@ -603,6 +633,7 @@ fn parent(args: &Args) {
     }
     let before = sample(&args.pids);
     let tier_before = sample(&args.tier_pids);
+    let net_before = net_counters();
     let t0 = Instant::now();
     for w in &mut workers {
         let _ = writeln!(w.stdin, "go");
@@ -622,6 +653,11 @@ fn parent(args: &Args) {
         }
     }
     let auth_secs = t0.elapsed().as_secs_f64();
+    let net = net_counters()
+        .iter()
+        .zip(net_before)
+        .map(|(a, b)| a.saturating_sub(b))
+        .collect::<Vec<_>>();
     let after_auth = sample(&args.pids);
     let auth_cpu = (after_auth.0 - before.0) as f64 / 100.0;
     let tier_auth_cpu = (sample(&args.tier_pids).0 - tier_before.0) as f64 / 100.0;
@@ -739,6 +775,7 @@ fn parent(args: &Args) {
         "auth_errors": errors,
         "auth_secs": auth_secs,
         "auth_master_cpu_secs": auth_cpu,
+        "auth_net": {"backlog_drops": net[0], "listen_overflows": net[1], "retransmits": net[2]},
         "rounds": rounds,
         "master_rss_kb": end.1,
         "master_pss_kb": end.2,
