@@ -113,9 +113,21 @@ impl KeyStore {
         }
     }
 
+    /// Write a key file whole or not at all: into a temporary file in the pki directory (not a
+    /// key directory, so no listing ever shows it), then renamed over the key's path. Another
+    /// handler reading the key meanwhile sees no file or the whole key.
     fn write(&self, d: KeyDir, id: &str, pem: &str) -> Result<(), KeyError> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let p = self.path(d, id)?;
-        std::fs::write(&p, pem).map_err(io(&p))
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".key-{}-{n}.tmp", std::process::id()));
+        std::fs::write(&tmp, pem).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(&p)(e)
+        })
     }
 
     /// What the directories hold for `id`, in Salt's order of precedence.
@@ -239,6 +251,48 @@ mod tests {
     use brine_proto::crypt::PrivateKey;
 
     use super::*;
+
+    /// Two handlers can take the same minion's `_auth` at once (a resend on a new connection):
+    /// one writes the accepted key while the other reads it. The reader must see no key or the
+    /// whole key, never a truncated one (which `decide_auth` answers as a different key:
+    /// "denied", and the minion gives up as rejected — seen once in a 9k storm).
+    #[test]
+    fn a_key_being_written_is_never_read_half_written() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(d.path()).unwrap();
+        let pem = PrivateKey::generate(2048)
+            .unwrap()
+            .public_key()
+            .to_clean_pem();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let torn = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut torn = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match ks.state("m1").unwrap() {
+                        KeyState::Unknown => {}
+                        KeyState::Accepted(k) if k == pem => {}
+                        _ => torn += 1,
+                    }
+                }
+                torn
+            });
+            for _ in 0..3000 {
+                ks.apply("m1", &KeyAction::WriteAccepted(pem.clone()))
+                    .unwrap();
+                let _ = std::fs::remove_file(d.path().join("minions").join("m1"));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        assert_eq!(torn, 0, "reads of a half-written key");
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
 
     #[test]
     fn salt_key_lifecycle() {
