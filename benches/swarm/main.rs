@@ -2,8 +2,11 @@
 //! a brine `syndic`, or a real `salt-master`), to measure what the master costs.
 //!
 //! Each simulated minion has its own id, its own cached RSA key (`~/.cache/brine/swarm-keys`),
-//! its own request and publish connections; it authenticates, decrypts and verifies every
-//! publish, matches targets (glob, list, pcre, grains `os:Debian`...), answers `test.ping`,
+//! its own request and publish connections; it authenticates (the minions of one process share
+//! what they learnt of the master: its parsed public key, and the AES key with the `sig` that
+//! vouched for it, so only the first decrypts `aes` — `brine_proto::auth::KnownMaster`; each
+//! still decrypts its own session key and checks the reply's signature), decrypts and verifies
+//! every publish, matches targets (glob, list, pcre, grains `os:Debian`...), answers `test.ping`,
 //! `test.echo`, `test.sleep`, `saltutil.find_job`, and records publish-to-return latency: from
 //! the job's jid (the master's publish time, to the microsecond) to the master's reply to the
 //! return.
@@ -31,13 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brine_proto::Value;
-use brine_proto::auth::{MinionIdentity, MinionSession};
+use brine_proto::auth::{KnownMaster, MinionAuthConfig, MinionIdentity, MinionSession};
 use brine_proto::crypt::{SerialCheck, SerialGuard};
 use brine_proto::envelope::Publish;
 use brine_proto::jid::iso_stamp;
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_proto::target::{self, Facts, NoNodegroups};
-use brine_test_support::sim::{Rng, authenticate, cached_key, cached_keys};
+use brine_test_support::sim::{Rng, authenticate_with, cached_key, cached_keys};
 use brine_test_support::{cpu_ticks_tree, proc_tree, rss_tree_kb};
 use brine_transport::{Context, ReqClient, SocketOptions, Subscriber};
 use clap::Parser;
@@ -258,10 +261,17 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
     drop(lines);
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
+    let known = KnownMaster::default();
     for me in ids {
         let (ctx, host, src, lat) = (ctx.clone(), host.to_owned(), src.clone(), lat.clone());
+        let auth = MinionAuthConfig {
+            known_master: Some(known.clone()),
+            ..MinionAuthConfig::default()
+        };
         let wait = Duration::from_secs(args.wait);
-        set.spawn(async move { minion(&ctx, me?, &src, &host, ret, publish, wait, lat).await });
+        set.spawn(
+            async move { minion(&ctx, me?, &src, &host, (ret, publish), auth, wait, lat).await },
+        );
     }
     let (mut ok, mut failed) = (0usize, 0usize);
     let mut errors: HashMap<String, usize> = HashMap::new();
@@ -326,14 +336,14 @@ async fn minion(
     me: MinionIdentity,
     src: &str,
     host: &str,
-    ret: u16,
-    publish: u16,
+    (ret, publish): (u16, u16),
+    auth: MinionAuthConfig,
     wait: Duration,
     lat: Latencies,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let id = me.id.clone();
     let mut req = ReqClient::new(ctx, &format!("tcp://{src}:0;{host}:{ret}"), swarm_socket());
-    let creds = authenticate(&me, &mut req, wait)
+    let creds = authenticate_with(&me, &mut req, wait, auth)
         .await
         .map_err(|e| e.to_string())?;
     let session = MinionSession::new(

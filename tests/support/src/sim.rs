@@ -191,8 +191,22 @@ pub async fn authenticate(
     req: &mut ReqClient,
     deadline: Duration,
 ) -> Result<Box<Credentials>, SimError> {
+    authenticate_with(me, req, deadline, MinionAuthConfig::default()).await
+}
+
+/// [`authenticate`] with `cfg` (e.g. a [`brine_proto::auth::KnownMaster`] shared by the
+/// minions of one swarm process).
+///
+/// # Errors
+/// [`SimError`] if refused or not accepted in time.
+pub async fn authenticate_with(
+    me: &MinionIdentity,
+    req: &mut ReqClient,
+    deadline: Duration,
+    cfg: MinionAuthConfig,
+) -> Result<Box<Credentials>, SimError> {
     let until = Instant::now() + deadline;
-    let mut auth = MinionAuth::new(me.clone(), MinionAuthConfig::default(), None, &mut Rng);
+    let mut auth = MinionAuth::new(me.clone(), cfg, None, &mut Rng);
     auth.start(Instant::now(), &mut Rng)?;
     loop {
         if Instant::now() > until {

@@ -14,8 +14,8 @@ pub use master::{
     clear_signed, decide_auth, open_request, pillar_reply, seal_reply, valid_minion_id,
 };
 pub use minion::{
-    AuthEvent, Credentials, MinionAuth, MinionAuthConfig, MinionIdentity, MinionSession,
-    SealedRequest,
+    AuthEvent, Credentials, KnownMaster, MinionAuth, MinionAuthConfig, MinionIdentity,
+    MinionSession, SealedRequest,
 };
 
 use crate::codec::DecodeError;

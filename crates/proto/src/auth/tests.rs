@@ -362,3 +362,76 @@ fn a_different_master_key_is_accepted_when_signed_by_master_sign() {
         Some(AuthEvent::MasterKeyChanged)
     ));
 }
+
+#[test]
+fn minions_sharing_a_known_master_get_each_master_s_current_aes_key() {
+    let (master_key, minion_key, other_key) = keys();
+    let memo = KnownMaster::default();
+    let mut rng = CountingEntropy::default();
+    // One accepted handshake of minion `id` with `identity` serving `aes`; the minion's key.
+    let mut auth_with = |id: &str, identity: &MasterIdentity, aes: &Crypticle| -> Crypticle {
+        let me = MinionIdentity::new(id, minion_key.clone()).unwrap();
+        let cfg = MinionAuthConfig {
+            known_master: Some(memo.clone()),
+            ..MinionAuthConfig::default()
+        };
+        let mut auth = MinionAuth::new(me, cfg, None, &mut rng);
+        auth.start(origin(), &mut rng).unwrap();
+        let frame = auth.poll_transmit().unwrap();
+        let Request::Clear { load, .. } = Request::decode(&frame).unwrap() else {
+            panic!()
+        };
+        let req = AuthRequest::from_value(&load).unwrap();
+        let policy = AuthPolicy {
+            auto_sign: true,
+            ..AuthPolicy::default()
+        };
+        let session = Crypticle::generate(&mut rng);
+        let d = decide_auth(
+            &req,
+            &KeyState::Unknown,
+            policy,
+            identity,
+            aes,
+            &session,
+            &mut rng,
+        )
+        .unwrap();
+        auth.handle_reply(&codec::encode_wire(&d.reply), origin());
+        match auth.poll_event() {
+            Some(AuthEvent::Accepted(c)) => {
+                assert_eq!(c.session.key_string(), session.key_string());
+                c.aes
+            }
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+    };
+    let master = MasterIdentity::new(master_key.clone(), 4505);
+    let first = Crypticle::generate(&mut CountingEntropy::default());
+    // The second minion takes the key from the memo (same master key, same `sig`).
+    for id in ["m1", "m2"] {
+        assert_eq!(
+            auth_with(id, &master, &first).key_string(),
+            first.key_string()
+        );
+    }
+    // The master rotated: a new `sig`, so the new key is decrypted, not the memo's.
+    let mut r = CountingEntropy::default();
+    let _ = Crypticle::generate(&mut r);
+    let rotated = Crypticle::generate(&mut r);
+    assert_ne!(rotated.key_string(), first.key_string());
+    assert_eq!(
+        auth_with("m3", &master, &rotated).key_string(),
+        rotated.key_string()
+    );
+    // Another master (another key) with the first AES key string: its own reply decides.
+    let other = MasterIdentity::new(other_key.clone(), 4505);
+    assert_eq!(
+        auth_with("m4", &other, &first).key_string(),
+        first.key_string()
+    );
+    assert_eq!(
+        auth_with("m5", &master, &rotated).key_string(),
+        rotated.key_string()
+    );
+}
