@@ -897,7 +897,18 @@ impl Server {
                 }
             }));
         }
-        let mut next = 0usize;
+        // Requests go from the ROUTER's driver to the handlers in a task of their own: on the
+        // runtime's workers, not on the thread that runs this loop (the caller's `block_on`),
+        // which would add a cross-thread wake-up per request.
+        let mut dispatcher = tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Ok(req) = router.recv().await {
+                next = (next + 1) % queues.len();
+                if queues[next].send(req).await.is_err() {
+                    break;
+                }
+            }
+        });
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut n: u64 = 0;
@@ -929,16 +940,13 @@ impl Server {
                         }
                     }
                 }
-                req = router.recv() => {
-                    let Ok(req) = req else { break };
-                    next = (next + 1) % queues.len();
-                    if queues[next].send(req).await.is_err() {
-                        break;
-                    }
-                }
+                _ = &mut dispatcher => break,
             }
         }
-        drop(queues);
+        // Dropping the dispatcher drops the ROUTER's receiver and the handlers' queues; the
+        // handlers finish what they hold.
+        dispatcher.abort();
+        let _ = dispatcher.await;
         for t in worker_tasks {
             let _ = t.await;
         }
