@@ -94,8 +94,9 @@ pub struct MinionAuthConfig {
 /// (parsed) and the AES key with the `sig` that vouched for it. The `sig` is the master's
 /// deterministic X9.31 signature over the key's SHA-256 digest, so a later reply from the same
 /// master key carrying the same `sig` carries the same AES key: its `aes` field need not be
-/// decrypted (one RSA private-key operation per simulated minion saved, the larger half of a
-/// simulated minion's auth cost). Everything else in the reply is still checked.
+/// decrypted (one of the two RSA private-key operations of a simulated minion's auth).
+/// Everything else in the reply is still checked, and only a reply that passed every check
+/// teaches the memo.
 #[derive(Clone, Default)]
 pub struct KnownMaster(std::sync::Arc<std::sync::Mutex<Option<Learnt>>>);
 
