@@ -255,15 +255,11 @@ mod tests {
     /// Two handlers can take the same minion's `_auth` at once (a resend on a new connection):
     /// one writes the accepted key while the other reads it. The reader must see no key or the
     /// whole key, never a truncated one (which `decide_auth` answers as a different key:
-    /// "denied", and the minion gives up as rejected — seen once in a 9k storm).
+    /// "denied", and the minion gives up as rejected — likely what ended one simulated minion
+    /// rejected in a 9k storm).
     #[test]
     fn a_key_being_written_is_never_read_half_written() {
-        let d = tempfile::tempdir().unwrap();
-        let ks = KeyStore::open(d.path()).unwrap();
-        let pem = PrivateKey::generate(2048)
-            .unwrap()
-            .public_key()
-            .to_clean_pem();
+        let (d, ks, pem) = store_and_key();
         let stop = std::sync::atomic::AtomicBool::new(false);
         let torn = std::thread::scope(|s| {
             let reader = s.spawn(|| {
@@ -294,14 +290,20 @@ mod tests {
         assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 
-    #[test]
-    fn salt_key_lifecycle() {
+    /// An empty pki directory and a minion's public key.
+    fn store_and_key() -> (tempfile::TempDir, KeyStore, String) {
         let d = tempfile::tempdir().unwrap();
         let ks = KeyStore::open(d.path()).unwrap();
         let pem = PrivateKey::generate(2048)
             .unwrap()
             .public_key()
             .to_clean_pem();
+        (d, ks, pem)
+    }
+
+    #[test]
+    fn salt_key_lifecycle() {
+        let (d, ks, pem) = store_and_key();
         assert_eq!(ks.state("m1").unwrap(), KeyState::Unknown);
         ks.apply("m1", &KeyAction::WritePending(pem.clone()))
             .unwrap();
