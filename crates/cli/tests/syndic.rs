@@ -23,6 +23,21 @@ fn mofm_conf(root: &Path, addr: &str, ports: (u16, u16), api: u16, extra: &str) 
     )
 }
 
+/// Start mofm `name` as a master of masters on `addr` (config: [`mofm_conf`] + `extra`, files
+/// under `root/name/etc`) and wait for its HTTP API.
+fn start_mom(root: &Path, name: &str, addr: &str, ports: (u16, u16), extra: &str) -> Node {
+    let api = api_port(addr);
+    let n = Node::start(
+        "mofm",
+        name,
+        addr,
+        &root.join(name).join("etc"),
+        &[("master", mofm_conf(root, addr, ports, api, extra))],
+    );
+    n.wait_port(api);
+    n
+}
+
 fn api_port(addr: &str) -> u16 {
     std::net::TcpListener::bind((addr, 0))
         .unwrap()
@@ -78,24 +93,13 @@ fn arch5_real_minions_under_brine_syndics_survive_kills() {
     let root = dir.path();
     let mut moms: Vec<Node> = (0..2)
         .map(|i| {
-            let addr = &addrs[i];
-            let api = api_port(addr);
-            let conf = mofm_conf(
+            start_mom(
                 root,
-                addr,
-                (publish, ret),
-                api,
-                &format!("pki_dir: /mom-pki\ncachedir: /mom-{i}/cache\nmaster_id: mom-{i}"),
-            );
-            let n = Node::start(
-                "mofm",
                 &format!("mom-{i}"),
-                addr,
-                &root.join(format!("mom-{i}/etc")),
-                &[("master", conf)],
-            );
-            n.wait_port(api);
-            n
+                &addrs[i],
+                (publish, ret),
+                &format!("pki_dir: /mom-pki\ncachedir: /mom-{i}/cache\nmaster_id: mom-{i}"),
+            )
         })
         .collect();
     let syndic_addrs = &addrs[2..5];
@@ -559,24 +563,13 @@ fn a_late_minion_behind_a_syndic_is_still_waited_for() {
     let (addrs, publish, ret) = loopback(2);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let api = api_port(&addrs[0]);
-    let mom = Node::start(
-        "mofm",
+    let mom = start_mom(
+        root,
         "mom",
         &addrs[0],
-        &root.join("mom/etc"),
-        &[(
-            "master",
-            mofm_conf(
-                root,
-                &addrs[0],
-                (publish, ret),
-                api,
-                "pki_dir: /mom/pki\ncachedir: /mom/cache",
-            ),
-        )],
+        (publish, ret),
+        "pki_dir: /mom/pki\ncachedir: /mom/cache",
     );
-    mom.wait_port(api);
     let master = format!(
         "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
          auto_accept: True\npki_dir: /syn/pki\ncachedir: /syn/cache\ngather_job_timeout: 3\n\
