@@ -512,9 +512,6 @@ fn sample(pids: &[u32]) -> (u64, u64, u64) {
     )
 }
 
-/// How many minions the publish command's output shows as having returned: the keys of the
-/// JSON documents it printed (`--out json`, one document or one per minion), minus Salt's
-/// "Minion did not return" placeholders; 0 for any other output.
 /// Machine-wide counters that show a storm losing packets on loopback: packets dropped because
 /// a CPU's input backlog (`net.core.netdev_max_backlog`) was full, connections dropped from a
 /// full accept queue (the listen backlog), TCP segments retransmitted. Each costs a retry
@@ -545,6 +542,9 @@ fn net_counters() -> [u64; 3] {
     ]
 }
 
+/// How many minions the publish command's output shows as having returned: the keys of the
+/// JSON documents it printed (`--out json`, one document or one per minion), minus Salt's
+/// "Minion did not return" placeholders; 0 for any other output.
 fn cli_returned(stdout: &[u8]) -> usize {
     let mut ids = std::collections::HashSet::new();
     let mut pos = 0;
@@ -663,11 +663,8 @@ fn parent(args: &Args) {
         }
     }
     let auth_secs = t0.elapsed().as_secs_f64();
-    let net = net_counters()
-        .iter()
-        .zip(net_before)
-        .map(|(a, b)| a.saturating_sub(b))
-        .collect::<Vec<_>>();
+    let net_after = net_counters();
+    let net: [u64; 3] = std::array::from_fn(|i| net_after[i].saturating_sub(net_before[i]));
     let after_auth = sample(&args.pids);
     let auth_cpu = (after_auth.0 - before.0) as f64 / 100.0;
     let tier_auth_cpu = (sample(&args.tier_pids).0 - tier_before.0) as f64 / 100.0;

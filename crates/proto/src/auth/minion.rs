@@ -454,8 +454,9 @@ impl MinionAuth {
             .get("sig")
             .and_then(Value::as_bytes)
             .ok_or(AuthError::Malformed("no sig in auth reply"))?;
-        let memo_hit = known.as_ref().is_some_and(|k| k.sig == x931);
-        let aes_string = match known.filter(|_| memo_hit) {
+        let vouched = known.filter(|k| k.sig == x931);
+        let memo_hit = vouched.is_some();
+        let aes_string = match vouched {
             Some(k) => k.aes,
             None => {
                 let aes_string = self.me.key.decrypt_oaep(aes_ct, self.cfg.enc_algo)?;
