@@ -106,6 +106,8 @@ pub struct Handled {
     /// A syndic's `_syndic_return`: its id and, per jid, the minions below it that the job
     /// targets (from the job load's `Minions`).
     pub syndic: Option<(String, Vec<SyndicReport>)>,
+    /// A `_register_resources` (Salt 3008): the minion and whether it manages any resource.
+    pub resources: Option<(String, bool)>,
 }
 
 fn bad_load() -> Vec<u8> {
@@ -397,7 +399,17 @@ impl RequestHandler {
                 }
                 Value::Nil
             }
-            "_register_resources" => Value::Bool(true),
+            "_register_resources" => {
+                let manages = match opened.load.get("resources") {
+                    Some(Value::Map(m)) => !m.is_empty(),
+                    Some(Value::Array(a)) => !a.is_empty(),
+                    None | Some(Value::Nil) => false,
+                    // Anything else: assume it manages some (never rule it out of a target).
+                    Some(_) => true,
+                };
+                out.resources = Some((id.clone(), manages));
+                Value::Bool(true)
+            }
             "_file_envs"
             | "_file_list"
             | "_file_list_emptydirs"

@@ -20,12 +20,13 @@ use crate::lock;
 use crate::publish::JobPublisher;
 use crate::requests::{Policy, RequestHandler};
 use crate::secrets::{Secrets, load_or_create_key, load_or_create_master_key};
-use crate::targeting::expected_minions;
+use crate::targeting::{Fleet, as_compound, expand_nodegroups, reach};
 use brine_proto::Value;
 use brine_proto::auth::MasterIdentity;
 use brine_proto::crypt::{Entropy, SigAlgo};
 use brine_proto::jid::{Jid, JidGenerator};
 use brine_proto::loads::{JobLoad, ReturnLoad};
+use brine_proto::target::{TargetError, Tri};
 use brine_transport::{Context, OsEntropy, Publisher, Router, SocketOptions, tcp_endpoint};
 use serde_json::{Value as Json, json};
 use tracing::{debug, info, warn};
@@ -104,6 +105,54 @@ pub enum PublishError {
     Transport(String),
 }
 
+/// Where an ACL lets its holder run one function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// On any minion.
+    Anywhere,
+    /// On minions matching one of these compound targets (none: nowhere).
+    Within(Vec<String>),
+}
+
+/// Minions among `ids` that match none of the compound targets `within` for sure.
+fn outside_acl(ids: &[String], within: &[String], fleet: &Fleet<'_>) -> Vec<String> {
+    let nil = Value::Nil;
+    ids.iter()
+        .filter(|id| {
+            let facts = brine_proto::target::Facts {
+                id,
+                grains: fleet.grains.get(*id).unwrap_or(&nil),
+                pillar: &nil,
+            };
+            // A resource manager may run a job for its resources: only its own id vouches.
+            !within.iter().any(|t| {
+                brine_proto::target::evaluate(
+                    &Value::str(t),
+                    "compound",
+                    ":",
+                    &facts,
+                    &brine_proto::target::NoNodegroups,
+                ) == Ok(Tri::Yes)
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// `( tgt ) and ( acl1 ) or ...`: the target minions evaluate so that only those the ACL
+/// allows run the job. `None` when the target or no ACL target can be written as compound.
+fn narrow(tgt: &Value, tgt_type: &str, delimiter: &str, within: &[String]) -> Option<String> {
+    let base = as_compound(tgt, tgt_type, delimiter)?;
+    let acl: Vec<String> = within
+        .iter()
+        .filter_map(|t| as_compound(&Value::str(t), "compound", ":"))
+        .collect();
+    if acl.is_empty() {
+        return None;
+    }
+    Some(format!("{base} and ( {} )", acl.join(" or ")))
+}
+
 /// A published job.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -131,6 +180,8 @@ pub struct MasterCore {
     present: Mutex<BTreeSet<String>>,
     /// Syndics below this master (`cachedir/syndics/<id>`, as Salt records them).
     syndics: Mutex<BTreeSet<String>>,
+    /// Minions that registered resources (Salt 3008): `cachedir/brine/resources/<id>`.
+    resource_managers: Mutex<BTreeSet<String>>,
     /// Where returns go besides the cache (a syndic's upstream links).
     return_tap: std::sync::OnceLock<ReturnTap>,
     /// Last heartbeat of each brine syndic below.
@@ -215,7 +266,25 @@ impl MasterCore {
         lock(&self.present).clone()
     }
 
-    /// Publish a job as `user`, after `allow(fun, minions)` agreed to the minions it targets.
+    /// The facts targets are evaluated against: accepted keys, cached grains, resource
+    /// managers. Passed to `f` under the grains lock.
+    fn with_fleet<T>(&self, f: impl FnOnce(&Fleet<'_>) -> T) -> T {
+        let accepted = self.accepted();
+        let grains = lock(&self.grains);
+        let managers = lock(&self.resource_managers);
+        f(&Fleet {
+            accepted: &accepted,
+            grains: &grains,
+            resource_managers: &managers,
+        })
+    }
+
+    /// Publish a job as `user`. With an `acl` (every caller but root), `acl(fun)` says where the
+    /// caller may run the function: every minion that may run the job must match one of those
+    /// targets for sure (a minion brine cannot tell about counts as running it), or nothing is
+    /// published. Below syndics the master cannot see which minions a target reaches, so there
+    /// the published target is narrowed to `( target ) and ( acl targets )`, which the minions
+    /// evaluate themselves.
     ///
     /// # Errors
     /// [`PublishError`].
@@ -223,34 +292,78 @@ impl MasterCore {
         &self,
         spec: PublishSpec,
         user: &str,
-        allow: &(dyn Fn(&str, &[String]) -> bool + Sync),
+        acl: Option<&(dyn Fn(&str) -> Allowed + Sync)>,
     ) -> Result<Published, PublishError> {
-        let (tgt, tgt_type) = if spec.tgt_type == "nodegroup" {
-            let name = spec.tgt.as_str().unwrap_or_default();
-            let expr =
-                self.cfg.nodegroups.get(name).ok_or_else(|| {
-                    PublishError::BadTarget(format!("unknown nodegroup {name:?}"))
-                })?;
-            (Value::str(expr), "compound".to_owned())
-        } else {
-            (spec.tgt.clone(), spec.tgt_type.clone())
-        };
         let groups = |n: &str| self.cfg.nodegroups.get(n).cloned();
-        let minions = {
-            let grains = lock(&self.grains);
-            expected_minions(&tgt, &tgt_type, ":", &self.accepted(), &grains, &groups)
-                .map_err(|e| PublishError::BadTarget(e.to_string()))?
-        };
-        if !allow(&spec.fun, &minions) {
-            warn!(user, fun = %spec.fun, "publish refused by the caller's ACL");
-            return Err(PublishError::Denied(format!(
-                "{user} may not run {} on these targets",
-                spec.fun
-            )));
+        let bad = |e: TargetError| PublishError::BadTarget(e.to_string());
+        let (mut tgt, mut tgt_type) =
+            expand_nodegroups(&spec.tgt, &spec.tgt_type, &groups).map_err(bad)?;
+        let delimiter = ":";
+        let mut reached = self
+            .with_fleet(|f| reach(&tgt, &tgt_type, delimiter, f))
+            .map_err(bad)?;
+        let (all_syndics, syndics) = self.live_syndics();
+        if let Some(acl) = acl {
+            let within = match acl(&spec.fun) {
+                Allowed::Anywhere => None,
+                Allowed::Within(t) => Some(t),
+            };
+            if let Some(within) = within {
+                let denied = |why: String| {
+                    warn!(user, fun = %spec.fun, reason = %why, "publish refused by the caller's ACL");
+                    PublishError::Denied(format!("{user} may not run {}: {why}", spec.fun))
+                };
+                // ACL targets are compound expressions, nodegroups expanded as in a publish; one
+                // that does not expand covers nobody.
+                let within: Vec<String> = within
+                    .iter()
+                    .filter_map(|t| {
+                        let (e, _) = expand_nodegroups(&Value::str(t), "compound", &groups).ok()?;
+                        e.as_str().map(str::to_owned)
+                    })
+                    .collect();
+                if within.is_empty() {
+                    return Err(denied("no target of the ACL allows it".into()));
+                }
+                let outside = self.with_fleet(|f| outside_acl(&reached.all(), &within, f));
+                if !outside.is_empty() {
+                    let shown: Vec<&str> = outside.iter().take(10).map(String::as_str).collect();
+                    let more = outside.len().saturating_sub(shown.len());
+                    return Err(denied(format!(
+                        "{} {}{} outside the ACL's targets (a minion whose grains are unknown counts as targeted)",
+                        if outside.len() == 1 {
+                            "minion"
+                        } else {
+                            "minions"
+                        },
+                        shown.join(", "),
+                        if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        },
+                    )));
+                }
+                if !all_syndics.is_empty() && !within.iter().any(|t| t.trim() == "*") {
+                    let narrowed = narrow(&tgt, &tgt_type, delimiter, &within)
+                        .ok_or_else(|| {
+                            denied(
+                                "minions below syndics can only be reached with a target brine can combine with the ACL's"
+                                    .into(),
+                            )
+                        })?;
+                    info!(user, fun = %spec.fun, tgt = %narrowed, "target narrowed to the caller's ACL (minions below syndics)");
+                    tgt = Value::str(narrowed);
+                    tgt_type = "compound".into();
+                    reached = self
+                        .with_fleet(|f| reach(&tgt, &tgt_type, delimiter, f))
+                        .map_err(bad)?;
+                }
+            }
         }
         // Below syndics: they are not minions that return; the job waits for their reports.
-        let (all_syndics, syndics) = self.live_syndics();
-        let minions: Vec<String> = minions
+        let minions: Vec<String> = reached
+            .all()
             .into_iter()
             .filter(|m| !all_syndics.contains(m))
             .collect();
@@ -267,7 +380,7 @@ impl MasterCore {
         job.user = Some(user.to_owned());
         job.master_id.clone_from(&self.cfg.master_id);
         let timeout_secs = spec.timeout.unwrap_or(self.cfg.timeout);
-        self.launch(job, spec.tgt, spec.tgt_type, timeout_secs, minions, syndics)
+        self.launch(job, tgt, tgt_type, timeout_secs, minions, syndics)
             .await
     }
 
@@ -280,15 +393,13 @@ impl MasterCore {
     pub async fn relay(&self, mut job: JobLoad) -> Result<Published, PublishError> {
         let tgt_type = job.tgt_type().to_owned();
         let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
-        let groups = |n: &str| self.cfg.nodegroups.get(n).cloned();
-        let minions = {
-            let grains = lock(&self.grains);
-            expected_minions(&job.tgt, &tgt_type, &delim, &self.accepted(), &grains, &groups)
-                .unwrap_or_else(|e| {
-                    warn!(jid = %job.jid, error = %e, "relayed target not evaluable here; minions decide");
-                    Vec::new()
-                })
-        };
+        let minions = self
+            .with_fleet(|f| reach(&job.tgt, &tgt_type, &delim, f))
+            .map(|r| r.all())
+            .unwrap_or_else(|e| {
+                warn!(jid = %job.jid, error = %e, "relayed target not evaluable here; minions decide");
+                Vec::new()
+            });
         let (all_syndics, syndics) = self.live_syndics();
         // Below this syndic are the minions talking to it now: masters that share a pki
         // directory (failover pairs) accept the same keys, but each minion is attached to one.
@@ -542,6 +653,33 @@ impl MasterCore {
         (all, live)
     }
 
+    /// A minion registered its resources (Salt 3008): while it manages some, any target may
+    /// reach it through a resource id.
+    fn on_resources(&self, id: &str, manages: bool) {
+        let changed = {
+            let mut m = lock(&self.resource_managers);
+            if manages {
+                m.insert(id.to_owned())
+            } else {
+                m.remove(id)
+            }
+        };
+        if !changed {
+            return;
+        }
+        let path = resources_dir(&self.cfg.cachedir).join(id);
+        let r = if manages {
+            std::fs::create_dir_all(resources_dir(&self.cfg.cachedir))
+                .and_then(|()| std::fs::write(&path, b""))
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = r {
+            warn!(minion_id = id, error = %e, "cannot record the minion's resources");
+        }
+        info!(minion_id = id, manages, "resource registration");
+    }
+
     /// Syndics known below this master.
     pub fn syndics(&self) -> BTreeSet<String> {
         lock(&self.syndics).clone()
@@ -767,13 +905,8 @@ impl Server {
         let mut jp = JobPublisher::new(publisher, secrets.clone(), key);
         jp.sign = cfg.sign_pub_messages;
         jp.zmq_filtering = cfg.zmq_filtering;
-        let syndics: BTreeSet<String> = std::fs::read_dir(cfg.cachedir.join("syndics"))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|id| brine_proto::auth::valid_minion_id(id))
-            .collect();
+        let syndics = ids_in(&cfg.cachedir.join("syndics"));
+        let resource_managers = ids_in(&resources_dir(&cfg.cachedir));
         let shared = Arc::new(MasterCore {
             tracker: Mutex::new(JobTracker::new(Duration::from_secs(cfg.gather_job_timeout))),
             cfg,
@@ -787,6 +920,7 @@ impl Server {
             jidgen: Mutex::new(JidGenerator::default()),
             present: Mutex::new(BTreeSet::new()),
             syndics: Mutex::new(syndics),
+            resource_managers: Mutex::new(resource_managers),
             return_tap: std::sync::OnceLock::new(),
             syndic_id: std::sync::OnceLock::new(),
             syndic_beats: Mutex::new(HashMap::new()),
@@ -814,6 +948,21 @@ impl Server {
     pub fn core(&self) -> Arc<MasterCore> {
         self.shared.clone()
     }
+}
+
+/// The minion ids named by the files of `dir` (syndics, resource managers).
+fn ids_in(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|id| brine_proto::auth::valid_minion_id(id))
+        .collect()
+}
+
+fn resources_dir(cachedir: &std::path::Path) -> std::path::PathBuf {
+    cachedir.join("brine").join("resources")
 }
 
 /// Salt's AES rotation request: `brine-key`/`salt-key` write `cachedir/.dfn` after deleting or
@@ -890,6 +1039,9 @@ impl Server {
                     }
                     if let Some((id, g)) = h.grains {
                         lock(&shared.grains).insert(id, g);
+                    }
+                    if let Some((id, manages)) = &h.resources {
+                        shared.on_resources(id, *manages);
                     }
                     if let Some(id) = h.minion {
                         lock(&shared.present).insert(id);

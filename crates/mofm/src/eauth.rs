@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use base64::Engine as _;
+pub use brine_master::server::Allowed;
 use brine_proto::target::fnmatch;
 use serde_json::Value as Json;
 
@@ -204,20 +205,29 @@ fn fun_allowed(patterns: &Json, fun: &str) -> bool {
 }
 
 impl Perms {
-    /// May this token run `fun` on `targets` (the minions the publish expects)?
-    pub fn allows_local(&self, fun: &str, targets: &[String]) -> bool {
+    /// Where this token may run `fun`: anywhere (a plain function entry, or root), or on the
+    /// minions matching one of the entries' targets (compound expressions, as in Salt).
+    pub fn targets_for(&self, fun: &str) -> Allowed {
         let Self::Acl(entries) = self else {
-            return true;
+            return Allowed::Anywhere;
         };
-        entries.iter().any(|e| match e {
-            Json::String(p) => !p.starts_with('@') && (p == fun || fnmatch(p, fun)),
-            Json::Object(m) => m.iter().any(|(tgt, funs)| {
-                !tgt.starts_with('@')
-                    && fun_allowed(funs, fun)
-                    && targets.iter().all(|id| fnmatch(tgt, id))
-            }),
-            _ => false,
-        })
+        let mut within = Vec::new();
+        for e in entries {
+            match e {
+                Json::String(p) if !p.starts_with('@') && (p == fun || fnmatch(p, fun)) => {
+                    return Allowed::Anywhere;
+                }
+                Json::Object(m) => {
+                    for (tgt, funs) in m {
+                        if !tgt.starts_with('@') && fun_allowed(funs, fun) {
+                            within.push(tgt.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Allowed::Within(within)
     }
 
     /// May this token run the runner `fun`?
@@ -285,19 +295,14 @@ mod tests {
         assert!(e.authenticate("file", "carol", "x").is_none());
         let alice = e.authenticate("file", "alice", "wonderland").unwrap();
         let bob = e.authenticate("file", "bob", "builder").unwrap();
-        let web = ["web1".to_owned(), "web2".to_owned()];
-        let mixed = ["web1".to_owned(), "db1".to_owned()];
-        assert!(alice.allows_local("test.ping", &web));
-        assert!(
-            !alice.allows_local("test.ping", &mixed),
-            "db1 is outside web*"
-        );
-        assert!(!alice.allows_local("cmd.run", &web));
+        let within = |v: &[&str]| Allowed::Within(v.iter().map(|s| (*s).to_owned()).collect());
+        assert_eq!(alice.targets_for("test.ping"), within(&["web*"]));
+        assert_eq!(alice.targets_for("cmd.run"), within(&[]));
         assert!(alice.allows_runner("jobs.list_jobs"));
-        assert!(bob.allows_local("test.ping", &mixed));
-        assert!(!bob.allows_local("test.echo", &mixed));
+        assert_eq!(bob.targets_for("test.ping"), Allowed::Anywhere);
+        assert_eq!(bob.targets_for("test.echo"), within(&[]));
         assert!(!bob.allows_runner("manage.up"));
-        assert!(Perms::Root.allows_local("cmd.run", &mixed));
+        assert_eq!(Perms::Root.targets_for("cmd.run"), Allowed::Anywhere);
         assert!(Eauth::from_config(&serde_json::json!({"pam": {}})).is_err());
     }
 }

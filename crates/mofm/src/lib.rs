@@ -126,11 +126,13 @@ impl Shared {
         token: &Token,
     ) -> Result<Published, PublishError> {
         let perms = token.perms.clone();
-        self.core
-            .publish(spec, &token.user, &move |fun: &str, minions: &[String]| {
-                perms.allows_local(fun, minions)
-            })
-            .await
+        let acl = move |fun: &str| perms.targets_for(fun);
+        let acl: Option<&(dyn Fn(&str) -> brine_master::server::Allowed + Sync)> = match token.perms
+        {
+            Perms::Root => None,
+            Perms::Acl(_) => Some(&acl),
+        };
+        self.core.publish(spec, &token.user, acl).await
     }
 }
 

@@ -95,7 +95,7 @@ pub(crate) async fn run(
                     ret: String::new(),
                 },
                 &token.user,
-                &|_, _| true,
+                None,
             )
             .await
             .map_err(|e| e.to_string())?;

@@ -1,89 +1,174 @@
-//! Python's `fnmatch.fnmatchcase`: `*`, `?`, `[seq]`, `[!seq]`; no special meaning for `/`.
+//! Python's `fnmatch.fnmatch` on POSIX (`fnmatchcase`): the pattern is translated to a regular
+//! expression exactly as `fnmatch.translate` does (Python 3.9-3.12) and evaluated with the
+//! Python-`re` evaluator, so brackets, ranges, `!`, a lone `[` and the rest behave as on a Salt
+//! minion.
 
-/// Whether `name` matches the shell-style `pattern` (case-sensitive, like `fnmatch` on POSIX).
-pub fn fnmatch(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0usize, 0usize);
-    // Position after the last `*` and the name position it is currently matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi + 1, ni));
-                    pi += 1;
-                    continue;
-                }
-                '?' => {
-                    pi += 1;
-                    ni += 1;
-                    continue;
-                }
-                '[' => {
-                    if let Some((matched, next)) = class(&p, pi, n[ni]) {
-                        if matched {
-                            pi = next;
-                            ni += 1;
-                            continue;
-                        }
-                    } else if n[ni] == '[' {
-                        // An unclosed `[` is a literal.
-                        pi += 1;
-                        ni += 1;
-                        continue;
-                    }
-                }
-                c => {
-                    if c == n[ni] {
-                        pi += 1;
-                        ni += 1;
-                        continue;
-                    }
-                }
-            }
-        }
-        match star {
-            Some((sp, sn)) => {
-                pi = sp;
-                ni = sn + 1;
-                star = Some((sp, sn + 1));
-            }
-            None => return false,
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::pyre::{self, PyRegex};
+
+/// Longest glob evaluated.
+const MAX_GLOB: usize = 1024;
+/// Compiled globs kept per thread.
+const CACHE_SIZE: usize = 256;
+
+thread_local! {
+    static CACHE: RefCell<HashMap<String, Option<PyRegex>>> = RefCell::new(HashMap::new());
 }
 
-/// Match `c` against the class starting at `p[start] == '['`. Returns whether it matched and
-/// the index after the class, or `None` if the class is not closed.
-fn class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = matches!(p.get(i), Some('!'));
-    if negate {
+/// Whether `name` matches the shell-style `pattern` (case-sensitive, like `fnmatch` on POSIX).
+/// A pattern brine cannot evaluate exactly does not match.
+pub fn fnmatch(pattern: &str, name: &str) -> bool {
+    py_fnmatch(name, pattern) == Some(true)
+}
+
+/// `fnmatch.fnmatch(name, pattern)`, or `None` where brine cannot be sure of Python's answer.
+pub(super) fn py_fnmatch(name: &str, pattern: &str) -> Option<bool> {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(re) = c.get(pattern) {
+            return re.as_ref()?.match_start(name);
+        }
+        if c.len() >= CACHE_SIZE {
+            c.clear();
+        }
+        let re = translate(pattern).and_then(|t| pyre::compile(&t).ok());
+        let m = re.as_ref().and_then(|re| re.match_start(name));
+        c.insert(pattern.to_owned(), re);
+        m
+    })
+}
+
+/// `re.escape` of one character.
+fn re_escape(c: char, out: &mut String) {
+    if "()[]{}?*+-|^$\\.&~# \t\n\r\u{b}\u{c}".contains(c) {
+        out.push('\\');
+    }
+    out.push(c);
+}
+
+/// `fnmatch.translate(pat)` (without the look-ahead trick Python uses to keep `*` from
+/// backtracking, which does not change what matches). `None` where Python raises.
+fn translate(pattern: &str) -> Option<String> {
+    if pattern.len() > MAX_GLOB {
+        return None;
+    }
+    let pat: Vec<char> = pattern.chars().collect();
+    let n = pat.len();
+    let mut res = String::from("(?s:");
+    let mut last_star = false;
+    let mut i = 0;
+    while i < n {
+        let c = pat[i];
         i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let ch = *p.get(i)?;
-        if ch == ']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&e| e != ']') {
-            let end = p[i + 2];
-            if ch <= c && c <= end {
-                matched = true;
+        if c == '*' {
+            if !last_star {
+                res.push_str(".*");
             }
-            i += 3;
-        } else {
-            if ch == c {
-                matched = true;
+            last_star = true;
+            continue;
+        }
+        last_star = false;
+        match c {
+            '?' => res.push('.'),
+            '[' => {
+                let mut j = i;
+                if j < n && pat[j] == '!' {
+                    j += 1;
+                }
+                if j < n && pat[j] == ']' {
+                    j += 1;
+                }
+                while j < n && pat[j] != ']' {
+                    j += 1;
+                }
+                if j >= n {
+                    res.push_str("\\[");
+                    continue;
+                }
+                let mut stuff = if pat[i..j].contains(&'-') {
+                    class_chunks(&pat, i, j)?
+                } else {
+                    pat[i..j].iter().collect::<String>().replace('\\', "\\\\")
+                };
+                // Set operations (`&&`, `~~`, `||`) are escaped.
+                stuff = stuff
+                    .replace('&', "\\&")
+                    .replace('~', "\\~")
+                    .replace('|', "\\|");
+                i = j + 1;
+                if stuff.is_empty() {
+                    // An empty range never matches.
+                    res.push_str("[^\\x00-\\U0010ffff]");
+                } else if stuff == "!" {
+                    res.push('.');
+                } else {
+                    res.push('[');
+                    if let Some(rest) = stuff.strip_prefix('!') {
+                        res.push('^');
+                        res.push_str(rest);
+                    } else {
+                        if stuff.starts_with(['^', '[']) {
+                            res.push('\\');
+                        }
+                        res.push_str(&stuff);
+                    }
+                    res.push(']');
+                }
             }
-            i += 1;
+            c => re_escape(c, &mut res),
         }
     }
+    res.push_str(")\\Z");
+    Some(res)
+}
+
+/// The inside of a bracket with hyphens, as `translate` rewrites it: split into chunks at the
+/// hyphens that make ranges, empty ranges removed, other hyphens and backslashes escaped.
+fn class_chunks(pat: &[char], start: usize, j: usize) -> Option<String> {
+    let mut chunks: Vec<Vec<char>> = Vec::new();
+    let mut i = start;
+    let mut k = if pat[start] == '!' {
+        start + 2
+    } else {
+        start + 1
+    };
+    while let Some(found) = (k..j).find(|&x| pat[x] == '-') {
+        chunks.push(pat[i..found].to_vec());
+        i = found + 1;
+        k = found + 3;
+    }
+    let chunk = pat[i..j].to_vec();
+    if chunk.is_empty() {
+        chunks.last_mut()?.push('-');
+    } else {
+        chunks.push(chunk);
+    }
+    for k in (1..chunks.len()).rev() {
+        // Python indexes both ends: an empty chunk here raises IndexError.
+        let (Some(&a), Some(&b)) = (chunks[k - 1].last(), chunks[k].first()) else {
+            return None;
+        };
+        if a > b {
+            let mut merged = chunks[k - 1][..chunks[k - 1].len() - 1].to_vec();
+            merged.extend_from_slice(&chunks[k][1..]);
+            chunks[k - 1] = merged;
+            chunks.remove(k);
+        }
+    }
+    Some(
+        chunks
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .collect::<String>()
+                    .replace('\\', "\\\\")
+                    .replace('-', "\\-")
+            })
+            .collect::<Vec<_>>()
+            .join("-"),
+    )
 }
 
 #[cfg(test)]
@@ -108,6 +193,15 @@ mod tests {
             ("", "", true),
             ("", "x", false),
             ("**a", "bba", true),
+            ("*", "a\nb", true),
+            ("[a--b]", "b", true),
+            ("[a--b]", "-", false),
+            ("[b-a]", "a", false),
+            ("[!b-a]", "z", true),
+            ("[^a]", "^", true),
+            ("[a&&b]", "&", true),
+            ("\\*", "\\x", true),
+            ("[\\]", "\\", true),
         ];
         for (p, n, want) in cases {
             assert_eq!(fnmatch(p, n), want, "{p:?} vs {n:?}");

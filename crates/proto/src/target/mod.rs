@@ -1,24 +1,32 @@
 //! Target matching, as a pure function of the expression and one minion's facts.
 //!
-//! Follows Salt's matchers (`salt/matchers/*.py`): `glob` (Python `fnmatch`, case-sensitive),
-//! `list`, `pcre` (`re.match`: anchored at the start only), `grain` / `grain_pcre` / `pillar` /
-//! `pillar_pcre` (`subdict_match`: nested keys split on the delimiter, deepest first,
-//! case-insensitive glob or regex on the values), `ipcidr`, and `compound`
-//! (`G@ P@ I@ J@ L@ E@ S@ N@` words joined with `and`, `or`, `not` and parentheses; a bare word is
-//! a glob). Nodegroups are expanded by a lookup the caller supplies.
+//! Follows Salt's minion-side matchers (`salt/matchers/*.py`, 3006-3008) step by step: `glob`
+//! (Python `fnmatch`), `list`, `pcre` (`re.match`: anchored at the start only), `grain` /
+//! `grain_pcre` / `pillar` / `pillar_pcre` (`subdict_match`: nested keys split on the delimiter,
+//! deepest first, lower-cased glob or regex on the values), `ipcidr` (Python's `ipaddress`), and
+//! `compound` (`G@ P@ I@ J@ L@ E@ S@ N@` words joined with `and`, `or`, `not` and parentheses; a
+//! bare word is a glob, the results are evaluated as Python would).
 //!
-//! Regular expressions use the `regex` crate: Python features it lacks (backreferences,
-//! look-around) make the expression invalid, which matches nothing, and is reported as an error.
+//! The answer is three-valued ([`Tri`]): a master deciding who a target reaches (for an ACL
+//! check, or which minions a job waits for) must never count fewer minions than will run the
+//! job, so where brine cannot be sure of a minion's answer — its grains or pillar are unknown,
+//! a Unicode-sensitive regex meets non-ASCII text — it says [`Tri::Unknown`], and an expression
+//! brine cannot evaluate at all (a Python regex construct the `regex` crate has no exact
+//! equivalent for, `R@`, `T@`) is an error ([`TargetError::Unsupported`]), never "no match".
+//! Python regular expressions are rebuilt construct by construct ([`pyre`]).
 
 mod compound;
 mod glob;
-
-use std::net::IpAddr;
+mod ipcidr;
+pub mod pyre;
+mod pystr;
+mod subdict;
 
 use crate::value::Value;
 
-pub use compound::parse_word;
+pub use compound::{nodegroup_comp, parse_word};
 pub use glob::fnmatch;
+pub use pystr::{py_isspace as is_space, py_split as split_words};
 
 /// What a matcher needs to know about one minion.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +39,69 @@ pub struct Facts<'a> {
     pub pillar: &'a Value,
 }
 
+/// A minion's answer to a target: it matches, it does not, or brine cannot tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tri {
+    /// The minion does not run the job.
+    No,
+    /// The minion runs the job.
+    Yes,
+    /// brine cannot be sure (unknown grains or pillar, text a translation is not exact for).
+    Unknown,
+}
+
+impl Tri {
+    /// Kleene `or`.
+    #[must_use]
+    pub fn or(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Yes, _) | (_, Self::Yes) => Self::Yes,
+            (Self::No, Self::No) => Self::No,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Kleene `and`.
+    #[must_use]
+    pub fn and(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::No, _) | (_, Self::No) => Self::No,
+            (Self::Yes, Self::Yes) => Self::Yes,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Whether the minion may run the job (yes or unknown).
+    pub fn maybe(self) -> bool {
+        self != Self::No
+    }
+}
+
+impl std::ops::Not for Tri {
+    type Output = Self;
+
+    /// Kleene `not`.
+    fn not(self) -> Self {
+        match self {
+            Self::Yes => Self::No,
+            Self::No => Self::Yes,
+            Self::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<bool> for Tri {
+    fn from(b: bool) -> Self {
+        if b { Self::Yes } else { Self::No }
+    }
+}
+
+impl From<Option<bool>> for Tri {
+    fn from(b: Option<bool>) -> Self {
+        b.map_or(Self::Unknown, Self::from)
+    }
+}
+
 /// Why a target could not be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -38,10 +109,10 @@ pub enum TargetError {
     /// A `tgt_type` Salt does not know (the minion ignores such jobs).
     #[error("unknown tgt_type {0:?}")]
     UnknownType(String),
-    /// A regular expression that does not compile.
-    #[error("invalid regex {0:?}")]
+    /// A regular expression Python's `re` refuses too.
+    #[error("{0}")]
     BadRegex(String),
-    /// A compound expression that does not parse.
+    /// A compound expression every minion evaluates to false (Salt logs it as invalid).
     #[error("invalid compound target: {0}")]
     BadCompound(String),
     /// A nodegroup that is not defined.
@@ -50,6 +121,9 @@ pub enum TargetError {
     /// The target value has the wrong shape for its type (e.g. a map for a glob).
     #[error("target of the wrong shape for {0}")]
     BadShape(&'static str),
+    /// Valid for Salt's minions, but brine cannot evaluate it exactly as they do.
+    #[error("target not evaluable: {0}")]
+    Unsupported(String),
 }
 
 /// Expands a nodegroup name to its compound expression (or `None` if undefined).
@@ -74,11 +148,11 @@ impl<F: Fn(&str) -> Option<String>> Nodegroups for F {
     }
 }
 
-/// Whether `facts` match `tgt` of type `tgt_type` (`glob`, `pcre`, `list`, `grain`,
-/// `grain_pcre`, `pillar`, `pillar_pcre`, `ipcidr`, `compound`, `nodegroup`).
+/// Whether `facts` match `tgt` of type `tgt_type`: [`evaluate`] answered [`Tri::Yes`] (what a
+/// minion decides for itself; an unsure answer does not run the job).
 ///
 /// # Errors
-/// [`TargetError`] for unknown types and malformed expressions.
+/// [`TargetError`] for unknown types and malformed or unsupported expressions.
 pub fn matches(
     tgt: &Value,
     tgt_type: &str,
@@ -86,220 +160,107 @@ pub fn matches(
     facts: &Facts<'_>,
     groups: &dyn Nodegroups,
 ) -> Result<bool, TargetError> {
+    Ok(evaluate(tgt, tgt_type, delimiter, facts, groups)? == Tri::Yes)
+}
+
+/// What a Salt minion with `facts` decides for `tgt` of type `tgt_type` (`glob`, `pcre`, `list`,
+/// `grain`, `grain_pcre`, `pillar`, `pillar_pcre`, `ipcidr`, `compound`, `nodegroup`).
+/// `delimiter` is the job's (`grain`, `grain_pcre` and `pillar` use it, as the minion does);
+/// `groups` expands `N@` words and `nodegroup` targets.
+///
+/// # Errors
+/// [`TargetError`] for unknown types, malformed expressions (false on every minion) and
+/// expressions brine cannot evaluate exactly.
+pub fn evaluate(
+    tgt: &Value,
+    tgt_type: &str,
+    delimiter: &str,
+    facts: &Facts<'_>,
+    groups: &dyn Nodegroups,
+) -> Result<Tri, TargetError> {
     let text = || tgt.as_str().ok_or(TargetError::BadShape("a string target"));
+    let data = |d: &Value, mode, delim: &str| -> Result<Tri, TargetError> {
+        let t = text()?;
+        if delim.is_empty() {
+            return Err(TargetError::BadShape("a non-empty delimiter"));
+        }
+        if !t.contains(delim) {
+            return Ok(Tri::No);
+        }
+        if d.is_nil() {
+            return Ok(Tri::Unknown);
+        }
+        subdict::subdict_match(d, t, delim, mode)
+    };
+    use subdict::Mode::{Glob, Regex};
     match tgt_type {
-        "glob" => Ok(fnmatch(text()?, facts.id)),
-        "pcre" => regex_match(text()?, facts.id, false),
-        "list" => Ok(match tgt {
-            Value::Array(items) => items.iter().any(|i| i.is_str(facts.id)),
-            _ => text()?.split(',').any(|s| s.trim() == facts.id),
+        "glob" => Ok(Tri::from(glob::py_fnmatch(facts.id, text()?))),
+        "pcre" => pcre(text()?, facts.id),
+        "list" => match tgt {
+            Value::Array(items) => Ok(Tri::from(items.iter().any(|i| i.is_str(facts.id)))),
+            Value::Map(_) => match pystr::py_dict(tgt) {
+                Some(d) => Ok(Tri::from(d.iter().any(|(k, _)| *k == facts.id))),
+                None => Ok(Tri::Unknown),
+            },
+            _ => Ok(Tri::from(list_match(text()?, facts.id))),
+        },
+        "grain" => data(facts.grains, Glob, delimiter),
+        "grain_pcre" => data(facts.grains, Regex, delimiter),
+        "pillar" => data(facts.pillar, Glob, delimiter),
+        // The minion passes no delimiter for pillar_pcre: always `:`.
+        "pillar_pcre" => data(facts.pillar, Regex, ":"),
+        "ipcidr" => Ok(match ipcidr::ipcidr(text()?, facts.grains) {
+            ipcidr::Outcome::Is(b) => Tri::from(b),
+            // The minion's match raises: it does not run the job.
+            ipcidr::Outcome::Raises => Tri::No,
+            ipcidr::Outcome::Unknown => Tri::Unknown,
         }),
-        "grain" => Ok(subdict_match(facts.grains, text()?, delimiter, false)),
-        "grain_pcre" => Ok(subdict_match(facts.grains, text()?, delimiter, true)),
-        "pillar" => Ok(subdict_match(facts.pillar, text()?, delimiter, false)),
-        "pillar_pcre" => Ok(subdict_match(facts.pillar, text()?, delimiter, true)),
-        "ipcidr" => Ok(ipcidr_match(text()?, facts.grains)),
-        "compound" => compound::eval(tgt, delimiter, facts, groups),
+        "compound" => compound::eval(tgt, facts, groups),
         "nodegroup" => {
             let name = text()?;
             let expr = groups
                 .expand(name)
                 .ok_or_else(|| TargetError::UnknownNodegroup(name.into()))?;
-            compound::eval(&Value::str(expr), delimiter, facts, groups)
+            compound::eval(&Value::str(expr), facts, groups)
         }
         other => Err(TargetError::UnknownType(other.into())),
     }
 }
 
-/// Compiled expressions kept per thread: a master matches one expression against thousands of
-/// minions, and compiling it each time would cost more than the matching.
+/// Salt's `list_match` on a string target: `,id,` inside, `id,` first, `,id` last, or the whole.
+fn list_match(tgt: &str, id: &str) -> bool {
+    tgt.contains(&format!(",{id},"))
+        || tgt.starts_with(&format!("{id},"))
+        || tgt.ends_with(&format!(",{id}"))
+        || tgt == id
+}
+
+/// Compiled Python expressions kept per thread: a master matches one expression against
+/// thousands of minions.
 const REGEX_CACHE_SIZE: usize = 256;
 
 thread_local! {
-    static REGEX_CACHE: std::cell::RefCell<std::collections::HashMap<String, Option<regex::Regex>>> =
+    static REGEX_CACHE: std::cell::RefCell<std::collections::HashMap<String, Result<pyre::PyRegex, pyre::PyReError>>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// `re.match(pattern, text)`: anchored at the start, not the end.
-fn regex_match(pattern: &str, text: &str, case_insensitive: bool) -> Result<bool, TargetError> {
-    let key = if case_insensitive {
-        format!("(?i){pattern}")
-    } else {
-        pattern.to_owned()
-    };
-    let hit = REGEX_CACHE.with(|c| {
+/// `bool(re.match(pattern, id))`, Python's way; a pattern Python refuses or brine cannot
+/// evaluate is an error.
+fn pcre(pattern: &str, text: &str) -> Result<Tri, TargetError> {
+    REGEX_CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if let Some(re) = c.get(&key) {
-            return re.as_ref().map(|re| re.is_match(text));
-        }
-        if c.len() >= REGEX_CACHE_SIZE {
-            c.clear();
-        }
-        let re = regex::RegexBuilder::new(&format!("^(?:{pattern})"))
-            .case_insensitive(case_insensitive)
-            .size_limit(1 << 20)
-            .build()
-            .ok();
-        let m = re.as_ref().map(|re| re.is_match(text));
-        c.insert(key, re);
-        m
-    });
-    hit.ok_or_else(|| TargetError::BadRegex(pattern.into()))
-}
-
-/// Python `str()` of a grain value, as `subdict_match._match` compares it.
-fn py_str(v: &Value) -> String {
-    match v {
-        Value::Nil => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Int(i) => i.to_string(),
-        Value::Uint(u) => u.to_string(),
-        Value::F32(f) => format!("{f:?}"),
-        Value::F64(f) => format!("{f:?}"),
-        Value::Str(b) | Value::Bin(b) => String::from_utf8_lossy(b).into_owned(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn value_match(target: &Value, pattern: &str, regex: bool) -> bool {
-    let t = py_str(target).to_lowercase();
-    let p = pattern.to_lowercase();
-    if regex {
-        regex_match(&p, &t, false).unwrap_or(false)
-    } else {
-        fnmatch(&p, &t)
-    }
-}
-
-/// `traverse_dict_and_list`: follow `key` split on `delimiter` through maps and lists.
-fn traverse<'v>(data: &'v Value, key: &str, delimiter: &str) -> Option<&'v Value> {
-    let mut ptr = data;
-    for part in key.split(delimiter) {
-        ptr = match ptr {
-            Value::Map(_) => ptr.get(part)?,
-            Value::Array(items) => {
-                if let Some(v) = part.parse::<usize>().ok().and_then(|i| items.get(i)) {
-                    v
-                } else {
-                    items
-                        .iter()
-                        .filter(|x| matches!(x, Value::Map(_)))
-                        .find_map(|m| m.get(part))?
-                }
+        if !c.contains_key(pattern) {
+            if c.len() >= REGEX_CACHE_SIZE {
+                c.clear();
             }
-            _ => return None,
-        };
-    }
-    Some(ptr)
-}
-
-fn dict_match(target: &Value, pattern: &str, regex: bool) -> bool {
-    let Some(entries) = target.as_map() else {
-        return false;
-    };
-    let (wildcard, pattern) = match pattern.strip_prefix("*:") {
-        Some(p) => (true, p),
-        None => (false, pattern),
-    };
-    if pattern == "*"
-        || target.get(pattern).is_some()
-        || entries.iter().any(|(k, _)| value_match(k, pattern, regex))
-        || subdict_match(target, pattern, ":", regex)
-    {
-        return true;
-    }
-    if wildcard {
-        for (_, v) in entries {
-            let hit = match v {
-                Value::Map(_) => dict_match(v, pattern, regex),
-                Value::Array(items) => items.iter().any(|i| value_match(i, pattern, regex)),
-                _ => value_match(v, pattern, regex),
-            };
-            if hit {
-                return true;
-            }
+            c.insert(pattern.to_owned(), pyre::compile(pattern));
         }
-    }
-    false
-}
-
-/// Salt's `subdict_match`: `foo:bar:baz` matches `data.foo == "bar:baz"` and
-/// `data.foo.bar == "baz"`, deeper keys tried first.
-pub fn subdict_match(data: &Value, expr: &str, delimiter: &str, regex: bool) -> bool {
-    let splits: Vec<&str> = expr.split(delimiter).collect();
-    if splits.len() == 1 {
-        return false;
-    }
-    for idx in (1..splits.len()).rev() {
-        let key = splits[..idx].join(delimiter);
-        let (matchstr, found) = if key == "*" {
-            (expr.to_owned(), Some(data))
-        } else {
-            (
-                splits[idx..].join(delimiter),
-                traverse(data, &key, delimiter),
-            )
-        };
-        let Some(found) = found else { continue };
-        match found {
-            Value::Map(m) if m.is_empty() => continue,
-            Value::Map(_) => {
-                if dict_match(found, &matchstr, regex) {
-                    return true;
-                }
-            }
-            Value::Array(items) => {
-                if items.iter().any(|i| match i {
-                    Value::Map(_) => dict_match(i, &matchstr, regex),
-                    _ => value_match(i, &matchstr, regex),
-                }) {
-                    return true;
-                }
-            }
-            other => {
-                if value_match(other, &matchstr, regex) {
-                    return true;
-                }
-            }
+        match &c[pattern] {
+            Ok(re) => Ok(Tri::from(re.match_start(text))),
+            Err(e @ pyre::PyReError::Invalid { .. }) => Err(TargetError::BadRegex(e.to_string())),
+            Err(e) => Err(TargetError::Unsupported(e.to_string())),
         }
-    }
-    false
-}
-
-/// `ipcidr`: `tgt` is an address or a network; matched against the `ipv4`/`ipv6` grains.
-fn ipcidr_match(tgt: &str, grains: &Value) -> bool {
-    let (addr, prefix) = match tgt.split_once('/') {
-        Some((a, p)) => (a, p.parse::<u32>().ok()),
-        None => (tgt, None),
-    };
-    let Ok(net) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let key = if net.is_ipv4() { "ipv4" } else { "ipv6" };
-    let Some(addrs) = grains.get(key).and_then(Value::as_array) else {
-        return false;
-    };
-    addrs
-        .iter()
-        .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok())
-        .any(|ip| in_network(ip, net, prefix))
-}
-
-fn in_network(ip: IpAddr, net: IpAddr, prefix: Option<u32>) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let p = prefix.unwrap_or(32).min(32);
-            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let p = prefix.unwrap_or(128).min(128);
-            let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
+    })
 }
 
 #[cfg(test)]

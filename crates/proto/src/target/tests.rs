@@ -136,9 +136,11 @@ fn bad_expressions_are_errors() {
         ("( and x )", "compound"),
         ("( x", "compound"),
         ("x )", "compound"),
-        ("Z@foo", "compound"),
         ("N@nope", "compound"),
         ("N@loop", "compound"),
+        ("R@%cluster", "compound"),
+        ("T@dummy", "compound"),
+        ("web(?=1)", "pcre"),
         ("(unclosed", "pcre"),
         ("x", "bogus"),
     ] {
