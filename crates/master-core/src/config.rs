@@ -38,6 +38,24 @@ pub struct MasterConfig {
     pub api_host: String,
     /// The HTTP API port.
     pub api_port: u16,
+    /// `rest_cherrypy: {max_request_body_size}` (Salt's, default 1 MiB): larger bodies get 413.
+    pub api_max_body: usize,
+    /// `rest_cherrypy: {max_connections}` (brine's): open API connections at most; more are
+    /// closed at once, so slow or idle clients cannot take the descriptors minions need.
+    pub api_max_connections: usize,
+    /// `rest_cherrypy: {socket_timeout}` (brine's, seconds, default 10 as cheroot's): the
+    /// longest a client may take to send a request's headers (or to start the next one on a
+    /// kept-alive connection) and its body.
+    pub api_socket_timeout: u64,
+    /// `zmq_max_message_size` (brine's, bytes, default 64 MiB): the largest request a peer may
+    /// send on the ret port; a peer announcing more is disconnected before anything is
+    /// allocated. 0: no limit, as in Salt.
+    pub zmq_max_message_size: u64,
+    /// `request_server_ttl` (Salt's, seconds, default 0 = off): encrypted requests whose `ts`
+    /// is older are refused, and one already seen within the window is refused as a replay.
+    pub request_server_ttl: u64,
+    /// `permissive_pki_access`: a group-writable autosign/autoreject file is honoured.
+    pub permissive_pki_access: bool,
     /// `external_auth` as configured (the `file` backend is supported).
     pub external_auth: serde_json::Value,
     /// `token_expire` seconds.
@@ -129,6 +147,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "syndic_mode",
     "syndic_event_forward_timeout",
     "zmq_backlog",
+    "zmq_max_message_size",
+    "request_server_ttl",
+    "permissive_pki_access",
 ];
 
 impl MasterConfig {
@@ -188,6 +209,12 @@ impl MasterConfig {
                     .and_then(|p| u16::try_from(p).ok())
                     .ok_or_else(|| invalid("rest_cherrypy", format!("bad port {v}")))?,
             },
+            api_max_body: api_int(o, "max_request_body_size", 1_048_576, 1..=1 << 30)?,
+            api_max_connections: api_int(o, "max_connections", 1000, 1..=1_000_000)?,
+            api_socket_timeout: api_int(o, "socket_timeout", 10, 1..=86_400)? as u64,
+            zmq_max_message_size: o.int("zmq_max_message_size", 64 << 20, 0..=i64::MAX)? as u64,
+            request_server_ttl: o.int("request_server_ttl", 0, 0..=i64::from(u32::MAX))? as u64,
+            permissive_pki_access: o.bool("permissive_pki_access", false)?,
             external_auth: o
                 .get("external_auth")
                 .cloned()
@@ -272,6 +299,28 @@ fn api<'a>(o: &'a Options, field: &str) -> Result<Option<&'a serde_json::Value>,
             "rest_cherrypy",
             format!("expected a mapping, found {other}"),
         )),
+    }
+}
+
+fn api_int(
+    o: &Options,
+    field: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ConfigError> {
+    match api(o, field)? {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "rest_cherrypy",
+                    format!("{field}: expected a number in {range:?}, found {v}"),
+                )
+            }),
     }
 }
 

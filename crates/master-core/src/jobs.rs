@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 /// Salt's `gather_job_timeout` default.
 pub const DEFAULT_GATHER_JOB_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `now + d`, where a `d` too large for the clock means "a year from now": durations come from
+/// the network (API callers, upper masters) and must never panic the tracker.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// Why an expected minion will not return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missing {
@@ -113,8 +121,8 @@ impl JobTracker {
                 returned: BTreeSet::new(),
                 missing,
                 asked: HashMap::new(),
-                first_ask: now + timeout,
-                deadline: deadline.map(|d| now + d),
+                first_ask: later(now, timeout),
+                deadline: deadline.map(|d| later(now, d)),
                 waiting_syndics: BTreeSet::new(),
                 hold_until: None,
             },
@@ -133,7 +141,7 @@ impl JobTracker {
         if let Some(job) = self.jobs.get_mut(jid) {
             job.waiting_syndics.extend(syndics);
             if !job.waiting_syndics.is_empty() {
-                job.hold_until = Some(now + syndic_wait);
+                job.hold_until = Some(later(now, syndic_wait));
             }
         }
     }

@@ -78,6 +78,28 @@ impl KeyStore {
     /// # Errors
     /// [`KeyError::Io`].
     pub fn open(dir: &Path) -> Result<Self, KeyError> {
+        {
+            // The pki directory holds the master's private key: owner-only, as Salt keeps it
+            // (created 0700; an existing one that is not 0700 or 0750 is set to 0700).
+            use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io(dir))?;
+            }
+            let mode = std::fs::metadata(dir)
+                .map_err(io(dir))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode != 0o700 && mode != 0o750 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io(dir))?;
+                tracing::info!(path = %dir.display(), old_mode = format!("{mode:o}"), "pki directory set to mode 700");
+            }
+        }
         for d in [
             KeyDir::Accepted,
             KeyDir::Pending,
@@ -155,6 +177,11 @@ impl KeyStore {
         Ok(self
             .read(KeyDir::Accepted, id)?
             .and_then(|pem| PublicKey::from_pem(clean_key(&pem).as_bytes()).ok()))
+    }
+
+    /// Whether `id` has an accepted key (a file check, no parsing).
+    pub fn is_accepted(&self, id: &str) -> bool {
+        self.path(KeyDir::Accepted, id).is_ok_and(|p| p.is_file())
     }
 
     /// Carry out what `decide_auth` asked for.

@@ -14,7 +14,7 @@ use brine_proto::auth::{
     seal_reply,
 };
 use brine_proto::codec;
-use brine_proto::crypt::{EncAlgo, Entropy, SigAlgo};
+use brine_proto::crypt::{Crypticle, EncAlgo, Entropy, SigAlgo};
 use brine_proto::envelope::{Request, replies};
 use brine_proto::loads::{AuthRequest, MinionEvent, ReturnLoad, SyndicReturn};
 use tracing::{debug, info, warn};
@@ -42,13 +42,39 @@ pub struct Policy {
     pub autosign_file: Option<std::path::PathBuf>,
     /// `autoreject_file`: ids (globs or regexes) whose keys are rejected.
     pub autoreject_file: Option<std::path::PathBuf>,
+    /// `order_masters`: syndics below may send `_syndic_return` (refused otherwise).
+    pub order_masters: bool,
+    /// `permissive_pki_access`: a group-writable autosign/autoreject file is honoured.
+    pub permissive_pki_access: bool,
+    /// `request_server_ttl` seconds (0: off): older or replayed encrypted requests are refused.
+    pub request_server_ttl: u64,
 }
 
-/// Whether `id` matches a line of Salt's autosign/autoreject file: a glob, or a regex matched
-/// from the start; blank lines and `#` comments are skipped. The file is re-read on every
+/// Whether `id` matches a line of Salt's autosign/autoreject file, as Salt's `expr_match`
+/// decides: the line itself, a glob (Python `fnmatch`), or a Python regex matched as
+/// `\A<line>\Z`; blank lines and `#` comments are skipped. The file is re-read on every
 /// authentication, as Salt does, so edits apply without a restart.
-pub fn listed_in(file: Option<&std::path::Path>, id: &str) -> bool {
-    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+///
+/// A file others may write to is ignored (logged), as Salt does; one its group may write to
+/// only with `permissive_pki_access`.
+pub fn listed_in(file: Option<&std::path::Path>, id: &str, permissive: bool) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(file) = file else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata(file) else {
+        return false;
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 || (mode & 0o020 != 0 && !permissive) {
+        warn!(
+            path = %file.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "wrong permissions for the autosign/autoreject file (writable by others, or by its group without permissive_pki_access): ignoring its content"
+        );
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(file) else {
         return false;
     };
     text.lines()
@@ -57,7 +83,8 @@ pub fn listed_in(file: Option<&std::path::Path>, id: &str) -> bool {
         .any(|l| {
             l == id
                 || brine_proto::target::fnmatch(l, id)
-                || regex::Regex::new(&format!("^(?:{l})$")).is_ok_and(|r| r.is_match(id))
+                || brine_proto::target::pyre::compile(&format!("\\A{l}\\Z"))
+                    .is_ok_and(|r| r.match_start(id) == Some(true))
         })
 }
 
@@ -87,6 +114,8 @@ pub struct SyndicReport {
     pub minions: Option<Vec<String>>,
     /// The job load as the syndic has it (without `Minions`), if sent.
     pub load: Value,
+    /// The returns it carries (for minions below the syndic), not yet checked.
+    pub returns: Vec<ReturnLoad>,
 }
 
 /// The reply to one request and what it caused.
@@ -208,18 +237,28 @@ impl RequestHandler {
         let policy = AuthPolicy {
             open_mode: self.policy.danger_open_mode,
             auto_sign: self.policy.danger_auto_accept
-                || listed_in(self.policy.autosign_file.as_deref(), &req.id),
-            auto_reject: listed_in(self.policy.autoreject_file.as_deref(), &req.id),
+                || listed_in(
+                    self.policy.autosign_file.as_deref(),
+                    &req.id,
+                    self.policy.permissive_pki_access,
+                ),
+            auto_reject: listed_in(
+                self.policy.autoreject_file.as_deref(),
+                &req.id,
+                self.policy.permissive_pki_access,
+            ),
             ..AuthPolicy::default()
         };
-        let (aes, session) = {
-            let mut s = self
-                .secrets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let session = s.session(&req.id, self.rng.as_mut());
-            (s.aes().clone(), session)
+        // The session key: the minion's existing one, or a fresh one kept only if this
+        // request is accepted. An unauthenticated request must not create state per id (a
+        // flood of made-up ids) nor touch an accepted minion's session.
+        let (aes, session, had_session) = {
+            let s = self.secrets();
+            let existing = s.existing_session(&req.id).cloned();
+            let had = existing.is_some();
+            (s.aes().clone(), existing, had)
         };
+        let session = session.unwrap_or_else(|| Crypticle::generate(self.rng.as_mut()));
         let decision = match decide_auth(
             &req,
             &state,
@@ -248,10 +287,39 @@ impl RequestHandler {
             }
             info!(minion_id = %req.id, act = decision.verdict.act(), "authentication");
         }
+        let mut decision = decision;
+        if decision.verdict == Verdict::Accept && !had_session {
+            // Keep the new session, unless a concurrent accept of the same id kept its own
+            // first: then this reply must carry that one.
+            let kept = self.secrets().adopt_session(&req.id, session.clone());
+            if kept != session {
+                match decide_auth(
+                    &req,
+                    &state,
+                    policy,
+                    &self.identity,
+                    &aes,
+                    &kept,
+                    self.rng.as_mut(),
+                ) {
+                    Ok(d) => decision = d,
+                    Err(e) => {
+                        warn!(peer, minion_id = %req.id, error = %e, "refused _auth");
+                        return Handled {
+                            reply: bad_load(),
+                            ..Handled::default()
+                        };
+                    }
+                }
+            }
+        }
         let reply = codec::encode_wire(&decision.reply);
         if decision.verdict == Verdict::Accept {
             self.secrets().remember_auth_reply(digest, &req.id, &reply);
-        } else {
+        } else if !matches!(state, KeyState::Accepted(_)) {
+            // No accepted key for this id (any more): its session is of no use. An accepted
+            // minion's session is never dropped by someone else's request (a wrong key, a
+            // bogus algorithm): the request proves nothing about who sent it.
             self.secrets().drop_session(&req.id);
         }
         Handled {
@@ -288,6 +356,23 @@ impl RequestHandler {
             Err(e) => return refuse(&e.to_string()),
         };
         let nonce = opened.sealed.nonce.clone();
+        if self.policy.request_server_ttl > 0 {
+            let ttl = self.policy.request_server_ttl;
+            let now = crate::server::unix_secs();
+            match opened.sealed.ts {
+                None => return refuse("no ts in the request (request_server_ttl is on)"),
+                Some(ts)
+                    if i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(ts)
+                        > i64::try_from(ttl).unwrap_or(i64::MAX) =>
+                {
+                    return refuse("request older than request_server_ttl");
+                }
+                Some(_) => {}
+            }
+            if !self.secrets().first_use(&id, &nonce, now, ttl) {
+                return refuse("replayed request (its nonce was seen within request_server_ttl)");
+            }
+        }
         let mut out = Handled {
             minion: Some(id.clone()),
             ..Handled::default()
@@ -320,10 +405,39 @@ impl RequestHandler {
             "_minion_event" => {
                 match MinionEvent::from_value(&opened.load) {
                     Ok(ev) => {
+                        // A pretag (a syndic forwarding its minions' events) can only be the
+                        // sender's own `syndic/<id>`.
+                        let own = format!("syndic/{id}");
+                        let pretag = match &ev.pretag {
+                            Some(p) if ev.batch && *p == own && self.policy.order_masters => {
+                                Some(p.as_str())
+                            }
+                            Some(p) if ev.batch => {
+                                warn!(minion_id = %id, pretag = ?p, "minion events refused: a pretag other than syndic/<sender id>, or order_masters is off");
+                                None
+                            }
+                            _ => None,
+                        };
+                        let refused_pretag = ev.batch && ev.pretag.is_some() && pretag.is_none();
                         for (tag, data) in ev.events {
-                            let tag = match &ev.pretag {
-                                Some(p) if ev.batch => format!("{p}/{tag}"),
-                                _ => tag,
+                            if refused_pretag {
+                                break;
+                            }
+                            let tag = match pretag {
+                                Some(p) => {
+                                    if tag.is_empty() || tag.chars().any(char::is_control) {
+                                        warn!(minion_id = %id, tag = ?tag, "forwarded event refused: empty tag or control character");
+                                        continue;
+                                    }
+                                    format!("{p}/{tag}")
+                                }
+                                None => {
+                                    if let Some(why) = crate::events::refuse_minion_tag(&tag, &id) {
+                                        warn!(minion_id = %id, tag = ?tag, reason = why, "minion event refused");
+                                        continue;
+                                    }
+                                    tag
+                                }
                             };
                             out.events.push(MasterEvent { tag, data });
                         }
@@ -353,10 +467,13 @@ impl RequestHandler {
                 Value::Nil
             }
             "_syndic_return" => {
+                if !self.policy.order_masters {
+                    return refuse("_syndic_return while order_masters is off (no syndics here)");
+                }
                 match SyndicReturn::from_value(&opened.load) {
                     Ok(sr) => {
                         let mut reported = Vec::new();
-                        for e in &sr.entries {
+                        for e in sr.entries {
                             if brine_proto::jid::Jid::parse(&e.jid).is_none() {
                                 warn!(syndic = %id, jid = %e.jid, "syndic return with a bad jid ignored");
                                 continue;
@@ -370,28 +487,25 @@ impl RequestHandler {
                                     .map(str::to_owned)
                                     .collect()
                             });
-                            let mut load = e.load.clone();
+                            let one = SyndicReturn {
+                                entries: vec![e.clone()],
+                            };
+                            let mut returns = Vec::new();
+                            for r in one.to_returns() {
+                                if !brine_proto::auth::valid_minion_id(&r.id) {
+                                    warn!(syndic = %id, minion_id = ?r.id, "syndic return with a bad minion id ignored");
+                                    continue;
+                                }
+                                returns.push(r);
+                            }
+                            let mut load = e.load;
                             load.remove("Minions");
                             reported.push(SyndicReport {
-                                jid: e.jid.clone(),
+                                jid: e.jid,
                                 minions,
                                 load,
+                                returns,
                             });
-                        }
-                        for r in sr.to_returns() {
-                            if !brine_proto::auth::valid_minion_id(&r.id)
-                                || brine_proto::jid::Jid::parse(&r.jid).is_none()
-                            {
-                                warn!(syndic = %id, minion_id = ?r.id, "syndic return with a bad id or jid ignored");
-                                continue;
-                            }
-                            let mut data = r.to_value();
-                            data.remove("cmd");
-                            out.events.push(MasterEvent {
-                                tag: format!("salt/job/{}/ret/{}", r.jid, r.id),
-                                data,
-                            });
-                            out.returns.push(r);
                         }
                         out.syndic = Some((id.clone(), reported));
                     }

@@ -64,6 +64,15 @@ pub struct Secrets {
     serials: SerialCounter,
     sessions: HashMap<String, Crypticle>,
     auth_replies: AuthReplies,
+    nonces: SeenNonces,
+}
+
+/// Request nonces seen within `request_server_ttl` (a digest of id and nonce each), so that a
+/// captured request cannot be played again while its timestamp still passes.
+#[derive(Debug, Default)]
+struct SeenNonces {
+    set: std::collections::HashSet<[u8; 16]>,
+    order: std::collections::VecDeque<(u64, [u8; 16])>,
 }
 
 /// How long an accepted `_auth` reply is kept for a resend of the same request: Salt's minion
@@ -109,7 +118,29 @@ impl Secrets {
             serials: SerialCounter::default(),
             sessions: HashMap::new(),
             auth_replies: AuthReplies::default(),
+            nonces: SeenNonces::default(),
         }
+    }
+
+    /// Whether `id`'s request `nonce` is seen for the first time within `ttl` seconds of `now`
+    /// (it is remembered until then).
+    pub fn first_use(&mut self, id: &str, nonce: &str, now: u64, ttl: u64) -> bool {
+        let n = &mut self.nonces;
+        while let Some((t, d)) = n.order.front() {
+            if now.saturating_sub(*t) <= ttl {
+                break;
+            }
+            n.set.remove(d);
+            n.order.pop_front();
+        }
+        let digest = brine_proto::crypt::sha256(format!("{id}\0{nonce}").as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        if !n.set.insert(key) {
+            return false;
+        }
+        n.order.push_back((now, key));
+        true
     }
 
     /// The reply given to the `_auth` request with this frame digest, if it was accepted less
@@ -150,6 +181,14 @@ impl Secrets {
         self.sessions
             .entry(id.to_owned())
             .or_insert_with(|| Crypticle::generate(rng))
+            .clone()
+    }
+
+    /// Keep `session` as `id`'s session key unless it has one already; the one kept.
+    pub fn adopt_session(&mut self, id: &str, session: Crypticle) -> Crypticle {
+        self.sessions
+            .entry(id.to_owned())
+            .or_insert(session)
             .clone()
     }
 

@@ -48,6 +48,9 @@ const SYNDIC_HEARTBEAT_STALE: Duration = Duration::from_secs(7);
 /// (see [`MasterCore::running`]).
 const TIMED_OUT_GRACE: Duration = Duration::from_secs(60);
 
+/// The longest a job's timeout (`-t`, an upper master's `to`) is taken as.
+pub const MAX_JOB_TIMEOUT: u64 = 30 * 86_400;
+
 /// How long a finished job stays in memory (the cache has it afterwards).
 const KEEP_FINISHED: Duration = Duration::from_secs(120);
 
@@ -279,6 +282,32 @@ impl MasterCore {
         })
     }
 
+    /// The accepted minions `allowed` covers for sure (`None`: every minion).
+    pub fn minions_within(&self, allowed: &Allowed) -> Option<BTreeSet<String>> {
+        let Allowed::Within(within) = allowed else {
+            return None;
+        };
+        let groups = |n: &str| self.cfg.nodegroups.get(n).cloned();
+        let within: Vec<String> = within
+            .iter()
+            .filter_map(|t| {
+                let (e, _) = expand_nodegroups(&Value::str(t), "compound", &groups).ok()?;
+                e.as_str().map(str::to_owned)
+            })
+            .collect();
+        let accepted = self.accepted();
+        let outside: BTreeSet<String> = self
+            .with_fleet(|f| outside_acl(&accepted, &within, f))
+            .into_iter()
+            .collect();
+        Some(
+            accepted
+                .into_iter()
+                .filter(|id| !outside.contains(id))
+                .collect(),
+        )
+    }
+
     /// Publish a job as `user`. With an `acl` (every caller but root), `acl(fun)` says where the
     /// caller may run the function: every minion that may run the job must match one of those
     /// targets for sure (a minion brine cannot tell about counts as running it), or nothing is
@@ -428,6 +457,9 @@ impl MasterCore {
         minions: Vec<String>,
         syndics: Vec<String>,
     ) -> Result<Published, PublishError> {
+        // A timeout from the network (an API caller's, an upper master's `to`) can be any
+        // number: past a month it means "forever" and must not overflow a deadline.
+        let timeout_secs = timeout_secs.min(MAX_JOB_TIMEOUT);
         let jid = job.jid.clone();
         let fun = job.fun_name().unwrap_or_default().to_owned();
         let user = job.user.clone().unwrap_or_default();
@@ -685,7 +717,21 @@ impl MasterCore {
         lock(&self.syndics).clone()
     }
 
-    fn on_syndic(&self, syndic: &str, reported: &[crate::requests::SyndicReport]) {
+    /// Take a syndic's `_syndic_return`: register the syndic, take its reports, and return
+    /// the returns it carries that pass the checks (each refusal is logged):
+    /// - the job was published or relayed by this master;
+    /// - the minion is not one of this master's own (an accepted key that is not a syndic);
+    /// - the job's target can reach the minion (evaluated on its id; grains below a syndic are
+    ///   unknown here, so only what the id rules out is ruled out);
+    /// - when the entry names the minions below the syndic (a Salt syndic sends its job
+    ///   load's `Minions`), the minion is among them.
+    ///
+    /// The first return per job and minion stands ([`MasterCore::on_return`]).
+    fn on_syndic(
+        &self,
+        syndic: &str,
+        reported: &[crate::requests::SyndicReport],
+    ) -> Vec<ReturnLoad> {
         {
             // An empty `_syndic_return` is a brine syndic's heartbeat; anything else it sends
             // proves it alive too (its heartbeat may queue behind a large batch).
@@ -702,23 +748,70 @@ impl MasterCore {
             }
             info!(syndic, "syndic registered");
         }
-        let mut tr = lock(&self.tracker);
-        let mut jobs = lock(&self.jobs);
+        let mut accepted = Vec::new();
+        let syndics = lock(&self.syndics).clone();
         for rep in reported {
             let jid = &rep.jid;
-            // Returns for a job this master did not publish (its master died and the syndic
-            // sent them here): keep the syndic's job load so lookups show what ran.
-            if !jobs.contains_key(jid) && rep.load.as_map().is_some_and(|m| !m.is_empty()) {
-                let mut cache = lock(&self.cache);
-                if cache.job(jid).is_none()
-                    && let Err(e) = cache.save_job(jid, &to_json(&rep.load))
-                {
-                    warn!(jid = %jid, error = %e, "job cache write failed");
+            let target = {
+                let jobs = lock(&self.jobs);
+                match jobs.get(jid) {
+                    Some(j) => Some(j.load.clone()),
+                    None => {
+                        let fj = lock(&self.find_jobs).contains_key(jid);
+                        if fj {
+                            Some(Json::Null)
+                        } else {
+                            lock(&self.cache).job(jid)
+                        }
+                    }
                 }
+            };
+            let Some(load) = target else {
+                warn!(syndic, jid = %jid, returns = rep.returns.len(), "syndic return for a job this master did not publish or relay refused");
+                continue;
+            };
+            for r in &rep.returns {
+                let refuse = |why: &str| {
+                    warn!(syndic, jid = %jid, minion_id = %r.id, reason = why, "syndic return refused");
+                };
+                if !syndics.contains(&r.id) && self.keys.is_accepted(&r.id) {
+                    refuse("the minion is this master's own, not below the syndic");
+                    continue;
+                }
+                if let Some(named) = &rep.minions
+                    && !named.contains(&r.id)
+                {
+                    refuse("the minion is not among those the syndic names for the job");
+                    continue;
+                }
+                if let (Some(tgt), Some(tgt_type)) =
+                    (load.get("tgt"), load.get("tgt_type").and_then(Json::as_str))
+                {
+                    let nil = Value::Nil;
+                    let facts = brine_proto::target::Facts {
+                        id: &r.id,
+                        grains: &nil,
+                        pillar: &nil,
+                    };
+                    let tri = brine_proto::target::evaluate(
+                        &crate::json::from_json(tgt),
+                        tgt_type,
+                        ":",
+                        &facts,
+                        &brine_proto::target::NoNodegroups,
+                    );
+                    if tri == Ok(Tri::No) {
+                        refuse("the job's target does not reach the minion");
+                        continue;
+                    }
+                }
+                accepted.push(r.clone());
             }
             let Some(minions) = &rep.minions else {
                 continue;
             };
+            let mut tr = lock(&self.tracker);
+            let mut jobs = lock(&self.jobs);
             for m in minions {
                 tr.handle_connected(m);
             }
@@ -733,11 +826,25 @@ impl MasterCore {
                 }
             }
         }
+        accepted
     }
 
-    /// Take a minion's return. `false` when it is a copy of the return already taken for that
-    /// job (a minion resends a return whose acknowledgement it did not get in time): the copy
-    /// is not stored, forwarded or announced again.
+    /// A syndic whose key was deleted or rejected is no longer one.
+    fn forget_syndic(&self, id: &str) {
+        if lock(&self.syndics).remove(id) {
+            lock(&self.syndic_beats).remove(id);
+            let _ = std::fs::remove_file(self.cfg.cachedir.join("syndics").join(id));
+            info!(
+                syndic = id,
+                "syndic forgotten (its key is no longer accepted)"
+            );
+        }
+    }
+
+    /// Take a minion's return. `false` when a return from that minion was already taken for
+    /// that job: a copy (a minion resends a return whose acknowledgement it did not get in
+    /// time), or a different one (the first stands, as in Salt's job cache; the other is
+    /// logged). Neither is stored, forwarded or announced again.
     fn on_return(&self, r: &ReturnLoad) -> bool {
         let asked_about = lock(&self.find_jobs).get(&r.jid).cloned();
         if let Some(orig) = asked_about {
@@ -755,8 +862,12 @@ impl MasterCore {
             // copy can be in another handler already.
             let mut jobs = lock(&self.jobs);
             if let Some(j) = jobs.get_mut(&r.jid) {
-                if j.returns.get(&r.id).is_some_and(|taken| *taken == data) {
-                    debug!(jid = %r.jid, minion_id = %r.id, "same return again; already taken");
+                if let Some(taken) = j.returns.get(&r.id) {
+                    if *taken == data {
+                        debug!(jid = %r.jid, minion_id = %r.id, "same return again; already taken");
+                    } else {
+                        warn!(jid = %r.jid, minion_id = %r.id, "a second, different return ignored: the first stands");
+                    }
                     return false;
                 }
                 // A minion that was not expected (it attached after the job was published)
@@ -766,6 +877,12 @@ impl MasterCore {
                 }
                 j.returns.insert(r.id.clone(), data.clone());
             }
+        }
+        if !lock(&self.jobs).contains_key(&r.jid)
+            && lock(&self.cache).returns(&r.jid).contains_key(&r.id)
+        {
+            warn!(jid = %r.jid, minion_id = %r.id, "a return for a finished job that already has one ignored: the first stands");
+            return false;
         }
         lock(&self.tracker).handle_return(&r.jid, &r.id);
         if let Some(tap) = self.return_tap.get() {
@@ -860,6 +977,8 @@ impl Server {
             &tcp_endpoint(&cfg.interface, cfg.ret_port),
             &SocketOptions {
                 backlog: cfg.zmq_backlog,
+                max_msg_size: (cfg.zmq_max_message_size > 0)
+                    .then(|| i64::try_from(cfg.zmq_max_message_size).unwrap_or(i64::MAX)),
                 ..SocketOptions::master_router()
             },
         )
@@ -869,6 +988,8 @@ impl Server {
             &tcp_endpoint(&cfg.interface, cfg.publish_port),
             &SocketOptions {
                 backlog: cfg.zmq_backlog,
+                // Subscribers only send subscriptions (a topic each).
+                max_msg_size: Some(64 * 1024),
                 ..SocketOptions::master_pub()
             },
         )
@@ -888,6 +1009,9 @@ impl Server {
             danger_open_mode: cfg.open_mode,
             autosign_file: cfg.autosign_file.clone(),
             autoreject_file: cfg.autoreject_file.clone(),
+            order_masters: cfg.order_masters,
+            permissive_pki_access: cfg.permissive_pki_access,
+            request_server_ttl: cfg.request_server_ttl,
         };
         // One request handler per core: `_auth` is RSA-bound, and a fleet re-keying after an
         // AES rotation (or a restart) is served by every core at once.
@@ -1013,13 +1137,21 @@ impl Server {
                     if replier.reply(&req, h.reply).await.is_err() {
                         return;
                     }
-                    if let Some((syndic, reported)) = &h.syndic {
-                        shared.on_syndic(syndic, reported);
-                    }
                     let mut copies = Vec::new();
                     for r in &h.returns {
                         if !shared.on_return(r) {
                             copies.push(format!("salt/job/{}/ret/{}", r.jid, r.id));
+                        }
+                    }
+                    if let Some((syndic, reported)) = &h.syndic {
+                        for r in shared.on_syndic(syndic, reported) {
+                            if shared.on_return(&r) {
+                                let mut data = r.to_value();
+                                data.remove("cmd");
+                                shared
+                                    .bus
+                                    .fire(format!("salt/job/{}/ret/{}", r.jid, r.id), data);
+                            }
                         }
                     }
                     for e in h.events {
@@ -1148,6 +1280,11 @@ fn fire_key_changes(
     before: BTreeMap<String, &'static str>,
 ) -> BTreeMap<String, &'static str> {
     let after = key_states(&shared.keys);
+    for (id, act) in &before {
+        if *act == "accept" && after.get(id) != Some(&"accept") {
+            shared.forget_syndic(id);
+        }
+    }
     for (id, act) in &after {
         if before.get(id) != Some(act) {
             shared.bus.fire(

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -46,10 +47,110 @@ fn forbidden(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::FORBIDDEN, msg.into())
 }
 
+/// What keeps slow, idle or flooding HTTP clients from tying up the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// The longest a client may take to send a request's headers (or to start its next
+    /// request on a kept-alive connection), and then its body.
+    pub read_timeout: Duration,
+    /// The largest request body (413 beyond).
+    pub max_body: usize,
+}
+
 /// Serve the API on `listener` until the task is dropped.
+///
+/// Each connection takes one of [`Limits::max_connections`] slots for its lifetime, so API
+/// clients can never hold more descriptors than that, whatever they do: the ret and publish
+/// ports keep the rest for minions. Headers must arrive within [`Limits::read_timeout`] and
+/// the body within as much again, or the connection is closed.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    if let Err(e) = axum::serve(listener, router(shared)).await {
-        warn!(error = %e, "HTTP API stopped");
+    let limits = shared.api_limits();
+    let app = router(shared);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut last_refusal_log: Option<std::time::Instant> = None;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                warn!(error = %e, "HTTP API accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                warn!(
+                    %peer,
+                    max_connections = limits.max_connections,
+                    "HTTP API connection closed: too many open connections (rest_cherrypy max_connections)"
+                );
+                last_refusal_log = Some(std::time::Instant::now());
+            }
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = stream.set_nodelay(true);
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut app = app.clone();
+                    tower_service::Service::call(&mut app, req)
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP API connection closed");
+            }
+        });
+    }
+}
+
+/// Read the whole request body within the read timeout (and within the size limit) before any
+/// handler runs: a client trickling its body holds a slot for that long at most.
+async fn read_body_in_time(
+    State(shared): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limits = shared.api_limits();
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(
+        limits.read_timeout,
+        axum::body::to_bytes(body, limits.max_body),
+    )
+    .await
+    {
+        Err(_) => {
+            warn!(path = %parts.uri.path(), "HTTP API request refused: body not received in time");
+            ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time".into(),
+            )
+            .into_response()
+        }
+        Ok(Err(e)) => {
+            warn!(path = %parts.uri.path(), error = %e, "HTTP API request refused: body too large or unreadable");
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body larger than {} bytes (rest_cherrypy max_request_body_size)",
+                    limits.max_body
+                ),
+            )
+            .into_response()
+        }
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
     }
 }
 
@@ -65,7 +166,12 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/minions/{id}", get(minion))
         .route("/keys", get(keys))
         .route("/events", get(events))
-        .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
+        // The body is read (in time, within the size limit) by `read_body_in_time`.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            read_body_in_time,
+        ))
         .with_state(shared)
 }
 
@@ -358,11 +464,19 @@ async fn job(
     Ok(axum::Json(json!({"info": [info], "return": [ret]})))
 }
 
+/// Grains are what `grains.items` returns: a token sees the grains of the minions its ACL lets
+/// it run `grains.items` on, as salt-api (which runs `grains.items` with the token) shows them.
+fn grains_visible(shared: &Shared, token: &Token) -> Option<std::collections::BTreeSet<String>> {
+    shared.minions_within(&token.perms.targets_for("grains.items"))
+}
+
 async fn minions(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
-    token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None)?;
+    let visible = grains_visible(&shared, &token);
     let m: Map<String, Json> = shared
         .all_grains()
         .into_iter()
+        .filter(|(id, _)| visible.as_ref().is_none_or(|v| v.contains(id)))
         .map(|(id, g)| (id, brine_master::json::to_json(&g)))
         .collect();
     Ok(axum::Json(json!({"return": [m]})))
@@ -373,7 +487,14 @@ async fn minion(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Json>, ApiError> {
-    token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None)?;
+    if grains_visible(&shared, &token).is_some_and(|v| !v.contains(&id)) {
+        warn!(user = %token.user, minion_id = %id, "grains refused by external_auth ACL");
+        return Err(forbidden(format!(
+            "{} may not read the grains of {id} (grains.items)",
+            token.user
+        )));
+    }
     let g = shared
         .grains_of(&id)
         .map_or(Json::Null, |g| brine_master::json::to_json(&g));
@@ -411,6 +532,14 @@ async fn events(
     )));
     let evs = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|e| {
         let e = e.ok()?;
+        // The tag goes on a line of its own: one with a line break would split the stream
+        // into a forged event. The bus refuses such tags from minions; this keeps any other
+        // source from ever writing one.
+        if e.tag.chars().any(char::is_control) {
+            warn!(tag = ?e.tag, "event with a control character in its tag not streamed");
+            return None;
+        }
+        // JSON (serde_json's compact form) never contains a raw line break.
         let data = json!({"tag": e.tag, "data": brine_master::json::to_json(&e.data)});
         Some(Ok(Bytes::from(format!("tag: {}\ndata: {data}\n\n", e.tag))))
     });

@@ -111,6 +111,15 @@ impl Shared {
         Some((tok, t))
     }
 
+    /// The HTTP API's limits (`rest_cherrypy`).
+    pub fn api_limits(&self) -> api::Limits {
+        api::Limits {
+            max_connections: self.cfg.api_max_connections,
+            read_timeout: std::time::Duration::from_secs(self.cfg.api_socket_timeout),
+            max_body: self.cfg.api_max_body,
+        }
+    }
+
     /// Forget a token.
     pub fn logout(&self, tok: &str) {
         lock(&self.tokens).remove(tok);

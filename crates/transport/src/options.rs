@@ -95,6 +95,9 @@ pub struct SocketOptions {
     /// a new connection (see [`crate::ReqClient`]). Salt's minions reconnect instead: against
     /// an overloaded master each timeout then adds a TCP and ZMTP handshake on both sides.
     pub keep_on_timeout: bool,
+    /// `ZMQ_MAXMSGSIZE`: a peer announcing a larger message is disconnected before anything is
+    /// allocated for it. `None`: no limit (libzmq's default, and Salt's).
+    pub max_msg_size: Option<i64>,
 }
 
 impl Default for SocketOptions {
@@ -111,6 +114,7 @@ impl Default for SocketOptions {
             handshake_ivl: None,
             batch_size: None,
             keep_on_timeout: false,
+            max_msg_size: None,
         }
     }
 }
@@ -172,6 +176,9 @@ impl SocketOptions {
         s.set_backlog(self.backlog)?;
         if let Some(ivl) = self.handshake_ivl {
             s.set_handshake_ivl(ivl.as_millis() as i32)?;
+        }
+        if let Some(max) = self.max_msg_size {
+            s.set_maxmsgsize(max)?;
         }
         if let Some(hb) = self.heartbeat {
             s.set_heartbeat_ivl(hb.interval.as_millis() as i32)?;

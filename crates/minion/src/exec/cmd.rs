@@ -150,13 +150,36 @@ pub(super) async fn script(ctx: &JobCtx) -> Outcome {
     if tokio::fs::create_dir_all(&dir).await.is_err() {
         return cache_error();
     }
-    let staged = dir.join(format!("{}.script", ctx.job.jid));
-    if tokio::fs::write(&staged, &body).await.is_err() {
+    // A fresh, unguessable name (as Salt's `mkstemp(prefix="__salt.tmp.")`), never one built
+    // from the publish: the jid comes from the network. Created new (no existing file or
+    // symlink is followed) and executable by the owner only.
+    let suffix = std::path::Path::new(&path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()) && e.len() <= 16)
+        .map(|e| format!(".{e}"))
+        .unwrap_or_default();
+    let staged = dir.join(format!(
+        "__salt.tmp.{:016x}{:016x}{suffix}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    ));
+    let written = {
+        use tokio::io::AsyncWriteExt as _;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&staged)
+            .await;
+        match file {
+            Ok(mut f) => f.write_all(&body).await.and(f.flush().await),
+            Err(e) => Err(e),
+        }
+    };
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&staged).await;
         return cache_error();
-    }
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = tokio::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o700)).await;
     }
     let args = ctx.arg(1, "args").map(as_text).unwrap_or_default();
     let cmdline = format!("'{}' {args}", staged.display());

@@ -78,6 +78,11 @@ pub fn hex_lower(bytes: &[u8]) -> String {
     s
 }
 
+/// `hashlib.sha256(data).digest()`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    openssl::sha::sha256(data)
+}
+
 /// `hashlib.sha256(data).hexdigest()`.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex_lower(&openssl::sha::sha256(data))
