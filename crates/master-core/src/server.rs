@@ -354,7 +354,13 @@ impl MasterCore {
                 if within.is_empty() {
                     return Err(denied("no target of the ACL allows it".into()));
                 }
-                let outside = self.with_fleet(|f| outside_acl(&reached.all(), &within, f));
+                // Syndics relay rather than run: what runs below them is dealt with below.
+                let runners: Vec<String> = reached
+                    .all()
+                    .into_iter()
+                    .filter(|m| !all_syndics.contains(m))
+                    .collect();
+                let outside = self.with_fleet(|f| outside_acl(&runners, &within, f));
                 if !outside.is_empty() {
                     let shown: Vec<&str> = outside.iter().take(10).map(String::as_str).collect();
                     let more = outside.len().saturating_sub(shown.len());
@@ -1280,9 +1286,9 @@ fn fire_key_changes(
     before: BTreeMap<String, &'static str>,
 ) -> BTreeMap<String, &'static str> {
     let after = key_states(&shared.keys);
-    for (id, act) in &before {
-        if *act == "accept" && after.get(id) != Some(&"accept") {
-            shared.forget_syndic(id);
+    for id in shared.syndics() {
+        if after.get(&id) != Some(&"accept") {
+            shared.forget_syndic(&id);
         }
     }
     for (id, act) in &after {

@@ -203,6 +203,30 @@ fn body_json(headers: &HeaderMap, body: &Bytes) -> Result<Json, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    parse_body(ct, body)
+}
+
+/// The lowstate chunks of a `POST /` body with content type `ct`.
+///
+/// # Errors
+/// A message for bodies that are not JSON or form data, or not objects.
+pub fn parse_lowstate(ct: &str, body: &[u8]) -> Result<Vec<Json>, String> {
+    match parse_body(ct, body).map_err(|e| e.1)? {
+        Json::Array(a) => Ok(a),
+        one @ Json::Object(_) => Ok(vec![one]),
+        _ => Err("lowstate must be an object or a list of objects".into()),
+    }
+}
+
+/// The publish a `local` lowstate chunk asks for.
+///
+/// # Errors
+/// A message naming what is missing or malformed.
+pub fn publish_spec(chunk: &Json) -> Result<PublishSpec, String> {
+    spec_of(chunk).map_err(|e| e.1)
+}
+
+fn parse_body(ct: &str, body: &[u8]) -> Result<Json, ApiError> {
     if ct.contains("json") || body.first().is_some_and(|b| matches!(b, b'{' | b'[')) {
         return serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")));
     }
@@ -359,11 +383,11 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
 
 async fn lowstate(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let token = token_of(&shared, &headers, None)?;
-    let chunks = match body_json(&headers, &body)? {
-        Json::Array(a) => a,
-        one @ Json::Object(_) => vec![one],
-        _ => return Err(bad("lowstate must be an object or a list of objects")),
-    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let chunks = parse_lowstate(ct, &body).map_err(bad)?;
     let mut out = Vec::with_capacity(chunks.len());
     for c in &chunks {
         out.push(run_chunk(&shared, &token, c).await?);

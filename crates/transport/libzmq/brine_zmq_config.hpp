@@ -12,6 +12,10 @@
 #ifndef BRINE_ZMQ_CONFIG_HPP
 #define BRINE_ZMQ_CONFIG_HPP
 
+// Other C++ cargo compiles (libFuzzer, for crates/proto/fuzz) gets this header too: only a
+// translation unit that can see libzmq's config.hpp is changed.
+#if __has_include("config.hpp")
+
 #define message_pipe_granularity libzmq_message_pipe_granularity
 #include "config.hpp"
 #undef message_pipe_granularity
@@ -23,5 +27,7 @@ enum
     message_pipe_granularity = 16
 };
 }
+
+#endif // __has_include("config.hpp")
 
 #endif

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub mod sim;
 pub mod topology;
 
-pub use sim::SimMinion;
+pub use sim::{Answer, HostileMinion, SimMinion};
 pub use tempfile::TempDir;
 
 /// The Salt releases brine is tested against.
@@ -703,6 +703,11 @@ impl Drop for Netns {
 /// # Panics
 /// If it has not been built, saying how to build it.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    // `BRINE_BIN_DIR` runs a test against the daemons of another build (an older commit's
+    // `target/debug`, to show that a test fails there).
+    if let Some(dir) = std::env::var_os("BRINE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
         .parent()

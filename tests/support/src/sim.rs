@@ -375,3 +375,90 @@ pub fn cached_key(i: usize) -> PrivateKey {
     std::fs::write(&p, k.to_pem_pkcs1().unwrap()).unwrap();
     k
 }
+
+/// An accepted minion turned hostile: it holds a real key, authenticates like any minion, and
+/// then sends whatever encrypted requests it likes (forged returns, events, replays).
+#[derive(Debug)]
+pub struct HostileMinion {
+    /// Its minion id.
+    pub id: String,
+    req: ReqClient,
+    session: MinionSession,
+    /// What `_auth` gave it (the publish AES key, the master's public key).
+    pub creds: Box<Credentials>,
+}
+
+/// What the master answered a [`HostileMinion`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// An encrypted reply, opened.
+    Reply(Value),
+    /// `"bad load"` (the request was refused).
+    BadLoad,
+    /// No answer in time.
+    Timeout,
+}
+
+impl HostileMinion {
+    /// Authenticate `id` with `key` at `host:ret_port` (auto-accepted or accepted beforehand).
+    ///
+    /// # Errors
+    /// [`SimError`] if the key is not accepted within `deadline`.
+    pub async fn connect(
+        ctx: &Context,
+        id: &str,
+        key: PrivateKey,
+        host: &str,
+        ret_port: u16,
+        deadline: Duration,
+    ) -> Result<Self, SimError> {
+        let me = MinionIdentity::new(id, key)?;
+        let mut req = ReqClient::new(ctx, &tcp_endpoint(host, ret_port), SocketOptions::default());
+        let creds = authenticate(&me, &mut req, deadline).await?;
+        let session = MinionSession::new(
+            me,
+            creds.session.clone(),
+            Default::default(),
+            Default::default(),
+        );
+        Ok(Self {
+            id: id.to_owned(),
+            req,
+            session,
+            creds,
+        })
+    }
+
+    /// Seal `load` (with its `cmd`) as this minion, stamped `unix_secs` (now if `None`).
+    pub fn seal(&self, load: Value, unix_secs: Option<i64>) -> brine_proto::auth::SealedRequest {
+        let ts = unix_secs.unwrap_or_else(|| (unix_micros() / 1_000_000) as i64);
+        self.session.seal(load, ts, &mut Rng)
+    }
+
+    /// Send a sealed request (again, for a replay) and open the answer.
+    pub async fn send_sealed(&mut self, sealed: &brine_proto::auth::SealedRequest) -> Answer {
+        match self
+            .req
+            .request(sealed.frame.clone(), Duration::from_secs(10))
+            .await
+        {
+            Ok(reply) => match self.session.open_reply(&reply, &sealed.nonce) {
+                Ok(v) => Answer::Reply(v),
+                Err(_) => Answer::BadLoad,
+            },
+            Err(_) => Answer::Timeout,
+        }
+    }
+
+    /// Seal and send `load` now.
+    pub async fn send(&mut self, load: Value) -> Answer {
+        let sealed = self.seal(load, None);
+        self.send_sealed(&sealed).await
+    }
+
+    /// Send raw bytes on the request channel (a clear request, garbage) and return the raw
+    /// answer, if any.
+    pub async fn send_raw(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
+        self.req.request(frame, Duration::from_secs(10)).await.ok()
+    }
+}

@@ -155,6 +155,44 @@ async fn cmd_script_from_a_local_path() {
 }
 
 #[tokio::test]
+async fn cmd_script_stages_under_a_name_the_publish_does_not_choose() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sh");
+    std::fs::write(&path, "#!/bin/sh\necho \"$0\"\n").unwrap();
+    let mut c = ctx("cmd.script", vec![Value::str(path.to_str().unwrap())]);
+    c.cachedir = dir.path().join("cache");
+    // A jid from the network with a path in it.
+    c.job.jid = "../../escaped".into();
+    let r = call("cmd.script", &c).await;
+    assert_eq!(r.retcode, 0, "{:?}", r.ret);
+    let staged = r
+        .ret
+        .get("stdout")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    let scripts = c.cachedir.join("extmods").join("scripts");
+    assert!(
+        std::path::Path::new(&staged).parent() == Some(scripts.as_path()),
+        "staged at {staged}, outside {}",
+        scripts.display()
+    );
+    assert!(
+        !staged.contains("escaped"),
+        "the jid chose the file name: {staged}"
+    );
+    assert!(
+        staged.ends_with(".sh"),
+        "the source's extension is kept: {staged}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&scripts).unwrap().count(),
+        0,
+        "removed after the run"
+    );
+}
+
+#[tokio::test]
 async fn grains_module() {
     let g = call(
         "grains.get",

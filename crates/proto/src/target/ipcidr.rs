@@ -180,7 +180,8 @@ fn parse_v6(s: &str) -> Parsed<u128> {
         };
         v = (v << 16) | h;
     }
-    v <<= 16 * skipped;
+    // `::` alone skips all eight groups: a shift by the whole width.
+    v = v.checked_shl(16 * skipped as u32).unwrap_or(0);
     for p in &parts[parts.len() - lo..] {
         let Some(h) = hextet(p) else {
             return Parsed::Invalid;

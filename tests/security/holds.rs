@@ -1,0 +1,380 @@
+//! Attacks that were already refused when this suite was written, kept refused.
+
+use std::time::Duration;
+
+use brine_proto::Value;
+use brine_proto::crypt::{PrivateKey, SigAlgo};
+use brine_proto::envelope::{Publish, Request};
+use brine_proto::jid::Jid;
+use brine_proto::loads::JobLoad;
+use brine_test_support::sim::{HostileMinion, Rng, cached_key, sim_runtime};
+use brine_test_support::{Answer, Daemon, SimMinion, subscribe, wait_for, workspace_bin};
+use serde_json::{Value as Json, json};
+
+use crate::{Master, fresh_key};
+
+fn clear(load: Value) -> Vec<u8> {
+    Request::Clear { load, version: 3 }.encode()
+}
+
+fn start_sim(m: &Master, rt: &tokio::runtime::Runtime, id: &str, k: usize) -> SimMinion {
+    let ctx = brine_transport::Context::new();
+    rt.block_on(SimMinion::start(
+        &ctx,
+        id,
+        cached_key(k),
+        "127.0.0.1",
+        m.ports.1,
+        m.ports.0,
+        Duration::from_secs(30),
+    ))
+    .unwrap_or_else(|e| panic!("{id}: {e}\n{}", m.log_tail()))
+}
+
+/// Only `_auth` and `ping` are served in the clear: the master's own commands (publish, runner,
+/// wheel, tokens, file receive) and every minion command are refused without a session.
+#[test]
+fn clear_channel_commands_are_refused() {
+    subscribe();
+    let m = Master::start("auto_accept: True");
+    let rt = sim_runtime();
+    let _m1 = start_sim(&m, &rt, "clear-m1", 61);
+    let ctx = brine_transport::Context::new();
+    let mut c = brine_transport::ReqClient::new(
+        &ctx,
+        &brine_transport::tcp_endpoint("127.0.0.1", m.ports.1),
+        brine_transport::SocketOptions::default(),
+    );
+    let jobs = m.job_count();
+    for cmd in [
+        "publish",
+        "runner",
+        "wheel",
+        "_prep_auth_info",
+        "mk_token",
+        "get_token",
+        "_file_recv",
+        "_return",
+        "_syndic_return",
+        "_minion_event",
+        "_pillar",
+        "_mine",
+        "_serve_file",
+        "minion_pub",
+        "revoke_auth",
+        "destroy",
+    ] {
+        let load = Value::map()
+            .with("cmd", cmd)
+            .with("tgt", "*")
+            .with("fun", "cmd.run")
+            .with("arg", Value::Array(vec![Value::str("id")]))
+            .with("key", "guess")
+            .with("user", "root")
+            .with("id", "clear-m1")
+            .with("jid", "20261206000000000001")
+            .with("return", true)
+            .with("tag", "salt/key");
+        let reply = rt
+            .block_on(c.request(clear(load), Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("{cmd}: no answer ({e})"));
+        let v = brine_proto::codec::decode(&reply).unwrap();
+        assert!(
+            v == Value::map() || v.as_bytes() == Some(b"bad load"),
+            "{cmd} in the clear answered {v:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(m.job_count(), jobs, "a clear command published a job");
+    assert_eq!(
+        m.run_root("clear-m1", "test.ping", &[]),
+        json!({"clear-m1": true})
+    );
+    drop(rt);
+}
+
+/// Ids, jids and file names with path tricks never become paths outside the master's
+/// directories.
+#[test]
+fn path_tricks_in_ids_jids_and_file_names_go_nowhere() {
+    subscribe();
+    let m = Master::start("auto_accept: True");
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let mut c = brine_transport::ReqClient::new(
+        &ctx,
+        &brine_transport::tcp_endpoint("127.0.0.1", m.ports.1),
+        brine_transport::SocketOptions::default(),
+    );
+    let key = fresh_key().public_key().to_clean_pem();
+    for id in [
+        "../../../../tmp/brine-escaped",
+        "a/b",
+        "..",
+        ".",
+        "x\0y",
+        "a\\b",
+        "\n",
+        "",
+        &"l".repeat(300),
+    ] {
+        let load = Value::map()
+            .with("cmd", "_auth")
+            .with("id", id)
+            .with("pub", key.as_str())
+            .with("enc_algo", "OAEP-SHA1")
+            .with("sig_algo", "PKCS1v15-SHA1");
+        let _ = rt.block_on(c.request(clear(load), Duration::from_secs(10)));
+    }
+    assert!(!std::path::Path::new("/tmp/brine-escaped").exists());
+    for d in [
+        "minions",
+        "minions_pre",
+        "minions_rejected",
+        "minions_denied",
+    ] {
+        let n = std::fs::read_dir(m.pki().join(d)).unwrap().count();
+        assert_eq!(n, 0, "{d} got an entry from a hostile id");
+    }
+    // A minion asking for files outside the roots.
+    let mut h = m.hostile(&rt, "paths", 62);
+    for path in [
+        "../../../../etc/passwd",
+        "/etc/passwd",
+        "salt://../../etc/passwd",
+        "a\0b",
+    ] {
+        for cmd in [
+            "_serve_file",
+            "_file_hash",
+            "_file_find",
+            "_file_hash_and_stat",
+        ] {
+            let load = Value::map()
+                .with("cmd", cmd)
+                .with("path", path)
+                .with("saltenv", "base")
+                .with("loc", 0i64);
+            match rt.block_on(h.send(load)) {
+                Answer::Reply(v) => {
+                    let text = format!("{v:?}");
+                    assert!(!text.contains("root:x:0:0"), "{cmd} {path} served {text}");
+                }
+                Answer::BadLoad | Answer::Timeout => {}
+            }
+        }
+    }
+    // Jids through the API.
+    let tok = m.root_token();
+    for jid in ["..%2F..%2Fetc", "../../etc/passwd", "%2e%2e", "1;rm"] {
+        let (st, _) = m.http("GET", &format!("/jobs/{jid}"), Some(&tok), &Json::Null);
+        assert!(st == 400 || st == 404, "GET /jobs/{jid}: {st}");
+    }
+    let _after = start_sim(&m, &rt, "after-paths", 66);
+    assert_eq!(
+        m.run_root("after-paths", "test.ping", &[]),
+        json!({"after-paths": true})
+    );
+    drop(rt);
+}
+
+/// Garbage, truncated and absurdly nested msgpack get `bad load` (or nothing), and the master
+/// keeps serving.
+#[test]
+fn malformed_frames_are_refused() {
+    subscribe();
+    let mut m = Master::start("auto_accept: True");
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let mut c = brine_transport::ReqClient::new(
+        &ctx,
+        &brine_transport::tcp_endpoint("127.0.0.1", m.ports.1),
+        brine_transport::SocketOptions::default(),
+    );
+    let mut nested = vec![0x91u8; 200_000];
+    nested.push(0xc0);
+    let frames: Vec<Vec<u8>> = vec![
+        vec![],
+        b"not msgpack at all".to_vec(),
+        vec![0x82, 0xa3, b'e', b'n', b'c'],
+        vec![0xdf, 0xff, 0xff, 0xff, 0xff],
+        vec![0xdd, 0x7f, 0xff, 0xff, 0xff],
+        nested,
+        vec![0xc7, 0x05, 0x01, 1, 2],
+        clear(Value::Array(vec![])),
+        clear(Value::map().with("cmd", Value::Int(5))),
+        Request::Aes {
+            id: "nobody".into(),
+            load: vec![0u8; 64],
+            version: 3,
+            enc_algo: None,
+            sig_algo: None,
+        }
+        .encode(),
+    ];
+    for f in frames {
+        let reply = rt.block_on(c.request(f.clone(), Duration::from_secs(10)));
+        if let Ok(r) = reply {
+            let v = brine_proto::codec::decode(&r).unwrap_or(Value::Nil);
+            assert!(
+                v.as_bytes() == Some(b"bad load") || v == Value::map(),
+                "{} bytes answered {v:?}",
+                f.len()
+            );
+        }
+    }
+    assert!(m.alive(), "{}", m.log_tail());
+    let _after = start_sim(&m, &rt, "after-garbage", 63);
+    assert_eq!(
+        m.run_root("after-garbage", "test.ping", &[]),
+        json!({"after-garbage": true})
+    );
+    drop(rt);
+}
+
+/// A key offered for an accepted id is denied: the attacker gets no session and the owner keeps
+/// its own.
+#[test]
+fn a_new_key_for_an_accepted_id_is_denied() {
+    subscribe();
+    let m = Master::start("auto_accept: True");
+    let rt = sim_runtime();
+    let _owner = start_sim(&m, &rt, "owner", 64);
+    let ctx = brine_transport::Context::new();
+    let stolen = rt.block_on(HostileMinion::connect(
+        &ctx,
+        "owner",
+        fresh_key(),
+        "127.0.0.1",
+        m.ports.1,
+        Duration::from_secs(8),
+    ));
+    assert!(
+        stolen.is_err(),
+        "another key for an accepted id was accepted"
+    );
+    assert!(m.pki().join("minions_denied/owner").exists());
+    assert_eq!(
+        m.run_root("owner", "test.ping", &[]),
+        json!({"owner": true})
+    );
+    drop(rt);
+}
+
+/// The brine minion runs only publishes signed with the master's key when
+/// `sign_pub_messages` is on: an accepted (hostile) minion knows the publish AES key and can
+/// encrypt a job, but cannot sign it. Without signatures, a publish under any other key is
+/// dropped.
+#[test]
+fn forged_publishes_do_not_run() {
+    subscribe();
+    let m = Master::start("auto_accept: True");
+    let rt = sim_runtime();
+    let hostile = m.hostile(&rt, "forger", 65);
+    // The minion's publish port is the attacker's publisher; its ret port is the real master.
+    let ctx = brine_transport::Context::new();
+    let _in_rt = rt.enter();
+    let publisher = brine_transport::Publisher::bind(
+        &ctx,
+        &brine_transport::tcp_endpoint("127.0.0.1", 0),
+        &brine_transport::SocketOptions::default(),
+    )
+    .unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    let run = |sign: bool, id: &str| -> (Daemon, tempfile::TempDir) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("minion"),
+            format!(
+                "id: {id}\nroot_dir: {}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\nsign_pub_messages: {sign}\n",
+                d.path().join("root").display(),
+                m.ports.1,
+                publisher.port()
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(workspace_bin("minion"));
+        cmd.arg("-c").arg(d.path()).args(["-l", "debug"]);
+        let log = d.path().join("minion.log");
+        (Daemon::spawn(cmd, id, &log), d)
+    };
+    let (_signing, sdir) = run(true, "pub-signing");
+    let (_plain, pdir) = run(false, "pub-plain");
+    for id in ["pub-signing", "pub-plain"] {
+        assert!(
+            wait_for(Duration::from_secs(30), || m
+                .pki()
+                .join("minions")
+                .join(id)
+                .exists()),
+            "{}",
+            m.log_tail()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let master_key =
+        PrivateKey::from_pem(&std::fs::read(m.pki().join("master.pem")).unwrap()).unwrap();
+    let mut serial = 1_000_000i64;
+    let mut job = |id: &str, mark: &str| {
+        serial += 1;
+        let jid = Jid::from_unix_micros(1_800_000_000_000_000 + serial as u64);
+        let mut j = JobLoad::new(
+            "cmd.run",
+            vec![Value::str(format!(
+                "touch {}",
+                marks.path().join(mark).display()
+            ))],
+            Value::str(id),
+            "glob",
+            &jid,
+        );
+        j.serial = Some(serial);
+        j.to_value()
+    };
+    let send = |p: Publish| {
+        for _ in 0..3 {
+            rt.block_on(publisher.send(p.encode())).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Forged by the hostile minion: the right AES key, no signature or its own.
+    let aes = hostile.creds.aes.clone();
+    let own = fresh_key();
+    send(Publish::seal(&job("pub-signing", "unsigned"), &aes, None, &mut Rng).unwrap());
+    send(
+        Publish::seal(
+            &job("pub-signing", "self-signed"),
+            &aes,
+            Some((&own, SigAlgo::Pkcs1v15Sha1)),
+            &mut Rng,
+        )
+        .unwrap(),
+    );
+    // Under a key that is not the master's AES key, for the minion that checks no signature.
+    let other = brine_proto::crypt::Crypticle::generate(&mut Rng);
+    send(Publish::seal(&job("pub-plain", "wrong-aes"), &other, None, &mut Rng).unwrap());
+    // Controls: genuine-looking publishes (signed with master.pem / the right key) do run,
+    // so the ones above were refused, not lost.
+    send(
+        Publish::seal(
+            &job("pub-signing", "signed"),
+            &aes,
+            Some((&master_key, SigAlgo::Pkcs1v15Sha1)),
+            &mut Rng,
+        )
+        .unwrap(),
+    );
+    send(Publish::seal(&job("pub-plain", "plain-ok"), &aes, None, &mut Rng).unwrap());
+    let seen = |f: &str| marks.path().join(f).exists();
+    assert!(
+        wait_for(Duration::from_secs(20), || seen("signed")
+            && seen("plain-ok")),
+        "the controls did not run\n{}\n{}",
+        brine_test_support::tail(&sdir.path().join("minion.log"), 30),
+        brine_test_support::tail(&pdir.path().join("minion.log"), 30)
+    );
+    for f in ["unsigned", "self-signed", "wrong-aes"] {
+        assert!(!seen(f), "a forged publish ran ({f})");
+    }
+    drop(rt);
+}

@@ -1,0 +1,1 @@
+//! The security regression suite lives in `main.rs` (`cargo test -p brine-security`).
