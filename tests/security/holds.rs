@@ -378,3 +378,190 @@ fn forged_publishes_do_not_run() {
     }
     drop(rt);
 }
+
+/// Start the brine `minion` daemon as `id` with its master's ret port at `ret_port` (the
+/// man in the middle below) and `publish_port`; `seed_master` pre-caches a master key.
+fn brine_minion(
+    id: &str,
+    ret_port: u16,
+    publish_port: u16,
+    seed_master: Option<&std::path::Path>,
+    key: Option<&PrivateKey>,
+) -> (Daemon, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    let pki = d.path().join("root/etc/salt/pki/minion");
+    std::fs::create_dir_all(&pki).unwrap();
+    if let Some(master_pub) = seed_master {
+        std::fs::copy(master_pub, pki.join("minion_master.pub")).unwrap();
+    }
+    if let Some(k) = key {
+        std::fs::write(pki.join("minion.pem"), k.to_pem_pkcs1().unwrap()).unwrap();
+        std::fs::write(pki.join("minion.pub"), k.public_key().to_pem_file()).unwrap();
+    }
+    std::fs::write(
+        d.path().join("minion"),
+        format!(
+            "id: {id}\nroot_dir: {}\nmaster: 127.0.0.1\nmaster_port: {ret_port}\npublish_port: {publish_port}\nauth_timeout: 2\nacceptance_wait_time: 1\n",
+            d.path().join("root").display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(workspace_bin("minion"));
+    cmd.arg("-c").arg(d.path()).args(["-l", "debug"]);
+    let log = d.path().join("minion.log");
+    (Daemon::spawn(cmd, id, &log), d)
+}
+
+/// A man in the middle of the brine minion's `_auth`: a reply made with another master's key
+/// (the minion has the real one cached) ends the minion without caching the impostor's key, as
+/// Salt does; a genuine reply from the real master to an earlier request (a replay) is refused
+/// and the minion keeps trying; the honest reply then gets it in, and it serves jobs.
+#[test]
+fn replayed_and_foreign_auth_replies_are_refused_by_the_minion() {
+    use brine_proto::auth::{
+        AuthPolicy, KeyState, MasterIdentity, MinionAuth, MinionIdentity, decide_auth,
+    };
+    use brine_proto::loads::AuthRequest;
+    subscribe();
+    let m = Master::start("auto_accept: True");
+    let rt = sim_runtime();
+    let _in_rt = rt.enter();
+    let ctx = brine_transport::Context::new();
+    let mut router = brine_transport::Router::bind(
+        &ctx,
+        &brine_transport::tcp_endpoint("127.0.0.1", 0),
+        &brine_transport::SocketOptions::default(),
+    )
+    .unwrap();
+    let mitm_port = router.port();
+    let upstream_port = m.ports.1;
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Mode {
+        Foreign,
+        Replay,
+        Honest,
+    }
+    let mode = std::sync::Arc::new(std::sync::Mutex::new(Mode::Foreign));
+    let captured: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>> = Default::default();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (mode2, captured2, answered2, ctx2) = (
+        mode.clone(),
+        captured.clone(),
+        answered.clone(),
+        ctx.clone(),
+    );
+    let foreign = MasterIdentity::new(fresh_key(), m.ports.0);
+    let mitm = rt.spawn(async move {
+        let replier = router.replier();
+        let mut upstream = brine_transport::ReqClient::new(
+            &ctx2,
+            &brine_transport::tcp_endpoint("127.0.0.1", upstream_port),
+            brine_transport::SocketOptions::default(),
+        );
+        while let Ok(req) = router.recv().await {
+            let now = *mode2.lock().unwrap();
+            let auth = match Request::decode(&req.payload) {
+                Ok(Request::Clear { load, .. }) => AuthRequest::from_value(&load).ok(),
+                _ => None,
+            };
+            let reply = match (now, auth) {
+                (Mode::Foreign, Some(a)) => {
+                    let aes = brine_proto::crypt::Crypticle::generate(&mut Rng);
+                    let session = brine_proto::crypt::Crypticle::generate(&mut Rng);
+                    let policy = AuthPolicy {
+                        auto_sign: true,
+                        ..AuthPolicy::default()
+                    };
+                    let d = decide_auth(
+                        &a,
+                        &KeyState::Unknown,
+                        policy,
+                        &foreign,
+                        &aes,
+                        &session,
+                        &mut Rng,
+                    )
+                    .unwrap();
+                    brine_proto::codec::encode_wire(&d.reply)
+                }
+                (Mode::Replay, Some(_)) => captured2.lock().unwrap().clone().unwrap(),
+                _ => match upstream
+                    .request(req.payload.clone(), Duration::from_secs(10))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                },
+            };
+            answered2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if replier.reply(&req, reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    // 1. Another master's key, while the real one is cached: the minion stops.
+    let master_pub = m.pki().join("master.pub");
+    let (mut foreign_minion, fdir) = brine_minion(
+        "mitm-foreign",
+        mitm_port,
+        m.ports.0,
+        Some(&master_pub),
+        None,
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || !foreign_minion.alive()),
+        "the minion kept going with an impostor's key\n{}",
+        brine_test_support::tail(&fdir.path().join("minion.log"), 30)
+    );
+    let flog = std::fs::read_to_string(fdir.path().join("minion.log")).unwrap_or_default();
+    assert!(flog.contains("master key has changed"), "{flog}");
+    assert_eq!(
+        std::fs::read(
+            fdir.path()
+                .join("root/etc/salt/pki/minion/minion_master.pub")
+        )
+        .unwrap(),
+        std::fs::read(&master_pub).unwrap(),
+        "the impostor's key was cached"
+    );
+    // 2. A genuine reply from the real master, to an earlier request of the same minion key
+    //    (captured here by authenticating with that key first), played to its new request.
+    *mode.lock().unwrap() = Mode::Replay;
+    let key = PrivateKey::generate(2048).unwrap();
+    let id = "mitm-replay";
+    {
+        let me = MinionIdentity::new(id, key.clone()).unwrap();
+        let mut a = MinionAuth::new(me, Default::default(), None, &mut Rng);
+        a.start(std::time::Instant::now(), &mut Rng).unwrap();
+        let frame = a.poll_transmit().unwrap();
+        let mut c = brine_transport::ReqClient::new(
+            &ctx,
+            &brine_transport::tcp_endpoint("127.0.0.1", upstream_port),
+            brine_transport::SocketOptions::default(),
+        );
+        let reply = rt
+            .block_on(c.request(frame, Duration::from_secs(10)))
+            .unwrap();
+        *captured.lock().unwrap() = Some(reply);
+    }
+    // The daemon uses the key the captured reply was made for.
+    let before = answered.load(std::sync::atomic::Ordering::Relaxed);
+    let (mut replay_minion, rdir) =
+        brine_minion(id, mitm_port, m.ports.0, Some(&master_pub), Some(&key));
+    assert!(
+        wait_for(Duration::from_secs(30), || answered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= before + 2),
+        "the minion did not try again after a replayed reply\n{}",
+        brine_test_support::tail(&rdir.path().join("minion.log"), 30)
+    );
+    assert!(replay_minion.alive());
+    let rlog = std::fs::read_to_string(rdir.path().join("minion.log")).unwrap_or_default();
+    assert!(rlog.contains("invalid auth reply"), "{rlog}");
+    // 3. Honest from now on: the minion gets in and serves jobs.
+    *mode.lock().unwrap() = Mode::Honest;
+    m.wait_minions(&[id], 60);
+    drop(replay_minion);
+    mitm.abort();
+    drop(rt);
+}

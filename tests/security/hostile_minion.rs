@@ -12,7 +12,23 @@ use serde_json::{Value as Json, json};
 use crate::{Master, events_for, fresh_key};
 
 fn syndic_return(jid: &str, minion: &str, ret: &str, named: Option<&[&str]>) -> Value {
-    let mut load = Value::map().with("fun", "test.echo");
+    syndic_return_from(jid, minion, ret, named, None)
+}
+
+fn syndic_return_from(
+    jid: &str,
+    minion: &str,
+    ret: &str,
+    named: Option<&[&str]>,
+    master_id: Option<&str>,
+) -> Value {
+    let mut load = Value::map()
+        .with("fun", "test.echo")
+        .with("tgt", "*")
+        .with("tgt_type", "glob");
+    if let Some(m) = master_id {
+        load.insert("master_id", m);
+    }
     if let Some(n) = named {
         load.insert("Minions", Value::Array(n.iter().map(Value::str).collect()));
     }
@@ -81,12 +97,18 @@ fn a_minion_cannot_forge_or_overwrite_returns_through_syndic_returns() {
         assert_eq!(shown(&m, &jid, "victim"), json!("real"));
         // Overwrite it; return for a minion the job does not target; for a jid never
         // published; with the victim named below the hostile "syndic".
+        // A made-up jid; one claiming another master published it, but a year old; one
+        // from the future.
         let unknown = "20260101000000000000";
+        let old = "20251201000000000000";
+        let future = "20991201000000000000";
         for load in [
             syndic_return(&jid, "victim", "forged", None),
             syndic_return(&jid, "victim", "forged", Some(&["victim"])),
             syndic_return(&jid, "bystander", "forged", None),
-            syndic_return(unknown, "victim", "forged", None),
+            syndic_return(unknown, "below-1", "forged", None),
+            syndic_return_from(old, "below-1", "forged", None, Some("mom-b")),
+            syndic_return_from(future, "below-1", "forged", None, Some("mom-b")),
         ] {
             let _ = rt.block_on(hostile.send(load));
         }
@@ -98,8 +120,13 @@ fn a_minion_cannot_forge_or_overwrite_returns_through_syndic_returns() {
             m.log_tail()
         );
         assert_eq!(shown(&m, &jid, "bystander"), Json::Null, "{}", m.job(&jid));
-        let (st, _) = m.http("GET", &format!("/jobs/{unknown}"), Some(&tok), &Json::Null);
-        assert_eq!(st, 404, "a return for a job never published is not kept");
+        for j in [unknown, old, future] {
+            let (st, _) = m.http("GET", &format!("/jobs/{j}"), Some(&tok), &Json::Null);
+            assert_eq!(
+                st, 404,
+                "returns for a job never published ({j}) are not kept"
+            );
+        }
         let syndic_file = m.cachedir().join("syndics/hostile");
         if order_masters {
             // With syndics allowed, the sender is one; a deleted key stops that.

@@ -772,9 +772,24 @@ impl MasterCore {
                     }
                 }
             };
-            let Some(load) = target else {
-                warn!(syndic, jid = %jid, returns = rep.returns.len(), "syndic return for a job this master did not publish or relay refused");
-                continue;
+            let load = match target {
+                Some(load) => load,
+                None => match self.adoptable(jid, &rep.load) {
+                    Ok(load) => {
+                        info!(syndic, jid = %jid, master_id = %load.get("master_id").and_then(Json::as_str).unwrap_or(""), "returns for a job another master published, taken from its syndic");
+                        let mut cache = lock(&self.cache);
+                        if cache.job(jid).is_none()
+                            && let Err(e) = cache.save_job(jid, &load)
+                        {
+                            warn!(jid = %jid, error = %e, "job cache write failed");
+                        }
+                        load
+                    }
+                    Err(why) => {
+                        warn!(syndic, jid = %jid, returns = rep.returns.len(), reason = why, "syndic return refused: a job this master did not publish or relay");
+                        continue;
+                    }
+                },
             };
             for r in &rep.returns {
                 let refuse = |why: &str| {
@@ -833,6 +848,34 @@ impl MasterCore {
             }
         }
         accepted
+    }
+
+    /// Whether returns for `jid`, a job this master neither published nor relayed, may be taken
+    /// from a syndic: only when the syndic sends the job's load naming another master as its
+    /// publisher (`master_id`: a hot peer that died, and whose syndics now report here) and
+    /// the jid is recent (within `keep_jobs_seconds`, not in the future). Anything else — a
+    /// jid made up, an old one, one this master would have published — is refused. (Once
+    /// masters share their jobs, issue 17, such a job is known here and this goes away.)
+    fn adoptable(&self, jid: &str, load: &Value) -> Result<Json, &'static str> {
+        let load = to_json(load);
+        let Some(master) = load.get("master_id").and_then(Json::as_str) else {
+            return Err("no job load naming the master that published it");
+        };
+        if self.cfg.master_id.as_deref() == Some(master) {
+            return Err("the load names this master, which has no such job");
+        }
+        let Some(parsed) = Jid::parse(jid) else {
+            return Err("not a job id");
+        };
+        let now = Jid::from_unix_micros(unix_micros() + 60_000_000);
+        let oldest = Jid::from_unix_micros(
+            unix_micros().saturating_sub(self.cfg.keep_jobs_seconds.saturating_mul(1_000_000)),
+        );
+        let ts = &parsed.as_str()[..20];
+        if ts > &now.as_str()[..20] || ts < &oldest.as_str()[..20] {
+            return Err("a job id from the future or older than keep_jobs_seconds");
+        }
+        Ok(load)
     }
 
     /// A syndic whose key was deleted or rejected is no longer one.
