@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use brine_test_support::sim::{SimOptions, cached_key, sim_runtime};
-use brine_test_support::topology::{Node, loopback};
+use brine_test_support::topology::{Node, loopback, start_syndic};
 use brine_test_support::{SaltMinion, SaltPeer, SimMinion, subscribe, wait_for};
 use serde_json::{Value as Json, json};
 
@@ -117,26 +117,14 @@ fn below_syndics_the_target_is_narrowed_to_the_acl() {
         &[("master", mom_conf)],
     );
     mom.wait_port(api);
-    let master = format!(
-        "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
-         auto_accept: True\npki_dir: /syn/pki\ncachedir: /syn/cache\ngather_job_timeout: 3\n\
-         syndic_master: [{mom}]\nsyndic_master_port: {ret}\n",
-        addr = addrs[1],
-        mom = addrs[0],
-        root = root.display()
-    );
-    let minion = format!(
-        "id: syndic-acl\nroot_dir: {root}\npki_dir: /syn/minion-pki\ncachedir: /syn/minion-cache\n",
-        root = root.display()
-    );
-    let syndic = Node::start(
-        "syndic",
-        "syndic",
+    let syndic = start_syndic(
+        root,
+        "syn",
+        "syndic-acl",
         &addrs[1],
-        &root.join("syn/etc"),
-        &[("master", master), ("minion", minion)],
+        &addrs[0],
+        (publish, ret),
     );
-    syndic.wait_port(ret);
     assert!(
         wait_for(Duration::from_secs(30), || root
             .join("mom/cache/syndics/syndic-acl")
@@ -224,21 +212,8 @@ fn minion_grains_follow_the_acl() {
     let users = users_file(users_dir.path(), &[("alice", "wonderland")]);
     let m = Master::start(&alice_acl(&users));
     let rt = sim_runtime();
-    let ctx = brine_transport::Context::new();
-    let start = |id: &str, k: usize| {
-        rt.block_on(SimMinion::start(
-            &ctx,
-            id,
-            cached_key(k),
-            "127.0.0.1",
-            m.ports.1,
-            m.ports.0,
-            Duration::from_secs(30),
-        ))
-        .unwrap()
-    };
-    let _web = start("web-g", 21);
-    let _db = start("db-g", 22);
+    let _web = m.sim(&rt, "web-g", 21);
+    let _db = m.sim(&rt, "db-g", 22);
     // Grains reach the master with a _pillar request: have both minions send one.
     let mut hw = m.hostile(&rt, "web-g", 21);
     let mut hd = m.hostile(&rt, "db-g", 22);
@@ -283,18 +258,7 @@ fn an_absurd_timeout_is_a_long_wait_not_a_panic() {
     subscribe();
     let mut m = Master::start("auto_accept: True");
     let rt = sim_runtime();
-    let ctx = brine_transport::Context::new();
-    let _web = rt
-        .block_on(SimMinion::start(
-            &ctx,
-            "t-1",
-            cached_key(31),
-            "127.0.0.1",
-            m.ports.1,
-            m.ports.0,
-            Duration::from_secs(30),
-        ))
-        .unwrap();
+    let _web = m.sim(&rt, "t-1", 31);
     let tok = m.root_token();
     for timeout in [
         json!(u64::MAX),

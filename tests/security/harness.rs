@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use brine_proto::crypt::PrivateKey;
+use brine_test_support::SimMinion;
 use brine_test_support::sim::{HostileMinion, cached_key};
 use brine_test_support::{Daemon, free_port, tail, wait_for, workspace_bin};
 use serde_json::{Value as Json, json};
@@ -195,6 +196,33 @@ impl Master {
         assert!(ok, "minions {ids:?} never answered\n{}", self.log_tail());
     }
 
+    /// A simulated minion `id` (swarm key `key`) attached to this master; `Err` when it is not
+    /// accepted within `secs`.
+    pub(crate) fn try_sim(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        id: &str,
+        key: usize,
+        secs: u64,
+    ) -> Result<SimMinion, brine_test_support::sim::SimError> {
+        let ctx = brine_transport::Context::new();
+        rt.block_on(SimMinion::start(
+            &ctx,
+            id,
+            cached_key(key),
+            "127.0.0.1",
+            self.ports.1,
+            self.ports.0,
+            Duration::from_secs(secs),
+        ))
+    }
+
+    /// [`Master::try_sim`], which must succeed within 30 s.
+    pub(crate) fn sim(&self, rt: &tokio::runtime::Runtime, id: &str, key: usize) -> SimMinion {
+        self.try_sim(rt, id, key, 30)
+            .unwrap_or_else(|e| panic!("{id}: {e}\n{}", self.log_tail()))
+    }
+
     /// A hostile (but accepted: the master auto-accepts) minion.
     pub(crate) fn hostile(
         &self,
@@ -232,6 +260,15 @@ pub(crate) fn users_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
         .collect();
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     p
+}
+
+/// A `_minion_event` load firing `tag` (empty data) as `id`.
+pub(crate) fn event(id: &str, tag: &str) -> brine_proto::Value {
+    brine_proto::Value::map()
+        .with("cmd", "_minion_event")
+        .with("id", id)
+        .with("tag", tag)
+        .with("data", brine_proto::Value::map())
 }
 
 /// A fresh key (not from the swarm cache) for an attacker.

@@ -7,28 +7,14 @@ use brine_proto::crypt::{PrivateKey, SigAlgo};
 use brine_proto::envelope::{Publish, Request};
 use brine_proto::jid::Jid;
 use brine_proto::loads::JobLoad;
-use brine_test_support::sim::{HostileMinion, Rng, cached_key, sim_runtime};
-use brine_test_support::{Answer, Daemon, SimMinion, subscribe, wait_for, workspace_bin};
+use brine_test_support::sim::{HostileMinion, Rng, sim_runtime};
+use brine_test_support::{Answer, Daemon, subscribe, wait_for, workspace_bin};
 use serde_json::{Value as Json, json};
 
 use crate::{Master, fresh_key};
 
 fn clear(load: Value) -> Vec<u8> {
     Request::Clear { load, version: 3 }.encode()
-}
-
-fn start_sim(m: &Master, rt: &tokio::runtime::Runtime, id: &str, k: usize) -> SimMinion {
-    let ctx = brine_transport::Context::new();
-    rt.block_on(SimMinion::start(
-        &ctx,
-        id,
-        cached_key(k),
-        "127.0.0.1",
-        m.ports.1,
-        m.ports.0,
-        Duration::from_secs(30),
-    ))
-    .unwrap_or_else(|e| panic!("{id}: {e}\n{}", m.log_tail()))
 }
 
 /// Only `_auth` and `ping` are served in the clear: the master's own commands (publish, runner,
@@ -38,7 +24,7 @@ fn clear_channel_commands_are_refused() {
     subscribe();
     let m = Master::start("auto_accept: True");
     let rt = sim_runtime();
-    let _m1 = start_sim(&m, &rt, "clear-m1", 61);
+    let _m1 = m.sim(&rt, "clear-m1", 61);
     let ctx = brine_transport::Context::new();
     let mut c = brine_transport::ReqClient::new(
         &ctx,
@@ -170,7 +156,7 @@ fn path_tricks_in_ids_jids_and_file_names_go_nowhere() {
         let (st, _) = m.http("GET", &format!("/jobs/{jid}"), Some(&tok), &Json::Null);
         assert!(st == 400 || st == 404, "GET /jobs/{jid}: {st}");
     }
-    let _after = start_sim(&m, &rt, "after-paths", 66);
+    let _after = m.sim(&rt, "after-paths", 66);
     assert_eq!(
         m.run_root("after-paths", "test.ping", &[]),
         json!({"after-paths": true})
@@ -224,7 +210,7 @@ fn malformed_frames_are_refused() {
         }
     }
     assert!(m.alive(), "{}", m.log_tail());
-    let _after = start_sim(&m, &rt, "after-garbage", 63);
+    let _after = m.sim(&rt, "after-garbage", 63);
     assert_eq!(
         m.run_root("after-garbage", "test.ping", &[]),
         json!({"after-garbage": true})
@@ -239,7 +225,7 @@ fn a_new_key_for_an_accepted_id_is_denied() {
     subscribe();
     let m = Master::start("auto_accept: True");
     let rt = sim_runtime();
-    let _owner = start_sim(&m, &rt, "owner", 64);
+    let _owner = m.sim(&rt, "owner", 64);
     let ctx = brine_transport::Context::new();
     let stolen = rt.block_on(HostileMinion::connect(
         &ctx,
@@ -281,25 +267,22 @@ fn forged_publishes_do_not_run() {
     )
     .unwrap();
     let marks = tempfile::tempdir().unwrap();
-    let run = |sign: bool, id: &str| -> (Daemon, tempfile::TempDir) {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("minion"),
-            format!(
-                "id: {id}\nroot_dir: {}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\nsign_pub_messages: {sign}\n",
-                d.path().join("root").display(),
-                m.ports.1,
-                publisher.port()
-            ),
-        )
-        .unwrap();
-        let mut cmd = std::process::Command::new(workspace_bin("minion"));
-        cmd.arg("-c").arg(d.path()).args(["-l", "debug"]);
-        let log = d.path().join("minion.log");
-        (Daemon::spawn(cmd, id, &log), d)
-    };
-    let (_signing, sdir) = run(true, "pub-signing");
-    let (_plain, pdir) = run(false, "pub-plain");
+    let (_signing, sdir) = brine_minion(
+        "pub-signing",
+        m.ports.1,
+        publisher.port(),
+        None,
+        None,
+        "sign_pub_messages: True",
+    );
+    let (_plain, pdir) = brine_minion(
+        "pub-plain",
+        m.ports.1,
+        publisher.port(),
+        None,
+        None,
+        "sign_pub_messages: False",
+    );
     for id in ["pub-signing", "pub-plain"] {
         assert!(
             wait_for(Duration::from_secs(30), || m
@@ -379,14 +362,16 @@ fn forged_publishes_do_not_run() {
     drop(rt);
 }
 
-/// Start the brine `minion` daemon as `id` with its master's ret port at `ret_port` (the
-/// man in the middle below) and `publish_port`; `seed_master` pre-caches a master key.
+/// Start the brine `minion` daemon as `id` with its master's ret port at `ret_port` and
+/// `publish_port` (either may be an attacker's); `seed_master` pre-caches a master key, `key`
+/// is its own key (else it makes one), `extra` more minion config.
 fn brine_minion(
     id: &str,
     ret_port: u16,
     publish_port: u16,
     seed_master: Option<&std::path::Path>,
     key: Option<&PrivateKey>,
+    extra: &str,
 ) -> (Daemon, tempfile::TempDir) {
     let d = tempfile::tempdir().unwrap();
     let pki = d.path().join("root/etc/salt/pki/minion");
@@ -401,7 +386,7 @@ fn brine_minion(
     std::fs::write(
         d.path().join("minion"),
         format!(
-            "id: {id}\nroot_dir: {}\nmaster: 127.0.0.1\nmaster_port: {ret_port}\npublish_port: {publish_port}\nauth_timeout: 2\nacceptance_wait_time: 1\n",
+            "id: {id}\nroot_dir: {}\nmaster: 127.0.0.1\nmaster_port: {ret_port}\npublish_port: {publish_port}\nauth_timeout: 2\nacceptance_wait_time: 1\n{extra}\n",
             d.path().join("root").display(),
         ),
     )
@@ -507,6 +492,7 @@ fn replayed_and_foreign_auth_replies_are_refused_by_the_minion() {
         m.ports.0,
         Some(&master_pub),
         None,
+        "",
     );
     assert!(
         wait_for(Duration::from_secs(30), || !foreign_minion.alive()),
@@ -547,7 +533,7 @@ fn replayed_and_foreign_auth_replies_are_refused_by_the_minion() {
     // The daemon uses the key the captured reply was made for.
     let before = answered.load(std::sync::atomic::Ordering::Relaxed);
     let (mut replay_minion, rdir) =
-        brine_minion(id, mitm_port, m.ports.0, Some(&master_pub), Some(&key));
+        brine_minion(id, mitm_port, m.ports.0, Some(&master_pub), Some(&key), "");
     assert!(
         wait_for(Duration::from_secs(30), || answered
             .load(std::sync::atomic::Ordering::Relaxed)

@@ -5,11 +5,11 @@ use std::time::Duration;
 use brine_proto::Value;
 use brine_proto::envelope::Request;
 use brine_proto::loads::{SyndicReturn, SyndicReturnEntry};
-use brine_test_support::sim::{cached_key, sim_runtime};
-use brine_test_support::{Answer, SimMinion, subscribe, wait_for};
+use brine_test_support::sim::sim_runtime;
+use brine_test_support::{Answer, subscribe, wait_for};
 use serde_json::{Value as Json, json};
 
-use crate::{Master, events_for, fresh_key};
+use crate::{Master, event, events_for, fresh_key};
 
 fn syndic_return(jid: &str, minion: &str, ret: &str, named: Option<&[&str]>) -> Value {
     syndic_return_from(jid, minion, ret, named, None)
@@ -68,18 +68,7 @@ fn a_minion_cannot_forge_or_overwrite_returns_through_syndic_returns() {
             "auto_accept: True\norder_masters: {order_masters}"
         ));
         let rt = sim_runtime();
-        let ctx = brine_transport::Context::new();
-        let _victim = rt
-            .block_on(SimMinion::start(
-                &ctx,
-                "victim",
-                cached_key(41),
-                "127.0.0.1",
-                m.ports.1,
-                m.ports.0,
-                Duration::from_secs(30),
-            ))
-            .unwrap();
+        let _victim = m.sim(&rt, "victim", 41);
         let mut hostile = m.hostile(&rt, "hostile", 42);
         // The victim's real job and return.
         let tok = m.root_token();
@@ -247,13 +236,7 @@ fn a_forged_auth_does_not_drop_an_accepted_minion_s_session() {
     let m = Master::start("auto_accept: True");
     let rt = sim_runtime();
     let mut victim = m.hostile(&rt, "victim", 44);
-    let ping = || {
-        Value::map()
-            .with("cmd", "_minion_event")
-            .with("id", "victim")
-            .with("tag", "custom/victim/alive")
-            .with("data", Value::map())
-    };
+    let ping = || event("victim", "custom/victim/alive");
     assert!(matches!(rt.block_on(victim.send(ping())), Answer::Reply(_)));
     // The attacker, on its own connection, claims the victim's id.
     let ctx = brine_transport::Context::new();
@@ -308,13 +291,7 @@ fn request_server_ttl_refuses_stale_and_replayed_requests() {
     let m = Master::start("auto_accept: True\nrequest_server_ttl: 60");
     let rt = sim_runtime();
     let mut h = m.hostile(&rt, "replayer", 45);
-    let event = |tag: &str| {
-        Value::map()
-            .with("cmd", "_minion_event")
-            .with("id", "replayer")
-            .with("tag", tag)
-            .with("data", Value::map())
-    };
+    let event = |tag: &str| event("replayer", tag);
     let (events, raw) = events_for(&m, 2, || {
         let once = h.seal(event("custom/replay/once"), None);
         assert!(matches!(

@@ -4,8 +4,8 @@
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
-use brine_test_support::sim::{cached_key, sim_runtime};
-use brine_test_support::{SimMinion, subscribe, wait_for};
+use brine_test_support::sim::sim_runtime;
+use brine_test_support::{subscribe, wait_for};
 use serde_json::json;
 
 use crate::Master;
@@ -37,15 +37,7 @@ fn a_slowloris_on_the_api_never_starves_the_minion_ports() {
     }
     // During the attack a minion authenticates and is served.
     let t0 = Instant::now();
-    let minion = rt.block_on(SimMinion::start(
-        &ctx,
-        "during-attack",
-        cached_key(51),
-        "127.0.0.1",
-        m.ports.1,
-        m.ports.0,
-        Duration::from_secs(20),
-    ));
+    let minion = m.try_sim(&rt, "during-attack", 51, 20);
     assert!(
         minion.is_ok(),
         "a minion could not authenticate during the attack: {:?}\n{}",
@@ -157,15 +149,7 @@ fn huge_frames_are_cut_off_before_they_are_allocated() {
     );
     assert!(m.alive());
     // It still serves a minion.
-    let minion = rt.block_on(SimMinion::start(
-        &ctx,
-        "after-huge",
-        cached_key(52),
-        "127.0.0.1",
-        m.ports.1,
-        m.ports.0,
-        Duration::from_secs(20),
-    ));
+    let minion = m.try_sim(&rt, "after-huge", 52, 20);
     assert!(minion.is_ok(), "{:?}\n{}", minion.err(), m.log_tail());
     let r = m.run_root("after-huge", "test.ping", &[]);
     assert_eq!(r, json!({"after-huge": true}));
@@ -185,18 +169,7 @@ fn an_autosign_file_others_can_write_is_ignored() {
     std::fs::write(&autosign, "ok-*\nevil-*\n").unwrap();
     std::fs::set_permissions(&autosign, std::fs::Permissions::from_mode(0o666)).unwrap();
     let rt = sim_runtime();
-    let ctx = brine_transport::Context::new();
-    let try_auth = |id: &str, k: usize| {
-        rt.block_on(SimMinion::start(
-            &ctx,
-            id,
-            cached_key(k),
-            "127.0.0.1",
-            m.ports.1,
-            m.ports.0,
-            Duration::from_secs(6),
-        ))
-    };
+    let try_auth = |id: &str, k: usize| m.try_sim(&rt, id, k, 6);
     assert!(
         try_auth("evil-1", 53).is_err(),
         "accepted through a world-writable autosign file"

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use brine_test_support::sim::{SimOptions, cached_key, sim_runtime};
-use brine_test_support::topology::{Node, async_jid, loopback, sse_tags};
+use brine_test_support::topology::{Node, async_jid, loopback, sse_tags, start_syndic};
 use brine_test_support::{SaltMaster, SaltMinion, SaltPeer, SimMinion, subscribe, wait_for};
 use serde_json::{Value as Json, json};
 
@@ -570,26 +570,14 @@ fn a_late_minion_behind_a_syndic_is_still_waited_for() {
         (publish, ret),
         "pki_dir: /mom/pki\ncachedir: /mom/cache",
     );
-    let master = format!(
-        "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
-         auto_accept: True\npki_dir: /syn/pki\ncachedir: /syn/cache\ngather_job_timeout: 3\n\
-         syndic_master: [{mom}]\nsyndic_master_port: {ret}\n",
-        addr = addrs[1],
-        mom = addrs[0],
-        root = root.display()
-    );
-    let minion = format!(
-        "id: syndic-late\nroot_dir: {root}\npki_dir: /syn/minion-pki\ncachedir: /syn/minion-cache\n",
-        root = root.display()
-    );
-    let syndic = Node::start(
-        "syndic",
-        "syndic",
+    let syndic = start_syndic(
+        root,
+        "syn",
+        "syndic-late",
         &addrs[1],
-        &root.join("syn/etc"),
-        &[("master", master), ("minion", minion)],
+        &addrs[0],
+        (publish, ret),
     );
-    syndic.wait_port(ret);
     assert!(
         wait_for(Duration::from_secs(30), || root
             .join("mom/cache/syndics/syndic-late")

@@ -282,19 +282,25 @@ impl MasterCore {
         })
     }
 
-    /// The accepted minions `allowed` covers for sure (`None`: every minion).
-    pub fn minions_within(&self, allowed: &Allowed) -> Option<BTreeSet<String>> {
-        let Allowed::Within(within) = allowed else {
-            return None;
-        };
+    /// ACL targets are compound expressions, nodegroups expanded as in a publish; one that does
+    /// not expand covers nobody.
+    fn expand_acl_targets(&self, within: &[String]) -> Vec<String> {
         let groups = |n: &str| self.cfg.nodegroups.get(n).cloned();
-        let within: Vec<String> = within
+        within
             .iter()
             .filter_map(|t| {
                 let (e, _) = expand_nodegroups(&Value::str(t), "compound", &groups).ok()?;
                 e.as_str().map(str::to_owned)
             })
-            .collect();
+            .collect()
+    }
+
+    /// The accepted minions `allowed` covers for sure (`None`: every minion).
+    pub fn minions_within(&self, allowed: &Allowed) -> Option<BTreeSet<String>> {
+        let Allowed::Within(within) = allowed else {
+            return None;
+        };
+        let within = self.expand_acl_targets(within);
         let accepted = self.accepted();
         let outside: BTreeSet<String> = self
             .with_fleet(|f| outside_acl(&accepted, &within, f))
@@ -342,15 +348,7 @@ impl MasterCore {
                     warn!(user, fun = %spec.fun, reason = %why, "publish refused by the caller's ACL");
                     PublishError::Denied(format!("{user} may not run {}: {why}", spec.fun))
                 };
-                // ACL targets are compound expressions, nodegroups expanded as in a publish; one
-                // that does not expand covers nobody.
-                let within: Vec<String> = within
-                    .iter()
-                    .filter_map(|t| {
-                        let (e, _) = expand_nodegroups(&Value::str(t), "compound", &groups).ok()?;
-                        e.as_str().map(str::to_owned)
-                    })
-                    .collect();
+                let within = self.expand_acl_targets(&within);
                 if within.is_empty() {
                     return Err(denied("no target of the ACL allows it".into()));
                 }

@@ -194,3 +194,35 @@ pub fn sse_tags(
     });
     seen
 }
+
+/// Start a brine syndic `id` on `addr` below the master of masters at `mom` (both on the
+/// ports `(publish, ret)`), auto-accepting its own minions, with its files under `root/<dir>`
+/// (`etc/master`, `etc/minion`, pki and cache); returns once its ret port answers.
+pub fn start_syndic(
+    root: &Path,
+    dir: &str,
+    id: &str,
+    addr: &str,
+    mom: &str,
+    (publish, ret): (u16, u16),
+) -> Node {
+    let master = format!(
+        "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
+         auto_accept: True\npki_dir: /{dir}/pki\ncachedir: /{dir}/cache\ngather_job_timeout: 3\n\
+         syndic_master: [{mom}]\nsyndic_master_port: {ret}\n",
+        root = root.display()
+    );
+    let minion = format!(
+        "id: {id}\nroot_dir: {root}\npki_dir: /{dir}/minion-pki\ncachedir: /{dir}/minion-cache\n",
+        root = root.display()
+    );
+    let syndic = Node::start(
+        "syndic",
+        id,
+        addr,
+        &root.join(dir).join("etc"),
+        &[("master", master), ("minion", minion)],
+    );
+    syndic.wait_port(ret);
+    syndic
+}
