@@ -223,6 +223,18 @@ impl Master {
             .unwrap_or_else(|e| panic!("{id}: {e}\n{}", self.log_tail()))
     }
 
+    /// The master still serves minions: a new simulated minion `id` attaches and answers
+    /// `test.ping`.
+    pub(crate) fn assert_serves(&self, rt: &tokio::runtime::Runtime, id: &str, key: usize) {
+        let _m = self.sim(rt, id, key);
+        assert_eq!(
+            self.run_root(id, "test.ping", &[]),
+            json!({ id: true }),
+            "{}",
+            self.log_tail()
+        );
+    }
+
     /// A hostile (but accepted: the master auto-accepts) minion.
     pub(crate) fn hostile(
         &self,
