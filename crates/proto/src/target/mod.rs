@@ -70,11 +70,6 @@ impl Tri {
             _ => Self::Unknown,
         }
     }
-
-    /// Whether the minion may run the job (yes or unknown).
-    pub fn maybe(self) -> bool {
-        self != Self::No
-    }
 }
 
 impl std::ops::Not for Tri {

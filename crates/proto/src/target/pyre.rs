@@ -574,7 +574,7 @@ impl Parser<'_> {
         match self.atom_escape(false)? {
             Atom::Char(ch) => self.literal(ch, flags),
             Atom::Category(k) => {
-                self.category(k, false);
+                self.category(k);
                 Ok(Item::Plain(at))
             }
         }
@@ -649,7 +649,7 @@ impl Parser<'_> {
         Ok(Atom::Char(ch))
     }
 
-    fn category(&mut self, k: char, in_class: bool) {
+    fn category(&mut self, k: char) {
         // Unicode `\s` is the fixed set `str.isspace()` accepts; ASCII mode is six characters.
         const SPACE_UNI: &str = "\\t-\\r\\x1C-\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}";
         const SPACE_ASCII: &str = "\\t-\\r ";
@@ -665,7 +665,6 @@ impl Parser<'_> {
                 return;
             }
         };
-        let _ = in_class;
         let _ = write!(self.out, "[{}{set}]", if negated { "^" } else { "" });
     }
 
@@ -768,7 +767,7 @@ impl Parser<'_> {
             Atom::Category(k) => {
                 // A category inside a class: `regex` nests classes, so the same text works.
                 let saved = std::mem::take(&mut self.out);
-                self.category(k, true);
+                self.category(k);
                 let cat = std::mem::replace(&mut self.out, saved);
                 members.push_str(&cat);
             }
