@@ -225,7 +225,7 @@ impl JobTracker {
                     }
                     _ => {
                         job.asked
-                            .insert(id.clone(), (now + self.gather_job_timeout, false));
+                            .insert(id.clone(), (later(now, self.gather_job_timeout), false));
                         ask.push(id.clone());
                     }
                 }
@@ -294,6 +294,17 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("m{i:04}")).collect()
+    }
+
+    #[test]
+    fn durations_from_the_network_never_overflow_a_deadline() {
+        // An API caller's timeout or an upper master's `to` can be any number.
+        let mut jt = JobTracker::new(Duration::MAX);
+        let t0 = Instant::now();
+        jt.handle_published("j", ids(2), t0, Duration::MAX, Some(Duration::MAX));
+        jt.handle_syndics("j", ["s1".to_owned()], t0, Duration::MAX);
+        assert!(jt.poll_find_jobs(t0 + Duration::from_secs(3600)).is_empty());
+        assert!(jt.poll_done(t0 + Duration::from_secs(3600)).is_empty());
     }
 
     #[test]
