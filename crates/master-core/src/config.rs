@@ -83,6 +83,15 @@ pub struct MasterConfig {
     pub syndic_wait: u64,
     /// Keys brine does not implement (warned about at start).
     pub unknown_keys: Vec<String>,
+    /// The file server (`file_roots`, `file_ignore_*`, `hash_type`, ...).
+    pub files: crate::fileserver::FileServerConfig,
+    /// `file_recv`: minions may push files (`cp.push`) into `cachedir/minions/<id>/files`.
+    pub file_recv: bool,
+    /// `file_recv_max_size`, MB.
+    pub file_recv_max_size: u64,
+    /// The state options a minion asks for with `_master_opts`, in Salt's order with Salt's
+    /// defaults (`top_file_merging_strategy` ... `jinja_trim_blocks`).
+    pub state_opts: Vec<(String, serde_json::Value)>,
     /// `master_id`: stamped on publishes so syndics send returns back to this master.
     pub master_id: Option<String>,
     /// `syndic_master`: the masters above (string or list; `host` or `host:port`).
@@ -101,6 +110,26 @@ pub struct MasterConfig {
     /// minions overflowed 1000 (1,863 connections dropped and retried a second later).
     pub zmq_backlog: i32,
 }
+
+/// The options `_master_opts` answers after `file_roots`, in Salt's order, with Salt's defaults
+/// (as JSON). The first three follow `file_roots` even with `env_only`.
+pub const STATE_OPTS: &[(&str, &str)] = &[
+    ("top_file_merging_strategy", "\"merge\""),
+    ("env_order", "[]"),
+    ("default_top", "\"base\""),
+    ("renderer", "\"jinja|yaml\""),
+    ("failhard", "false"),
+    ("state_top", "\"top.sls\""),
+    ("state_top_saltenv", "null"),
+    ("nodegroups", "{}"),
+    ("state_auto_order", "true"),
+    ("state_events", "false"),
+    ("state_aggregate", "false"),
+    ("jinja_env", "{}"),
+    ("jinja_sls_env", "{}"),
+    ("jinja_lstrip_blocks", "false"),
+    ("jinja_trim_blocks", "false"),
+];
 
 /// Keys mofm reads or deliberately accepts (Salt process-model options with no meaning here).
 pub const KNOWN_KEYS: &[&str] = &[
@@ -150,6 +179,30 @@ pub const KNOWN_KEYS: &[&str] = &[
     "zmq_max_message_size",
     "request_server_ttl",
     "permissive_pki_access",
+    "file_roots",
+    "fileserver_backend",
+    "file_ignore_regex",
+    "file_ignore_glob",
+    "file_buffer_size",
+    "hash_type",
+    "fileserver_followsymlinks",
+    "fileserver_ignoresymlinks",
+    "file_recv",
+    "file_recv_max_size",
+    "top_file_merging_strategy",
+    "env_order",
+    "default_top",
+    "renderer",
+    "failhard",
+    "state_top",
+    "state_top_saltenv",
+    "state_auto_order",
+    "state_events",
+    "state_aggregate",
+    "jinja_env",
+    "jinja_sls_env",
+    "jinja_lstrip_blocks",
+    "jinja_trim_blocks",
 ];
 
 impl MasterConfig {
@@ -238,6 +291,18 @@ impl MasterConfig {
             syndic_wait: o.int("syndic_wait", 5, 0..=3600)? as u64,
             zmq_backlog: o.int("zmq_backlog", 4096, 1..=65_535)? as i32,
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
+            files: crate::fileserver::FileServerConfig::from_options(o)?,
+            file_recv: o.bool("file_recv", false)?,
+            file_recv_max_size: o.int("file_recv_max_size", 100, 0..=1_000_000)? as u64,
+            state_opts: STATE_OPTS
+                .iter()
+                .map(|(k, d)| {
+                    let v = o.get(k).cloned().unwrap_or_else(|| {
+                        serde_json::from_str(d).unwrap_or(serde_json::Value::Null)
+                    });
+                    ((*k).to_owned(), v)
+                })
+                .collect(),
             master_id: o.string("master_id")?,
             syndic_master: o.string_list("syndic_master")?.unwrap_or_default(),
             syndic_master_port: port("syndic_master_port", 4506)?,

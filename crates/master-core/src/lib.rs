@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod events;
+pub mod fileserver;
 pub mod jobcache;
 pub mod jobs;
 pub mod json;

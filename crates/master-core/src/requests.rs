@@ -95,6 +95,7 @@ pub struct RequestHandler {
     secrets: Arc<Mutex<Secrets>>,
     policy: Policy,
     rng: Box<dyn Entropy + Send>,
+    files: Arc<crate::fileserver::MasterFiles>,
 }
 
 impl std::fmt::Debug for RequestHandler {
@@ -158,7 +159,15 @@ impl RequestHandler {
             secrets,
             policy,
             rng,
+            files: Arc::new(crate::fileserver::MasterFiles::off()),
         }
+    }
+
+    /// Answer file requests (`_serve_file`, `_master_opts`, `_file_recv`...) with `files`.
+    #[must_use]
+    pub fn with_files(mut self, files: Arc<crate::fileserver::MasterFiles>) -> Self {
+        self.files = files;
+        self
     }
 
     fn secrets(&self) -> std::sync::MutexGuard<'_, Secrets> {
@@ -524,20 +533,23 @@ impl RequestHandler {
                 out.resources = Some((id.clone(), manages));
                 Value::Bool(true)
             }
-            "_file_envs"
+            cmd @ ("_file_envs"
             | "_file_list"
             | "_file_list_emptydirs"
             | "_dir_list"
-            | "_symlink_list" => Value::Array(vec![]),
-            "_file_hash"
+            | "_symlink_list"
+            | "_file_hash"
             | "_file_hash_and_stat"
             | "_file_find"
             | "_serve_file"
             | "_master_opts"
             | "_master_tops"
-            | "_mine_get"
-            | "_ext_nodes" => Value::map(),
-            "_mine" | "_mine_delete" | "_mine_flush" | "_file_recv" => Value::Bool(true),
+            | "_file_recv") => self
+                .files
+                .request(&id, cmd, &opened.load)
+                .unwrap_or_else(Value::map),
+            "_mine_get" => Value::map(),
+            "_mine" | "_mine_delete" | "_mine_flush" => Value::Bool(true),
             other => {
                 debug!(minion_id = %id, cmd = other, "unsupported request answered with {{}}");
                 Value::map()

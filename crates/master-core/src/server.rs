@@ -1062,16 +1062,20 @@ impl Server {
         };
         // One request handler per core: `_auth` is RSA-bound, and a fleet re-keying after an
         // AES rotation (or a restart) is served by every core at once.
+        let files = Arc::new(crate::fileserver::MasterFiles::new(&cfg)?);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
         let mut handlers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            handlers.push(RequestHandler::new(
-                KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?,
-                identity.clone(),
-                secrets.clone(),
-                policy.clone(),
-                Box::new(Rng),
-            ));
+            handlers.push(
+                RequestHandler::new(
+                    KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?,
+                    identity.clone(),
+                    secrets.clone(),
+                    policy.clone(),
+                    Box::new(Rng),
+                )
+                .with_files(files.clone()),
+            );
         }
         let mut jp = JobPublisher::new(publisher, secrets.clone(), key);
         jp.sign = cfg.sign_pub_messages;

@@ -56,6 +56,8 @@ pub enum PyReError {
 #[derive(Debug, Clone)]
 pub struct PyRegex {
     re: regex::Regex,
+    /// The same, unanchored (`re.search`).
+    search: regex::Regex,
     /// `\w \d \b` and friends in Unicode mode, or IGNORECASE: exact on ASCII text only.
     unicode_sensitive: bool,
     /// `$` outside MULTILINE: exact unless the text has a newline before its last character.
@@ -78,6 +80,13 @@ impl PyRegex {
             return None;
         }
         Some(self.re.is_match(text))
+    }
+
+    /// `re.search(pattern, text)` (a match anywhere) as a boolean, or `None` when this text is
+    /// one the translation is not exact for.
+    pub fn search(&self, text: &str) -> Option<bool> {
+        self.match_start(text)?;
+        Some(self.search.is_match(text))
     }
 }
 
@@ -107,13 +116,16 @@ pub fn compile(pattern: &str) -> Result<PyRegex, PyReError> {
         // Only a `)` stops the top level early.
         return Err(p.invalid("unbalanced parenthesis"));
     }
-    let re = regex::RegexBuilder::new(&format!("\\A(?:{})", p.out))
-        .size_limit(1 << 20)
-        .nest_limit(4 * MAX_DEPTH as u32)
-        .build()
-        .map_err(|_| unsupported(pattern, "more repetition than brine evaluates"))?;
+    let build = |anchor: &str| {
+        regex::RegexBuilder::new(&format!("{anchor}(?:{})", p.out))
+            .size_limit(1 << 20)
+            .nest_limit(4 * MAX_DEPTH as u32)
+            .build()
+            .map_err(|_| unsupported(pattern, "more repetition than brine evaluates"))
+    };
     Ok(PyRegex {
-        re,
+        re: build("\\A")?,
+        search: build("")?,
         unicode_sensitive: p.unicode_sensitive,
         dollar: p.dollar,
         not_boundary: p.not_boundary,
@@ -835,6 +847,11 @@ mod tests {
         // `\b` in a class is a backspace.
         assert_eq!(m("[\\b]", "\u{8}"), Some(true));
         assert_eq!(m("\\B", ""), None);
+        // re.search: anywhere, but `^` still means the start.
+        let s = |p: &str, t: &str| compile(p).unwrap().search(t);
+        assert_eq!(s("\\.git", "a/.git/x"), Some(true));
+        assert_eq!(s("^\\.git", "a/.git/x"), Some(false));
+        assert_eq!(s("x$", "a/x"), Some(true));
     }
 
     #[test]
