@@ -129,6 +129,11 @@ impl Options {
         self.map.insert(key.to_owned(), value);
     }
 
+    /// Every option as read (file order, later files overriding earlier ones).
+    pub fn all(&self) -> &Map<String, Value> {
+        &self.map
+    }
+
     /// The files read, in order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files

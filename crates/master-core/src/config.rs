@@ -85,6 +85,11 @@ pub struct MasterConfig {
     pub unknown_keys: Vec<String>,
     /// The file server (`file_roots`, `file_ignore_*`, `hash_type`, ...).
     pub files: crate::fileserver::FileServerConfig,
+    /// Pillar (`pillar_roots`, merging, `pillar_opts`...).
+    pub pillar: crate::pillar::PillarConfig,
+    /// Every option as configured (pillar templates see them as `opts`; `pillar_opts` sends
+    /// them to minions).
+    pub raw: serde_json::Map<String, serde_json::Value>,
     /// `file_recv`: minions may push files (`cp.push`) into `cachedir/minions/<id>/files`.
     pub file_recv: bool,
     /// `file_recv_max_size`, MB.
@@ -203,6 +208,14 @@ pub const KNOWN_KEYS: &[&str] = &[
     "jinja_sls_env",
     "jinja_lstrip_blocks",
     "jinja_trim_blocks",
+    "pillar_roots",
+    "pillar_source_merging_strategy",
+    "pillar_merge_lists",
+    "pillar_opts",
+    "pillar_safe_render_error",
+    "pillar_includes_override_sls",
+    "pillarenv",
+    "pillarenv_from_saltenv",
 ];
 
 impl MasterConfig {
@@ -292,6 +305,8 @@ impl MasterConfig {
             zmq_backlog: o.int("zmq_backlog", 4096, 1..=65_535)? as i32,
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
             files: crate::fileserver::FileServerConfig::from_options(o)?,
+            pillar: crate::pillar::PillarConfig::from_options(o)?,
+            raw: o.all().clone(),
             file_recv: o.bool("file_recv", false)?,
             file_recv_max_size: o.int("file_recv_max_size", 100, 0..=1_000_000)? as u64,
             state_opts: STATE_OPTS

@@ -857,6 +857,8 @@ mod tests {
 pub struct MasterFiles {
     /// The roots file server.
     pub server: FileServer,
+    /// The pillar compiler (`None`: every minion gets an empty pillar).
+    pub pillar: Option<crate::pillar::PillarCompiler>,
     state_opts: Vec<(String, Value)>,
     /// `cachedir/minions` and the largest file a minion may push (bytes), with `file_recv`.
     recv: Option<(PathBuf, u64)>,
@@ -868,8 +870,14 @@ impl MasterFiles {
     /// # Errors
     /// A message for a `file_ignore_regex` brine cannot evaluate exactly.
     pub fn new(cfg: &crate::config::MasterConfig) -> Result<Self, String> {
+        let opts = crate::json::from_json(&serde_json::Value::Object(cfg.raw.clone()));
         Ok(Self {
             server: FileServer::new(cfg.files.clone())?,
+            pillar: Some(crate::pillar::PillarCompiler::new(
+                cfg.pillar.clone(),
+                opts,
+                cfg.nodegroups.clone(),
+            )),
             state_opts: cfg
                 .state_opts
                 .iter()
@@ -892,6 +900,7 @@ impl MasterFiles {
                 ..FileServerConfig::default()
             })
             .unwrap_or_else(|_| unreachable!("no regexes to compile")),
+            pillar: None,
             state_opts: Vec::new(),
             recv: None,
         }

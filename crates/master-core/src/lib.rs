@@ -13,16 +13,19 @@
 pub mod config;
 pub mod events;
 pub mod fileserver;
+pub mod jinja;
 pub mod jobcache;
 pub mod jobs;
 pub mod json;
 pub mod keys;
+pub mod pillar;
 pub mod publish;
 pub mod requests;
 pub mod secrets;
 pub mod server;
 pub mod targeting;
 pub mod upstream;
+pub mod yaml;
 
 /// Lock a mutex, taking the data even if a panicking thread poisoned it (a request handler's
 /// panic must not stop the master).

@@ -130,6 +130,8 @@ pub struct Handled {
     pub returns: Vec<ReturnLoad>,
     /// Grains a minion reported (with its `_pillar` request), for the grains cache.
     pub grains: Option<(String, Value)>,
+    /// The pillar compiled for a minion, for the pillar cache (`-I` targeting, the API).
+    pub pillar: Option<(String, Value)>,
     /// The authenticated minion behind the request (an accepted `_auth` or a valid `aes`
     /// request), for presence.
     pub minion: Option<String>,
@@ -388,13 +390,29 @@ impl RequestHandler {
         };
         let result = match opened.cmd.as_str() {
             "_pillar" => {
+                // Salt sets the grains' id to the requester's (appended when missing).
                 let grains = opened
                     .load
                     .get("grains")
                     .filter(|g| g.as_map().is_some())
-                    .map(|g| (id.clone(), g.clone()));
+                    .map(|g| {
+                        let mut g = g.clone();
+                        g.insert("id", id.as_str());
+                        g
+                    });
+                let pillar = match (&self.files.pillar, &grains) {
+                    (Some(compiler), Some(g)) => {
+                        let text = |k: &str| opened.load.get(k).and_then(Value::as_str);
+                        let mut req = crate::pillar::PillarRequest::new(&id, g);
+                        req.saltenv = text("saltenv");
+                        req.pillarenv = text("pillarenv");
+                        req.pillar_override = opened.load.get("pillar_override");
+                        compiler.compile(&req)
+                    }
+                    _ => Value::map(),
+                };
                 return match pillar_reply(
-                    &Value::map(),
+                    &pillar,
                     &nonce,
                     &minion_pub,
                     &self.identity.key,
@@ -404,7 +422,12 @@ impl RequestHandler {
                 ) {
                     Ok(r) => Handled {
                         reply: codec::encode_wire(&r),
-                        grains,
+                        events: vec![MasterEvent {
+                            tag: format!("minion/refresh/{id}"),
+                            data: Value::map().with("Minion data cache refresh", id.as_str()),
+                        }],
+                        grains: grains.map(|g| (id.clone(), g)),
+                        pillar: Some((id.clone(), pillar)),
                         minion: Some(id.clone()),
                         ..Handled::default()
                     },

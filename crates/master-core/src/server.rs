@@ -125,7 +125,7 @@ fn outside_acl(ids: &[String], within: &[String], fleet: &Fleet<'_>) -> Vec<Stri
             let facts = brine_proto::target::Facts {
                 id,
                 grains: fleet.grains.get(*id).unwrap_or(&nil),
-                pillar: &nil,
+                pillar: fleet.pillars.get(*id).unwrap_or(&nil),
             };
             // A resource manager may run a job for its resources: only its own id vouches.
             !within.iter().any(|t| {
@@ -171,6 +171,8 @@ pub struct MasterCore {
     pub cfg: MasterConfig,
     keys: KeyStore,
     grains: Mutex<HashMap<String, Value>>,
+    /// The pillar last compiled for each minion.
+    pillars: Mutex<HashMap<String, Value>>,
     jobs: Mutex<BTreeMap<String, ActiveJob>>,
     cache: Mutex<JobCache>,
     tracker: Mutex<JobTracker>,
@@ -255,6 +257,11 @@ impl MasterCore {
         lock(&self.grains).get(id).cloned()
     }
 
+    /// The pillar last compiled for `id`.
+    pub fn pillar_of(&self, id: &str) -> Option<Value> {
+        lock(&self.pillars).get(id).cloned()
+    }
+
     /// Every minion with cached grains.
     pub fn all_grains(&self) -> BTreeMap<String, Value> {
         lock(&self.grains)
@@ -274,10 +281,12 @@ impl MasterCore {
     fn with_fleet<T>(&self, f: impl FnOnce(&Fleet<'_>) -> T) -> T {
         let accepted = self.accepted();
         let grains = lock(&self.grains);
+        let pillars = lock(&self.pillars);
         let managers = lock(&self.resource_managers);
         f(&Fleet {
             accepted: &accepted,
             grains: &grains,
+            pillars: &pillars,
             resource_managers: &managers,
         })
     }
@@ -1087,6 +1096,7 @@ impl Server {
             cfg,
             keys,
             grains: Mutex::new(HashMap::new()),
+            pillars: Mutex::new(HashMap::new()),
             jobs: Mutex::new(BTreeMap::new()),
             cache: Mutex::new(cache),
             find_jobs: Mutex::new(HashMap::new()),
@@ -1219,6 +1229,9 @@ impl Server {
                             debug!(tag = %e.tag, "event");
                         }
                         shared.bus.fire_event(e);
+                    }
+                    if let Some((id, p)) = h.pillar {
+                        lock(&shared.pillars).insert(id, p);
                     }
                     if let Some((id, g)) = h.grains {
                         lock(&shared.grains).insert(id, g);

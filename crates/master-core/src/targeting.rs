@@ -45,6 +45,8 @@ pub struct Fleet<'a> {
     pub accepted: &'a [String],
     /// Grains each minion last reported.
     pub grains: &'a HashMap<String, Value>,
+    /// The pillar last compiled for each minion.
+    pub pillars: &'a HashMap<String, Value>,
     /// Minions that manage resources (Salt 3008 `_register_resources`): any target may reach
     /// them through a resource id, so they are never ruled out.
     pub resource_managers: &'a BTreeSet<String>,
@@ -66,8 +68,8 @@ pub fn reach(
         let facts = Facts {
             id,
             grains: fleet.grains.get(id).unwrap_or(&nil),
-            // Pillar is not cached yet: pillar targets cannot be told.
-            pillar: &nil,
+            // A minion whose pillar was not compiled in this run cannot be told.
+            pillar: fleet.pillars.get(id).unwrap_or(&nil),
         };
         let t = target::evaluate(tgt, tgt_type, delimiter, &facts, &NoNodegroups)?;
         match t {
@@ -97,9 +99,11 @@ pub fn expected_minions(
 ) -> Result<Vec<String>, TargetError> {
     let (tgt, tgt_type) = expand_nodegroups(tgt, tgt_type, groups)?;
     let managers = BTreeSet::new();
+    let pillars = HashMap::new();
     let fleet = Fleet {
         accepted,
         grains,
+        pillars: &pillars,
         resource_managers: &managers,
     };
     Ok(reach(&tgt, &tgt_type, delimiter, &fleet)?.all())
