@@ -225,6 +225,24 @@ impl ReqChannel {
     /// # Errors
     /// [`LinkError`] if the master cannot be reached or keeps refusing.
     pub async fn send(&self, load: &Value, timeout: Duration) -> Result<Value, LinkError> {
+        self.request(load, timeout, false).await
+    }
+
+    /// Send a `_pillar` request and open the reply the master encrypted to this minion's key
+    /// (checking the master's signature and the nonce); returns the pillar.
+    ///
+    /// # Errors
+    /// As [`ReqChannel::send`]; a reply that fails a check is [`LinkError::Local`].
+    pub async fn pillar(&self, load: &Value, timeout: Duration) -> Result<Value, LinkError> {
+        self.request(load, timeout, true).await
+    }
+
+    async fn request(
+        &self,
+        load: &Value,
+        timeout: Duration,
+        private: bool,
+    ) -> Result<Value, LinkError> {
         let mut r = self.req.lock().await;
         for attempt in 0..2 {
             let sealed = r.session.seal(load.clone(), unix_secs(), &mut Rng);
@@ -235,7 +253,20 @@ impl ReqChannel {
                 .map_err(|e| LinkError::Unreachable(format!("{}: {e}", self.master.host)))?;
             self.answered_ms
                 .fetch_max(self.age_ms(), std::sync::atomic::Ordering::Relaxed);
-            match r.session.open_reply(&reply, &sealed.nonce) {
+            let opened = if private {
+                let bad_load = brine_proto::codec::decode(&reply)
+                    .ok()
+                    .is_some_and(|v| v.as_bytes() == Some(b"bad load"));
+                if bad_load {
+                    Err(AuthError::Crypticle(CrypticleError::BadMac))
+                } else {
+                    r.session
+                        .open_pillar_reply(&reply, &sealed.nonce, &r.creds.master_pub)
+                }
+            } else {
+                r.session.open_reply(&reply, &sealed.nonce)
+            };
+            match opened {
                 Ok(v) => return Ok(v),
                 Err(AuthError::Crypticle(CrypticleError::BadMac)) if attempt == 0 => {
                     info!(master = %self.master.host, "session key refused; re-authenticating");
@@ -477,6 +508,7 @@ impl PublishDecoder {
         payload: &[u8],
         aes: &brine_proto::crypt::Crypticle,
         grains: &Value,
+        pillar: &Value,
     ) -> Feed {
         let Ok(p) = Publish::decode(payload) else {
             debug!("ignoring a publish that is not an aes envelope");
@@ -510,7 +542,7 @@ impl PublishDecoder {
         let facts = Facts {
             id: &self.id,
             grains,
-            pillar: &Value::Nil,
+            pillar,
         };
         let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
         match target::matches(&job.tgt, job.tgt_type(), &delim, &facts, &NoNodegroups) {
@@ -583,49 +615,49 @@ mod tests {
             codec::encode_wire(&Value::map().with("enc", "clear").with("load", Value::map())),
             vec![0u8; 4096],
         ] {
-            assert!(matches!(d.decode(&junk, &aes, &grains), Feed::Skip));
+            assert!(matches!(d.decode(&junk, &aes, &grains, &Value::Nil), Feed::Skip));
         }
         // Encrypted with another key (rotation, or forgery): ask for a re-auth.
         let other = Crypticle::generate(&mut rng);
         let p = publish(&job("m1", 1, 1), &other, &mut rng);
-        assert!(matches!(d.decode(&p, &aes, &grains), Feed::Rekey(_)));
+        assert!(matches!(d.decode(&p, &aes, &grains, &Value::Nil), Feed::Rekey(_)));
         // A tampered blob fails its MAC the same way.
         let mut env = Publish::decode(&publish(&job("m1", 1, 1), &aes, &mut rng)).unwrap();
         let n = env.load.len();
         env.load[n / 2] ^= 0x55;
         assert!(matches!(
-            d.decode(&env.encode(), &aes, &grains),
+            d.decode(&env.encode(), &aes, &grains, &Value::Nil),
             Feed::Rekey(_)
         ));
         // A valid job for us; then its replay (same serial) and a duplicate jid are dropped.
         assert!(matches!(
-            d.decode(&publish(&job("m1", 2, 5), &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&job("m1", 2, 5), &aes, &mut rng), &aes, &grains, &Value::Nil),
             Feed::Job(_)
         ));
         assert!(matches!(
-            d.decode(&publish(&job("m1", 3, 5), &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&job("m1", 3, 5), &aes, &mut rng), &aes, &grains, &Value::Nil),
             Feed::Skip
         ));
         assert!(matches!(
-            d.decode(&publish(&job("m1", 2, 6), &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&job("m1", 2, 6), &aes, &mut rng), &aes, &grains, &Value::Nil),
             Feed::Skip
         ));
         // Not targeted at us; an unknown target type.
         assert!(matches!(
-            d.decode(&publish(&job("web*", 4, 7), &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&job("web*", 4, 7), &aes, &mut rng), &aes, &grains, &Value::Nil),
             Feed::Skip
         ));
         let mut weird = job("m1", 5, 8);
         weird.tgt_type = Some("bogus".into());
         assert!(matches!(
-            d.decode(&publish(&weird, &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&weird, &aes, &mut rng), &aes, &grains, &Value::Nil),
             Feed::Skip
         ));
         // sign_pub_messages: unsigned or wrongly signed publishes are dropped.
         let master = PrivateKey::generate(2048).unwrap();
         d.verify_with = Some(master.public_key());
         assert!(matches!(
-            d.decode(&publish(&job("m1", 7, 10), &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&job("m1", 7, 10), &aes, &mut rng), &aes, &grains, &Value::Nil),
             Feed::Skip
         ));
         let signed = Publish::seal(
@@ -636,11 +668,11 @@ mod tests {
         )
         .unwrap()
         .encode();
-        assert!(matches!(d.decode(&signed, &aes, &grains), Feed::Job(_)));
+        assert!(matches!(d.decode(&signed, &aes, &grains, &Value::Nil), Feed::Job(_)));
         d.verify_with = None;
         // And a good one still gets through afterwards.
         assert!(matches!(
-            d.decode(&publish(&job("m*", 6, 12), &aes, &mut rng), &aes, &grains),
+            d.decode(&publish(&job("m*", 6, 12), &aes, &mut rng), &aes, &grains, &Value::Nil),
             Feed::Job(_)
         ));
     }

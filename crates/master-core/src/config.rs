@@ -216,6 +216,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "pillar_includes_override_sls",
     "pillarenv",
     "pillarenv_from_saltenv",
+    "mine_get",
+    "minion_data_cache",
+    "enforce_mine_cache",
 ];
 
 impl MasterConfig {

@@ -851,6 +851,18 @@ mod tests {
     }
 }
 
+/// Python's truth of a configured value.
+fn json_truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        serde_json::Value::String(s) => !s.is_empty(),
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+    }
+}
+
 /// Everything a master answers about files: the file server, `_master_opts`, `_master_tops`
 /// and `_file_recv` (`cp.push`).
 #[derive(Debug)]
@@ -859,6 +871,8 @@ pub struct MasterFiles {
     pub server: FileServer,
     /// The pillar compiler (`None`: every minion gets an empty pillar).
     pub pillar: Option<crate::pillar::PillarCompiler>,
+    /// The mine (`None`: stores nothing, finds nothing).
+    pub mine: Option<crate::mine::Mine>,
     state_opts: Vec<(String, Value)>,
     /// `cachedir/minions` and the largest file a minion may push (bytes), with `file_recv`.
     recv: Option<(PathBuf, u64)>,
@@ -869,9 +883,24 @@ impl MasterFiles {
     ///
     /// # Errors
     /// A message for a `file_ignore_regex` brine cannot evaluate exactly.
-    pub fn new(cfg: &crate::config::MasterConfig) -> Result<Self, String> {
+    pub fn new(
+        cfg: &crate::config::MasterConfig,
+        grains: crate::mine::DataCache,
+        pillars: crate::mine::DataCache,
+    ) -> Result<Self, String> {
         let opts = crate::json::from_json(&serde_json::Value::Object(cfg.raw.clone()));
+        let keys = crate::keys::KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?;
+        let flag = |k: &str, d: bool| cfg.raw.get(k).map_or(d, json_truthy);
+        let mine = crate::mine::Mine::new(
+            cfg.cachedir.join("minions"),
+            keys,
+            grains,
+            pillars,
+            cfg.raw.get("mine_get").map(crate::json::from_json),
+            flag("minion_data_cache", true) || flag("enforce_mine_cache", false),
+        );
         Ok(Self {
+            mine: Some(mine),
             server: FileServer::new(cfg.files.clone())?,
             pillar: Some(crate::pillar::PillarCompiler::new(
                 cfg.pillar.clone(),
@@ -901,6 +930,7 @@ impl MasterFiles {
             })
             .unwrap_or_else(|_| unreachable!("no regexes to compile")),
             pillar: None,
+            mine: None,
             state_opts: Vec::new(),
             recv: None,
         }
@@ -916,6 +946,21 @@ impl MasterFiles {
             // No master_tops modules run in brine: Salt's answer without any configured.
             "_master_tops" => Some(Value::map()),
             "_file_recv" => Some(self.file_recv(id, load)),
+            "_mine" | "_mine_delete" | "_mine_flush" | "_mine_get" => {
+                let Some(m) = &self.mine else {
+                    return Some(if cmd == "_mine_get" {
+                        Value::map()
+                    } else {
+                        Value::Bool(true)
+                    });
+                };
+                Some(match cmd {
+                    "_mine" => m.update(id, load),
+                    "_mine_delete" => m.delete(id, load),
+                    "_mine_flush" => m.flush(id),
+                    _ => m.get(id, load),
+                })
+            }
             _ => self.server.request(cmd, load),
         }
     }

@@ -1,7 +1,9 @@
 //! The master core shared by `mofm` and `syndic`: the pki directory (`keys`), the master's
 //! secrets (`secrets`: `master.pem`, the publish AES key, serials, per-minion session keys), the
 //! request handler for minion traffic (`requests`: `_auth`, `_pillar`, `_minion_event`,
-//! `_return`, `_register_resources`, `ping`) and publishing (`publish`).
+//! `_return`, `_register_resources`, `ping`) and publishing (`publish`). Minions' file and data
+//! requests are answered by the file server (`fileserver`), the pillar compiler (`pillar`, with
+//! `jinja` and `yaml`) and the mine (`mine`).
 //!
 //! It also holds the master's configuration (`config`: Salt's `master` file), the embedded job
 //! cache (`jobcache`), the event bus (`events`) and the serving core (`server`) that mofm and
@@ -18,6 +20,7 @@ pub mod jobcache;
 pub mod jobs;
 pub mod json;
 pub mod keys;
+pub mod mine;
 pub mod pillar;
 pub mod publish;
 pub mod requests;

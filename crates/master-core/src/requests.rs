@@ -140,6 +140,9 @@ pub struct Handled {
     pub syndic: Option<(String, Vec<SyndicReport>)>,
     /// A `_register_resources` (Salt 3008): the minion and whether it manages any resource.
     pub resources: Option<(String, bool)>,
+    /// A return the minion sent with jid `req` (a scheduled job, `salt-call`): the whole load,
+    /// to be stored under a jid the master assigns.
+    pub minion_job: Option<Value>,
 }
 
 fn bad_load() -> Vec<u8> {
@@ -482,6 +485,17 @@ impl RequestHandler {
             }
             "_return" => {
                 match ReturnLoad::from_value(&opened.load) {
+                    Ok(r) if r.id == id && r.jid == "req" => {
+                        // Salt's `store_job`: the master assigns a jid and stores the job.
+                        out.minion_job = Some(opened.load.clone());
+                    }
+                    Ok(r) if r.id == id && r.jid == "nocache" => {
+                        // `return_job: nocache`: announced on the bus, never stored.
+                        out.events.push(MasterEvent {
+                            tag: format!("salt/job/nocache/ret/{id}"),
+                            data: opened.load.clone(),
+                        });
+                    }
                     Ok(r) if r.id == id && brine_proto::jid::Jid::parse(&r.jid).is_some() => {
                         let mut data = opened.load.clone();
                         data.remove("cmd");
@@ -567,12 +581,14 @@ impl RequestHandler {
             | "_serve_file"
             | "_master_opts"
             | "_master_tops"
-            | "_file_recv") => self
+            | "_file_recv"
+            | "_mine"
+            | "_mine_get"
+            | "_mine_delete"
+            | "_mine_flush") => self
                 .files
                 .request(&id, cmd, &opened.load)
                 .unwrap_or_else(Value::map),
-            "_mine_get" => Value::map(),
-            "_mine" | "_mine_delete" | "_mine_flush" => Value::Bool(true),
             other => {
                 debug!(minion_id = %id, cmd = other, "unsupported request answered with {{}}");
                 Value::map()

@@ -170,9 +170,9 @@ pub struct MasterCore {
     /// The configuration.
     pub cfg: MasterConfig,
     keys: KeyStore,
-    grains: Mutex<HashMap<String, Value>>,
+    grains: crate::mine::DataCache,
     /// The pillar last compiled for each minion.
-    pillars: Mutex<HashMap<String, Value>>,
+    pillars: crate::mine::DataCache,
     jobs: Mutex<BTreeMap<String, ActiveJob>>,
     cache: Mutex<JobCache>,
     tracker: Mutex<JobTracker>,
@@ -950,6 +950,65 @@ impl MasterCore {
         true
     }
 
+    /// A return sent with jid `req` (a minion's scheduled job, `salt-call`): stored as
+    /// salt-master's `store_job` stores it, as a job of its own under a new jid, targeted at
+    /// the minion alone (`arg` from `fun_args`, `tgt_type` glob, `tgt` its id), and announced
+    /// on `salt/job/<jid>/ret/<id>`.
+    fn on_minion_job(&self, mut load: Value) {
+        let Some(id) = load.get("id").and_then(Value::as_str).map(str::to_owned) else {
+            return;
+        };
+        let arg = load
+            .get("arg")
+            .or_else(|| load.get("fun_args"))
+            .cloned()
+            .unwrap_or_else(|| Value::Array(vec![]));
+        load.insert("arg", arg.clone());
+        load.insert("tgt_type", "glob");
+        load.insert("tgt", id.as_str());
+        let jid = lock(&self.jidgen)
+            .next_jid(unix_micros())
+            .as_str()
+            .to_owned();
+        load.insert("jid", jid.as_str());
+        let fun = load
+            .get("fun")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let user = load
+            .get("user")
+            .and_then(Value::as_str)
+            .unwrap_or("root")
+            .to_owned();
+        let stored = json!({
+            "jid": jid.as_str(),
+            "fun": fun,
+            "arg": to_json(&arg),
+            "tgt": id,
+            "tgt_type": "glob",
+            "user": user,
+            "minions": [id],
+            "StartTime": start_time(&jid),
+        });
+        let mut data = to_json(&load);
+        if let Json::Object(o) = &mut data {
+            o.remove("cmd");
+        }
+        {
+            let mut cache = lock(&self.cache);
+            if let Err(e) = cache.save_job(&jid, &stored) {
+                warn!(jid = %jid, error = %e, "job cache write failed");
+            }
+            if let Err(e) = cache.add_return(&jid, &id, &data) {
+                warn!(jid = %jid, minion_id = %id, error = %e, "job cache write failed");
+            }
+            cache.close(&jid);
+        }
+        info!(jid = %jid, minion_id = %id, fun = %fun, "minion-initiated return stored");
+        self.bus.fire(format!("salt/job/{jid}/ret/{id}"), load);
+    }
+
     async fn tick(&self) {
         let now = Instant::now();
         let (asks, done) = {
@@ -1071,7 +1130,13 @@ impl Server {
         };
         // One request handler per core: `_auth` is RSA-bound, and a fleet re-keying after an
         // AES rotation (or a restart) is served by every core at once.
-        let files = Arc::new(crate::fileserver::MasterFiles::new(&cfg)?);
+        let grains = crate::mine::DataCache::default();
+        let pillars = crate::mine::DataCache::default();
+        let files = Arc::new(crate::fileserver::MasterFiles::new(
+            &cfg,
+            grains.clone(),
+            pillars.clone(),
+        )?);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
         let mut handlers = Vec::with_capacity(workers);
         for _ in 0..workers {
@@ -1095,8 +1160,8 @@ impl Server {
             tracker: Mutex::new(JobTracker::new(Duration::from_secs(cfg.gather_job_timeout))),
             cfg,
             keys,
-            grains: Mutex::new(HashMap::new()),
-            pillars: Mutex::new(HashMap::new()),
+            grains,
+            pillars,
             jobs: Mutex::new(BTreeMap::new()),
             cache: Mutex::new(cache),
             find_jobs: Mutex::new(HashMap::new()),
@@ -1235,6 +1300,9 @@ impl Server {
                     }
                     if let Some((id, g)) = h.grains {
                         lock(&shared.grains).insert(id, g);
+                    }
+                    if let Some(load) = h.minion_job {
+                        shared.on_minion_job(load);
                     }
                     if let Some((id, manages)) = &h.resources {
                         shared.on_resources(id, *manages);

@@ -296,7 +296,7 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
         tokio::select! {
             raw = feed.next_raw() => {
                 let raw = raw?;
-                let job = match feed.decoder.decode(&raw, &aes, &Value::Nil) {
+                let job = match feed.decoder.decode(&raw, &aes, &Value::Nil, &Value::Nil) {
                     Feed::Job(job) => job,
                     Feed::Skip => continue,
                     Feed::Rekey(raw) => {
@@ -308,7 +308,7 @@ async fn serve_link(up: &Arc<Up>, i: usize) -> Result<(), LinkError> {
                         last_rekey = Some(tokio::time::Instant::now());
                         aes = chan.reauth().await?;
                         feed.decoder.reset_serials();
-                        match feed.decoder.decode(&raw, &aes, &Value::Nil) {
+                        match feed.decoder.decode(&raw, &aes, &Value::Nil, &Value::Nil) {
                             Feed::Job(job) => job,
                             _ => continue,
                         }

@@ -83,6 +83,16 @@ pub struct MinionConfig {
     pub salt_version: String,
     /// Keys present in the files that brine does not implement (warned about at start).
     pub unknown_keys: Vec<String>,
+    /// `mine_functions`: what `mine.update` runs and sends to the master.
+    pub mine_functions: Value,
+    /// `mine_interval` (minutes; 0: never on a timer).
+    pub mine_interval: Duration,
+    /// `saltenv` (the minion's file server environment; `None`: `base`).
+    pub saltenv: Option<String>,
+    /// `pillarenv` (`None`: every pillar environment).
+    pub pillarenv: Option<String>,
+    /// `hash_type` for files from the master (`sha256`).
+    pub hash_type: String,
 }
 
 /// Keys brine's minion reads.
@@ -125,6 +135,11 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ipv6",
     "sock_dir",
     "pidfile",
+    "mine_functions",
+    "mine_interval",
+    "saltenv",
+    "pillarenv",
+    "hash_type",
 ];
 
 fn secs(o: &Options, key: &str, default: i64) -> Result<Duration, ConfigError> {
@@ -331,6 +346,26 @@ impl MinionConfig {
                 v
             },
             unknown_keys: o.unknown_keys(KNOWN_KEYS),
+            mine_functions: o
+                .get("mine_functions")
+                .map_or_else(Value::map, json_to_value),
+            mine_interval: Duration::from_secs(
+                60 * o.int("mine_interval", 60, 0..=525_600)? as u64,
+            ),
+            saltenv: o.string("saltenv")?,
+            pillarenv: o.string("pillarenv")?,
+            hash_type: {
+                let h = o.string("hash_type")?.unwrap_or_else(|| "sha256".into());
+                if !["md5", "sha1", "sha224", "sha256", "sha384", "sha512"].contains(&h.as_str()) {
+                    return Err(ConfigError::Invalid {
+                        key: "hash_type".into(),
+                        message: format!(
+                            "{h:?} is not one of md5, sha1, sha224, sha256, sha384, sha512"
+                        ),
+                    });
+                }
+                h
+            },
         })
     }
 }

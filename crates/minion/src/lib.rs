@@ -48,6 +48,7 @@ struct Shared {
     jobs: JobTable,
     ctx: Context,
     spool: spool::Spool,
+    pillar: exec::master::PillarStore,
 }
 
 /// Run the minion until `shutdown` resolves, or a master refuses it for good.
@@ -76,6 +77,7 @@ pub async fn run(
         jobs: JobTable::default(),
         ctx: Context::new(),
         spool,
+        pillar: exec::master::PillarStore::default(),
     });
     info!(id = %shared.cfg.id, masters = ?hosts, "brine minion starting");
     let mut set = tokio::task::JoinSet::new();
@@ -232,6 +234,19 @@ async fn serve_master(
         }
     }
     flush_spool(shared, &chan).await;
+    let handle = Arc::new(exec::master::MasterHandle {
+        chan: chan.clone(),
+        id: cfg.id.clone(),
+        saltenv: cfg.saltenv.clone(),
+        pillarenv: cfg.pillarenv.clone(),
+        hash_type: cfg.hash_type.clone(),
+        cachedir: cfg.cachedir.clone(),
+    });
+    // The pillar, with our grains: the master caches both (grain and pillar targeting).
+    match handle.fetch_pillar(&shared.grains, None, None).await {
+        Ok(p) => shared.pillar.set(p),
+        Err(e) => warn!(master = %master.host, error = %e, "pillar not received"),
+    }
     let (mut aes, master_pub) = chan.creds().await;
     if cfg.sign_pub_messages {
         feed.decoder.verify_with = Some(master_pub);
@@ -256,6 +271,15 @@ async fn serve_master(
     let mut primary_prober = primary.map(|p| link::Prober::new(&shared.ctx, p));
     let mut primary_ok = 0u32;
     let mut flush_tick = tokio::time::interval(Duration::from_secs(2));
+    // `mine_interval`: mine.update at start and then every interval, as Salt's schedule does.
+    let mine_on = !cfg.mine_interval.is_zero()
+        && (cfg.mine_functions.as_map().is_some_and(|m| !m.is_empty())
+            || shared.pillar.get().get("mine_functions").is_some());
+    let mut mine_tick = tokio::time::interval(if cfg.mine_interval.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        cfg.mine_interval
+    });
     let mut last_rekey: Option<tokio::time::Instant> = None;
     let mut held: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
     let mut rekey_at: Option<tokio::time::Instant> = None;
@@ -269,8 +293,8 @@ async fn serve_master(
                 aes = chan.reauth().await?;
                 feed.decoder.reset_serials();
                 for raw in held.drain(..) {
-                    match feed.decoder.decode(&raw, &aes, &shared.grains) {
-                        Feed::Job(job) => start_job(shared, &chan, *job),
+                    match feed.decoder.decode(&raw, &aes, &shared.grains, &shared.pillar.get()) {
+                        Feed::Job(job) => start_job(shared, &handle, *job),
                         Feed::Rekey(_) => warn!(master = %master.host, "held publish fails its MAC with a fresh key too; dropped"),
                         Feed::Skip => {}
                     }
@@ -278,7 +302,7 @@ async fn serve_master(
             }
             raw = feed.next_raw() => {
                 let raw = raw?;
-                let job = match feed.decoder.decode(&raw, &aes, &shared.grains) {
+                let job = match feed.decoder.decode(&raw, &aes, &shared.grains, &shared.pillar.get()) {
                     Feed::Job(job) => job,
                     Feed::Skip => continue,
                     Feed::Rekey(raw) => {
@@ -299,7 +323,7 @@ async fn serve_master(
                         last_rekey = Some(tokio::time::Instant::now());
                         aes = chan.reauth().await?;
                         feed.decoder.reset_serials();
-                        match feed.decoder.decode(&raw, &aes, &shared.grains) {
+                        match feed.decoder.decode(&raw, &aes, &shared.grains, &shared.pillar.get()) {
                             Feed::Job(job) => job,
                             Feed::Rekey(_) => {
                                 warn!(master = %master.host, "publish fails its MAC with a fresh key too; dropped");
@@ -309,7 +333,7 @@ async fn serve_master(
                         }
                     }
                 };
-                start_job(shared, &chan, *job);
+                start_job(shared, &handle, *job);
             }
             _ = probe_tick.tick(), if !alive.is_zero() => {
                 if prober.ping(period).await {
@@ -336,6 +360,15 @@ async fn serve_master(
                 }
             }
             _ = flush_tick.tick() => flush_spool(shared, &chan).await,
+            _ = mine_tick.tick(), if mine_on => {
+                let ctx = job_ctx(shared, &handle, JobLoad::new("mine.update", vec![], Value::str(&cfg.id), "glob", &brine_proto::jid::Jid::from_unix_micros(unix_micros())));
+                tokio::spawn(async move {
+                    let out = exec::call("mine.update", &ctx).await;
+                    if out.retcode != 0 {
+                        warn!(ret = ?out.ret, "scheduled mine.update failed");
+                    }
+                });
+            }
         }
     }
 }
@@ -359,14 +392,24 @@ async fn flush_spool(shared: &Shared, chan: &ReqChannel) {
     }
 }
 
-fn start_job(shared: &Arc<Shared>, chan: &Arc<ReqChannel>, job: JobLoad) {
-    let jid = job.jid.clone();
-    let ctx = JobCtx::new(
+fn job_ctx(shared: &Shared, handle: &Arc<exec::master::MasterHandle>, job: JobLoad) -> JobCtx {
+    JobCtx::new(
         job,
         shared.grains.clone(),
         shared.jobs.clone(),
         shared.cfg.cachedir.clone(),
-    );
+    )
+    .with_master(
+        handle.clone(),
+        shared.pillar.clone(),
+        shared.cfg.mine_functions.clone(),
+    )
+}
+
+fn start_job(shared: &Arc<Shared>, handle: &Arc<exec::master::MasterHandle>, job: JobLoad) {
+    let jid = job.jid.clone();
+    let chan = &handle.chan;
+    let ctx = job_ctx(shared, handle, job);
     let data = ctx.proc_data();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let shared2 = shared.clone();

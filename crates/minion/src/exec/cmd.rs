@@ -119,8 +119,9 @@ fn all(ran: &Ran) -> Value {
         .with("stderr", ran.stderr.as_str())
 }
 
-/// `cmd.script SOURCE [ARGS]`: run a script from a local path (or `file://` URL), staged into
-/// the cache directory and made executable, with `ARGS` appended as shell words.
+/// `cmd.script SOURCE [ARGS]`: run a script from the master (`salt://`), a local path or a
+/// `file://` URL, staged into the cache directory and made executable, with `ARGS` appended as
+/// shell words.
 pub(super) async fn script(ctx: &JobCtx) -> Outcome {
     let Some(source) = ctx.arg(0, "source").map(as_text) else {
         return super::invalid_args(
@@ -128,7 +129,7 @@ pub(super) async fn script(ctx: &JobCtx) -> Outcome {
             "script() missing 1 required positional argument: 'source'",
         );
     };
-    let path = source.strip_prefix("file://").unwrap_or(&source).to_owned();
+    let mut path = source.strip_prefix("file://").unwrap_or(&source).to_owned();
     let cache_error = || Outcome {
         ret: Value::map()
             .with("pid", 0i64)
@@ -140,8 +141,16 @@ pub(super) async fn script(ctx: &JobCtx) -> Outcome {
         out: None,
     };
     if source.starts_with("salt://") {
-        // The brine minion has no file client yet; say so rather than pretend.
-        return cache_error();
+        let Some(m) = &ctx.master else {
+            return cache_error();
+        };
+        let env = ctx
+            .kwarg("saltenv")
+            .map_or_else(|| m.default_saltenv(), as_text);
+        match m.get_file(&source, None, false, &env, None).await {
+            Ok(Some(p)) => path = p.to_string_lossy().into_owned(),
+            Ok(None) | Err(_) => return cache_error(),
+        }
     }
     let Ok(body) = tokio::fs::read(&path).await else {
         return cache_error();

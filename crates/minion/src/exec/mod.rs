@@ -2,7 +2,11 @@
 //! minion's (return value, `retcode`, `success`, `out`).
 
 mod cmd;
+mod cp;
 mod grains_mod;
+pub mod master;
+mod mine;
+mod pillar;
 mod saltutil;
 mod sys;
 mod test;
@@ -67,6 +71,12 @@ pub struct JobCtx {
     pub jobs: JobTable,
     /// Where `cmd.script` may stage files.
     pub cachedir: std::path::PathBuf,
+    /// The master the job came from (`None`: no link, as in unit tests).
+    pub master: Option<Arc<master::MasterHandle>>,
+    /// The pillar in memory.
+    pub pillar: master::PillarStore,
+    /// `mine_functions` from the minion's configuration.
+    pub mine_functions: Value,
 }
 
 impl JobCtx {
@@ -97,7 +107,23 @@ impl JobCtx {
             grains,
             jobs,
             cachedir,
+            master: None,
+            pillar: master::PillarStore::default(),
+            mine_functions: Value::map(),
         }
+    }
+
+    /// The same job, with the master link, pillar and mine configuration of a running minion.
+    pub fn with_master(
+        mut self,
+        master: Arc<master::MasterHandle>,
+        pillar: master::PillarStore,
+        mine_functions: Value,
+    ) -> Self {
+        self.master = Some(master);
+        self.pillar = pillar;
+        self.mine_functions = mine_functions;
+        self
     }
 
     /// Positional argument `i`, or keyword `name`.
@@ -255,12 +281,28 @@ pub const FUNCTIONS: &[&str] = &[
     "cmd.run_stdout",
     "cmd.script",
     "cmd.shell",
+    "cp.envs",
+    "cp.get_dir",
+    "cp.get_file",
+    "cp.hash_file",
+    "cp.list_master",
+    "cp.list_master_dirs",
     "grains.get",
     "grains.item",
     "grains.items",
     "grains.ls",
+    "mine.delete",
+    "mine.flush",
+    "mine.get",
+    "mine.send",
+    "mine.update",
+    "pillar.get",
+    "pillar.item",
+    "pillar.items",
+    "pillar.raw",
     "saltutil.find_job",
     "saltutil.kill_job",
+    "saltutil.refresh_pillar",
     "saltutil.running",
     "saltutil.sync_all",
     "sys.doc",
@@ -309,6 +351,26 @@ pub async fn call(fun: &str, ctx: &JobCtx) -> Outcome {
         "saltutil.sync_all" => saltutil::sync_all(ctx),
         "sys.list_functions" => sys::list_functions(ctx),
         "sys.doc" => sys::doc(ctx),
+        "pillar.items" | "pillar.data" => pillar::items(ctx).await,
+        "pillar.item" => pillar::item(ctx).await,
+        "pillar.get" => pillar::get(ctx).await,
+        "pillar.raw" => pillar::raw(ctx),
+        "saltutil.refresh_pillar" => pillar::refresh(ctx).await,
+        "mine.send" => mine::send(ctx).await,
+        "mine.update" => mine::update(ctx).await,
+        "mine.get" => mine::get(ctx).await,
+        "mine.delete" => mine::delete(ctx).await,
+        "mine.flush" => mine::flush(ctx).await,
+        "cp.get_file" => cp::get_file(ctx).await,
+        "cp.get_dir" => cp::get_dir(ctx).await,
+        "cp.list_master" => cp::list_master(ctx, "_file_list").await,
+        "cp.list_master_dirs" => cp::list_master(ctx, "_dir_list").await,
+        "cp.hash_file" => cp::hash_file(ctx).await,
+        "cp.envs" => cp::envs(ctx).await,
+        state if state.starts_with("state.") => Outcome::error(format!(
+            "'state' __virtual__ returned False: brine's minion has no state system ('{state}' \
+             is not available); run states on a salt-minion"
+        )),
         other => Outcome::error(format!("'{other}' is not available.")),
     }
 }

@@ -133,6 +133,7 @@ pub(super) fn eval(
     tgt: &Value,
     facts: &Facts<'_>,
     groups: &dyn Nodegroups,
+    pillar_mode: Mode,
 ) -> Result<Tri, TargetError> {
     let mut words: Vec<String> = match tgt {
         Value::Array(items) => items
@@ -199,7 +200,7 @@ pub(super) fn eval(
             }
             Some('G') => Atom::value(data_word(facts.grains, pattern, &delim, Mode::Glob)?),
             Some('P') => Atom::value(data_word(facts.grains, pattern, &delim, Mode::Regex)?),
-            Some('I') => Atom::value(data_word(facts.pillar, pattern, &delim, Mode::Glob)?),
+            Some('I') => Atom::value(data_word(facts.pillar, pattern, &delim, pillar_mode)?),
             Some('J') => Atom::value(data_word(facts.pillar, pattern, &delim, Mode::Regex)?),
             Some('L') => Atom::value(Tri::from(list_match(pattern, facts.id))),
             Some('E') => Atom::value(pcre(pattern, facts.id)?),

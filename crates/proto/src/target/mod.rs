@@ -210,13 +210,16 @@ pub fn evaluate(
             ipcidr::Outcome::Raises => Tri::No,
             ipcidr::Outcome::Unknown => Tri::Unknown,
         }),
-        "compound" => compound::eval(tgt, facts, groups),
+        "compound" => compound::eval(tgt, facts, groups, Glob),
+        // Master-side types (`mine.get` on the master): pillar values compared for equality.
+        "pillar_exact" => data(facts.pillar, subdict::Mode::Exact, delimiter),
+        "compound_pillar_exact" => compound::eval(tgt, facts, groups, subdict::Mode::Exact),
         "nodegroup" => {
             let name = text()?;
             let expr = groups
                 .expand(name)
                 .ok_or_else(|| TargetError::UnknownNodegroup(name.into()))?;
-            compound::eval(&Value::str(expr), facts, groups)
+            compound::eval(&Value::str(expr), facts, groups, Glob)
         }
         other => Err(TargetError::UnknownType(other.into())),
     }

@@ -15,6 +15,8 @@ pub(super) enum Mode {
     Glob,
     /// `re.match` on lower-cased text (grain_pcre, pillar_pcre).
     Regex,
+    /// Equality of lower-cased text (the master's `pillar_exact`, for `mine.get`).
+    Exact,
 }
 
 /// What `traverse_dict_and_list` found.
@@ -35,6 +37,7 @@ fn py_match(target: &Value, pattern: &str, mode: Mode) -> Result<Tri, TargetErro
     };
     Ok(match mode {
         Mode::Glob => Tri::from(py_fnmatch(&t, &p)),
+        Mode::Exact => Tri::from(t == p),
         Mode::Regex => match pyre::compile(&p) {
             Ok(re) => Tri::from(re.match_start(&t)),
             // Salt catches the exception and answers False.
