@@ -615,12 +615,18 @@ mod tests {
             codec::encode_wire(&Value::map().with("enc", "clear").with("load", Value::map())),
             vec![0u8; 4096],
         ] {
-            assert!(matches!(d.decode(&junk, &aes, &grains, &Value::Nil), Feed::Skip));
+            assert!(matches!(
+                d.decode(&junk, &aes, &grains, &Value::Nil),
+                Feed::Skip
+            ));
         }
         // Encrypted with another key (rotation, or forgery): ask for a re-auth.
         let other = Crypticle::generate(&mut rng);
         let p = publish(&job("m1", 1, 1), &other, &mut rng);
-        assert!(matches!(d.decode(&p, &aes, &grains, &Value::Nil), Feed::Rekey(_)));
+        assert!(matches!(
+            d.decode(&p, &aes, &grains, &Value::Nil),
+            Feed::Rekey(_)
+        ));
         // A tampered blob fails its MAC the same way.
         let mut env = Publish::decode(&publish(&job("m1", 1, 1), &aes, &mut rng)).unwrap();
         let n = env.load.len();
@@ -631,20 +637,40 @@ mod tests {
         ));
         // A valid job for us; then its replay (same serial) and a duplicate jid are dropped.
         assert!(matches!(
-            d.decode(&publish(&job("m1", 2, 5), &aes, &mut rng), &aes, &grains, &Value::Nil),
+            d.decode(
+                &publish(&job("m1", 2, 5), &aes, &mut rng),
+                &aes,
+                &grains,
+                &Value::Nil
+            ),
             Feed::Job(_)
         ));
         assert!(matches!(
-            d.decode(&publish(&job("m1", 3, 5), &aes, &mut rng), &aes, &grains, &Value::Nil),
+            d.decode(
+                &publish(&job("m1", 3, 5), &aes, &mut rng),
+                &aes,
+                &grains,
+                &Value::Nil
+            ),
             Feed::Skip
         ));
         assert!(matches!(
-            d.decode(&publish(&job("m1", 2, 6), &aes, &mut rng), &aes, &grains, &Value::Nil),
+            d.decode(
+                &publish(&job("m1", 2, 6), &aes, &mut rng),
+                &aes,
+                &grains,
+                &Value::Nil
+            ),
             Feed::Skip
         ));
         // Not targeted at us; an unknown target type.
         assert!(matches!(
-            d.decode(&publish(&job("web*", 4, 7), &aes, &mut rng), &aes, &grains, &Value::Nil),
+            d.decode(
+                &publish(&job("web*", 4, 7), &aes, &mut rng),
+                &aes,
+                &grains,
+                &Value::Nil
+            ),
             Feed::Skip
         ));
         let mut weird = job("m1", 5, 8);
@@ -657,7 +683,12 @@ mod tests {
         let master = PrivateKey::generate(2048).unwrap();
         d.verify_with = Some(master.public_key());
         assert!(matches!(
-            d.decode(&publish(&job("m1", 7, 10), &aes, &mut rng), &aes, &grains, &Value::Nil),
+            d.decode(
+                &publish(&job("m1", 7, 10), &aes, &mut rng),
+                &aes,
+                &grains,
+                &Value::Nil
+            ),
             Feed::Skip
         ));
         let signed = Publish::seal(
@@ -668,11 +699,19 @@ mod tests {
         )
         .unwrap()
         .encode();
-        assert!(matches!(d.decode(&signed, &aes, &grains, &Value::Nil), Feed::Job(_)));
+        assert!(matches!(
+            d.decode(&signed, &aes, &grains, &Value::Nil),
+            Feed::Job(_)
+        ));
         d.verify_with = None;
         // And a good one still gets through afterwards.
         assert!(matches!(
-            d.decode(&publish(&job("m*", 6, 12), &aes, &mut rng), &aes, &grains, &Value::Nil),
+            d.decode(
+                &publish(&job("m*", 6, 12), &aes, &mut rng),
+                &aes,
+                &grains,
+                &Value::Nil
+            ),
             Feed::Job(_)
         ));
     }

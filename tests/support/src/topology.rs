@@ -125,7 +125,8 @@ impl Node {
         format!("--- {} ---\n{}", self.name, tail(&self.log, lines))
     }
 
-    fn tool(&self, bin: &str, args: &[&str]) -> Output {
+    /// `BIN -c etc ARGS` (a brine CLI: `brine`, `brine-key`, `brine-run`).
+    pub fn tool(&self, bin: &str, args: &[&str]) -> Output {
         Command::new(workspace_bin(bin))
             .arg("-c")
             .arg(&self.etc)
@@ -204,12 +205,25 @@ pub fn start_syndic(
     id: &str,
     addr: &str,
     mom: &str,
+    ports: (u16, u16),
+) -> Node {
+    start_syndic_with(root, dir, id, addr, mom, ports, "")
+}
+
+/// [`start_syndic`] with `extra` YAML in the syndic's `master` file (its `file_roots`...).
+pub fn start_syndic_with(
+    root: &Path,
+    dir: &str,
+    id: &str,
+    addr: &str,
+    mom: &str,
     (publish, ret): (u16, u16),
+    extra: &str,
 ) -> Node {
     let master = format!(
         "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
          auto_accept: True\npki_dir: /{dir}/pki\ncachedir: /{dir}/cache\ngather_job_timeout: 3\n\
-         syndic_master: [{mom}]\nsyndic_master_port: {ret}\n",
+         syndic_master: [{mom}]\nsyndic_master_port: {ret}\n{extra}",
         root = root.display()
     );
     let minion = format!(

@@ -1,0 +1,5 @@
+base:
+  'alpha*':
+    - web
+  'beta*':
+    - app
