@@ -441,3 +441,180 @@ fn workloads_3007() {
 fn workloads_3008() {
     run_workloads("3008.5");
 }
+
+/// The requests a minion's file client and state system make, answered by a real salt-master
+/// and by mofm serving the same tree: the same values, byte for byte (str and bin kept apart),
+/// stat lists included (same files on the same machine). `_file_envs` is a set in Salt.
+fn file_server_as_salt_master(version: &str) {
+    use brine_proto::Value;
+    use brine_test_support::sim::{HostileMinion, cached_key, sim_runtime};
+    subscribe();
+    let peer = SaltPeer::get(version);
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/tree"),
+        &tree,
+    );
+    // What the sample tree lacks: a link inside the root, an empty file, an empty directory,
+    // a file larger than one 1 MiB chunk.
+    std::os::unix::fs::symlink("site/about.html", tree.join("salt/web/link.html")).unwrap();
+    std::fs::write(tree.join("salt/zero.txt"), "").unwrap();
+    std::fs::create_dir_all(tree.join("salt/empty/inner")).unwrap();
+    let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tree.join("salt/big.bin"), &big).unwrap();
+    let conf = roots(&tree);
+    let salt = SaltMaster::start(&peer, &conf);
+    let (addrs, publish, ret) = loopback(1);
+    let api = free_port();
+    let root = dir.path().join("brine");
+    let mofm = Node::start(
+        "mofm",
+        "mofm",
+        &addrs[0],
+        &root.join("etc"),
+        &[(
+            "master",
+            format!(
+                "root_dir: {r}\ninterface: {a}\npublish_port: {publish}\nret_port: {ret}\n\
+                 rest_cherrypy: {{port: {api}}}\nauto_accept: True\n{conf}",
+                r = root.display(),
+                a = addrs[0]
+            ),
+        )],
+    );
+    mofm.wait_port(ret);
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let connect = |host: &str, port: u16| {
+        rt.block_on(HostileMinion::connect(
+            &ctx,
+            "fileclient",
+            cached_key(7),
+            host,
+            port,
+            Duration::from_secs(60),
+        ))
+        .expect("authenticate")
+    };
+    let mut s = connect("127.0.0.1", salt.ret_port);
+    let mut b = connect(&addrs[0], ret);
+    let req = |cmd: &str, kv: &[(&str, Value)]| {
+        let mut v = Value::map().with("cmd", cmd);
+        for (k, x) in kv {
+            v.insert(k, x.clone());
+        }
+        v
+    };
+    let env = ("saltenv", Value::str("base"));
+    let p = |s: &str| ("path", Value::str(s));
+    let prefix = |s: &str| ("prefix", Value::str(s));
+    let loc = |n: i64| ("loc", Value::Int(n));
+    let loads = vec![
+        req("_master_opts", &[]),
+        req("_master_opts", &[("env_only", Value::Bool(true))]),
+        req("_master_tops", &[("id", Value::str("fileclient"))]),
+        req("_ext_nodes", &[]),
+        req("_file_list", &[env.clone(), prefix("")]),
+        req("_file_list", &[env.clone(), prefix("web")]),
+        req("_file_list", &[env.clone(), prefix("/web/site/")]),
+        req("_file_list", &[("saltenv", Value::str("nope")), prefix("")]),
+        req("_file_list_emptydirs", &[env.clone(), prefix("")]),
+        req("_dir_list", &[env.clone(), prefix("")]),
+        req("_symlink_list", &[env.clone(), prefix("")]),
+        req("_file_hash", &[env.clone(), p("web/init.sls")]),
+        req("_file_hash", &[env.clone(), p("web/link.html")]),
+        req("_file_hash", &[env.clone(), p("missing.sls")]),
+        req("_file_hash", &[env.clone(), p("../etc/passwd")]),
+        req("_file_hash", &[env.clone(), p("/etc/passwd")]),
+        req("_file_hash_and_stat", &[env.clone(), p("web/init.sls")]),
+        req("_file_hash_and_stat", &[env.clone(), p("missing.sls")]),
+        req("_file_find", &[env.clone(), p("web//site/./about.html")]),
+        req("_file_find", &[env.clone(), p("missing")]),
+        req("_serve_file", &[env.clone(), p("web/init.sls"), loc(0)]),
+        req(
+            "_serve_file",
+            &[env.clone(), p("web/init.sls"), loc(100_000)],
+        ),
+        req("_serve_file", &[env.clone(), p("zero.txt"), loc(0)]),
+        req("_serve_file", &[env.clone(), p("missing"), loc(0)]),
+        req("_serve_file", &[env.clone(), p("../../etc/passwd"), loc(0)]),
+        req("_serve_file", &[env.clone(), p("big.bin"), loc(0)]),
+        req("_serve_file", &[env.clone(), p("big.bin"), loc(1_048_576)]),
+        req("_serve_file", &[env.clone(), p("big.bin"), loc(2_097_152)]),
+        req("_serve_file", &[env.clone(), p("big.bin"), loc(2_500_000)]),
+        req("_serve_file", &[p("web/init.sls"), loc(0)]),
+        req(
+            "_mine_get",
+            &[
+                ("tgt", Value::str("*")),
+                ("fun", Value::str("x")),
+                ("id", Value::str("fileclient")),
+            ],
+        ),
+        req("_mine_flush", &[("id", Value::str("fileclient"))]),
+        req(
+            "_mine_delete",
+            &[("id", Value::str("fileclient")), ("fun", Value::str("x"))],
+        ),
+    ];
+    for load in loads {
+        let a = rt.block_on(s.send(load.clone()));
+        let c = rt.block_on(b.send(load.clone()));
+        assert!(
+            matches!(a, brine_test_support::sim::Answer::Reply(_)),
+            "salt-master {version} answered {load:?} with {a:?}"
+        );
+        if std::env::var_os("BRINE_SHOW_FILE_REPLIES").is_some() {
+            eprintln!("{load:?}\n  -> {a:?}");
+        }
+        assert_eq!(c, a, "{version}: {load:?}");
+    }
+    // The list of environments is a set in Salt.
+    let envs = |h: &mut HostileMinion| match rt.block_on(h.send(req("_file_envs", &[]))) {
+        brine_test_support::sim::Answer::Reply(Value::Array(mut v)) => {
+            v.sort_by_key(|x| x.as_str().unwrap_or_default().to_owned());
+            v
+        }
+        other => panic!("_file_envs: {other:?}"),
+    };
+    assert_eq!(envs(&mut b), envs(&mut s));
+    // A gzipped chunk: any gzip member holding the same bytes (the header has a time).
+    let gz = req(
+        "_serve_file",
+        &[env, p("web/init.sls"), loc(0), ("gzip", Value::Int(5))],
+    );
+    let unzip = |h: &mut HostileMinion| match rt.block_on(h.send(gz.clone())) {
+        brine_test_support::sim::Answer::Reply(v) => {
+            use std::io::Read as _;
+            let data = v
+                .get("data")
+                .and_then(Value::as_bytes)
+                .expect("data")
+                .to_vec();
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&data[..])
+                .read_to_end(&mut out)
+                .expect("gzip");
+            (out, v.get("dest").cloned(), v.get("gzip").cloned())
+        }
+        other => panic!("gzip: {other:?}"),
+    };
+    assert_eq!(unzip(&mut b), unzip(&mut s));
+    drop(mofm);
+}
+
+#[test]
+fn file_server_as_salt_master_3006() {
+    file_server_as_salt_master("3006.30");
+}
+
+#[test]
+fn file_server_as_salt_master_3007() {
+    file_server_as_salt_master("3007.17");
+}
+
+#[test]
+fn file_server_as_salt_master_3008() {
+    file_server_as_salt_master("3008.5");
+}
