@@ -5,10 +5,15 @@
 #   (iii) master PSS per connected minion at the largest size
 #   (iv)  2 MoMs + 6 syndics, 50,000 minions: completion, MoM CPU and memory
 #   (v)   one syndic relaying to 5,000 minions: brine syndic vs salt-syndic (each under its MoM)
+#   (vi)  a highstate-sized file fetch: every minion at once lists the file server, then hashes
+#         and fetches 100 files (2 MB) as a 3007 minion does, at each --fetch-sizes
+#   (vii) a _pillar storm: every minion at once asks for its pillar (a top.sls of templated
+#         files), at each --fetch-sizes
 # Prints a markdown table and updates those rows in the generated section of
 # docs/performance.md (rows of scenarios not run are kept).
 #
-#   benches/scenarios.sh [--only "i ii iii iv v"] [--sizes "1000 5000 9000"] [--rounds 3]
+#   benches/scenarios.sh [--only "i ii iii iv v vi vii"] [--sizes "1000 5000 9000"] [--rounds 3]
+#                        [--fetch-sizes "1000 5000"]
 #                        [--tier 50000] [--relay 5000] [--kinds "brine salt"] [--salt 3007.17]
 #                        [--no-docs] [--report]
 # SCENARIO_LOG_LEVEL=info keeps the daemons' info logs (in the run's work directory; warning by
@@ -29,7 +34,9 @@ rounds=3
 log_level=${SCENARIO_LOG_LEVEL:-warning}
 version=3007.17
 docs=1
-only="i ii iii iv v"
+only="i ii iii iv v vi vii"
+fetch_sizes="1000 5000"
+extra_conf=""
 kinds="brine salt"
 report=0
 tier=50000
@@ -42,10 +49,11 @@ while [ $# -gt 0 ]; do
     --tier) tier="$2"; shift 2 ;;
     --relay) relay="$2"; shift 2 ;;
     --sizes) sizes="$2"; shift 2 ;;
+    --fetch-sizes) fetch_sizes="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --salt) version="$2"; shift 2 ;;
     --no-docs) docs=0; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +112,7 @@ ret_port: $ret
 rest_cherrypy: {host: 127.0.0.1, port: $(free_port)}
 auto_accept: True
 log_level: $log_level
+$extra_conf
 CONF
     setsid env ${MOFM_ENV:-} "$bin/mofm" -c "$dir/etc" > "$dir/master.log" 2>&1 &
     master_pid=$!
@@ -117,6 +126,7 @@ ret_port: $ret
 user: $(id -un)
 auto_accept: True
 log_level: $log_level
+$extra_conf
 CONF
     setsid env -u PYTHONPATH "$peer/salt-master" -c "$dir/etc" > "$dir/master.log" 2>&1 &
     master_pid=$!
@@ -141,6 +151,77 @@ run() {
   "$bin/brine-swarm" --master "127.0.0.1:$ret" --publish-port "$pub" -n "$n" \
     --prefix "sc-" --wait 900 --rounds "$rounds" --pids "$master_pid" \
     --publish "$cli '*' test.ping --out quiet -t 120" --json > "$out/$kind-$n.json"
+  stop_master
+}
+
+# ---- (vi) and (vii): what a state run asks of the master ------------------------------------
+# The tree: 100 files of 20 kB (2 MB) for (vi); a top.sls of four templated pillar files for
+# (vii). Both masters serve the same directories.
+make_tree() {
+  local t="$work/tree"
+  [ -d "$t" ] && return 0
+  mkdir -p "$t/salt/files" "$t/pillar"
+  python3 - "$t/salt/files" <<'PY'
+import os, sys
+for i in range(100):
+    with open(os.path.join(sys.argv[1], f"f{i:03d}.conf"), "wb") as f:
+        f.write(bytes((i * 7 + j) % 251 for j in range(20_000)))
+PY
+  printf 'base:\n  "*":\n    - web\n' > "$t/salt/top.sls"
+  cat > "$t/pillar/top.sls" <<'SLS'
+base:
+  '*':
+    - common
+    - users
+  'G@os:Debian':
+    - debian
+  'G@roles:web':
+    - web
+SLS
+  cat > "$t/pillar/common.sls" <<'SLS'
+site:
+  name: {{ grains['id'] }}
+  kernel: {{ grains['kernel'] }}
+  cpus: {{ grains['num_cpus'] * 2 }}
+SLS
+  cat > "$t/pillar/users.sls" <<'SLS'
+users:
+{% for u in ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi'] %}
+  {{ u }}:
+    uid: {{ 2000 + loop.index }}
+    shell: /bin/bash
+    home: /home/{{ u }}
+{% endfor %}
+SLS
+  cat > "$t/pillar/debian.sls" <<'SLS'
+pkgs:
+{% for p in ['nginx', 'curl', 'vim', 'git'] %}
+  - {{ p }}
+{% endfor %}
+apt:
+  mirror: http://deb.example.org/{{ grains['os_family'] | lower }}
+SLS
+  cat > "$t/pillar/web.sls" <<'SLS'
+nginx:
+  workers: {{ grains['num_cpus'] }}
+  server_name: {{ grains['id'] }}.example.org
+SLS
+}
+
+# run_workload KIND N WORKLOAD -> target/scenarios/KIND-WORKLOAD-N.json
+run_workload() {
+  local kind=$1 n=$2 wl=$3 dir="$work/$1-$3-$2"
+  local pub ret
+  make_tree
+  pub=$(free_port); ret=$(free_port)
+  extra_conf="file_roots: {base: [$work/tree/salt]}
+pillar_roots: {base: [$work/tree/pillar]}"
+  start_master "$kind" "$dir" "$pub" "$ret"
+  extra_conf=""
+  echo "== $kind, $n minions, workload $wl" >&2
+  "$bin/brine-swarm" --master "127.0.0.1:$ret" --publish-port "$pub" -n "$n" \
+    --prefix "wl-" --wait 900 --pids "$master_pid" --workload "$wl" --fetch 100 \
+    --json > "$out/$kind-$wl-$n.json"
   stop_master
 }
 
@@ -285,6 +366,14 @@ elif want i || want ii || want iii; then
     for k in $kinds; do run "$k" "$n"; done
   done
 fi
+for wl in files pillar; do
+  case $wl in files) sc=vi ;; *) sc=vii ;; esac
+  if want $sc && [ "$report" = 0 ]; then
+    for n in $fetch_sizes; do
+      for k in $kinds; do run_workload "$k" "$n" "$wl"; done
+    done
+  fi
+done
 if want v && [ "$report" = 0 ]; then
   for k in $kinds; do run_tier "$k" relay 1 1 "$relay"; done
 fi
@@ -292,10 +381,11 @@ if want iv && [ "$report" = 0 ]; then
   for k in $kinds; do run_tier "$k" tier 2 6 "$tier"; done
 fi
 
-python3 - "$out" "$version" "$rounds" "$only" "$tier" "$relay" $sizes > "$out/table.md" <<'PY'
+python3 - "$out" "$version" "$rounds" "$only" "$tier" "$relay" "$fetch_sizes" $sizes > "$out/table.md" <<'PY'
 import json, os, platform, statistics, subprocess, sys, datetime
-out, version, rounds, only, tier, relay = sys.argv[1:7]
-sizes = [int(s) for s in sys.argv[7:]]
+out, version, rounds, only, tier, relay, fetch_sizes = sys.argv[1:8]
+sizes = [int(s) for s in sys.argv[8:]]
+fetch_sizes = [int(s) for s in fetch_sizes.split()]
 only = only.split()
 def load(kind, n):
     return json.load(open(os.path.join(out, f"{kind}-{n}.json")))
@@ -378,6 +468,29 @@ if "v" in only:
     tier_row("relay", "(v) one syndic relaying to {n} minions (`'*' test.ping` from its MoM)", "`benches/scenarios.sh --only v --relay {n}`")
 if "iv" in only:
     tier_row("tier", "(iv) 2 MoMs + 6 syndics, {n} minions (`'*' test.ping` from one MoM)", "`benches/scenarios.sh --only iv --tier {n}`")
+def workload_row(sc, wl, n, name):
+    try:
+        b, s = load("brine", f"{wl}-{n}"), load("salt", f"{wl}-{n}")
+    except FileNotFoundError:
+        return
+    def cell(x):
+        w = x["workload"]
+        return (f'{w["done"]}/{x["minions"]} done in {w["wall_secs"]:.1f} s'
+                + (f' ({w["failed"]} failed)' if w["failed"] else '')
+                + f', master CPU {w["master_cpu_secs"]:.1f} s, {w["requests"]} requests, {w["bytes"] / 1e6:.0f} MB')
+    bw, sw = b["workload"], s["workload"]
+    ratio = "—"
+    if bw["wall_secs"] and bw["master_cpu_secs"]:
+        ratio = f'wall {sw["wall_secs"] / bw["wall_secs"]:.1f}x, master CPU {sw["master_cpu_secs"] / bw["master_cpu_secs"]:.1f}x'
+        if sw["failed"] or sw["done"] < s["minions"]:
+            ratio += " (Salt did not finish every minion)"
+    rows.append((name.replace("{n}", str(n)), f"`benches/scenarios.sh --only {sc} --fetch-sizes {n}`", cell(b), cell(s), ratio))
+if "vi" in only:
+    for n in fetch_sizes:
+        workload_row("vi", "files", n, "(vi) highstate-sized file fetch (list, then hash, find and fetch 100 files, 2 MB), {n} minions at once")
+if "vii" in only:
+    for n in fetch_sizes:
+        workload_row("vii", "pillar", n, "(vii) `_pillar` storm (top.sls of 4 templated files), {n} minions at once")
 print("| scenario | command | brine | Salt %s | ratio | machine |" % version)
 print("|---|---|---|---|---|---|")
 for r in rows:
@@ -403,7 +516,7 @@ if begin in text:
 new = rows(table)
 merged = {key(r): r for r in old}
 merged.update({key(r): r for r in new})
-order = ["i", "ii", "iii", "iv", "v"]
+order = ["i", "ii", "iii", "iv", "v", "vi", "vii"]
 body = sorted(merged.values(), key=lambda r: (order.index(key(r)[0]) if key(r)[0] in order else 9, int(key(r)[1]) if str(key(r)[1]).isdigit() else 0))
 block = begin + "\n" + "\n".join(head + body) + "\n" + end
 if begin in text:

@@ -102,6 +102,15 @@ struct Args {
     /// very large swarms.
     #[arg(long, default_value_t = 0)]
     key_pool: usize,
+    /// After the auth storm (instead of publishing), every minion at once does what a Salt
+    /// minion's state run asks of the master: `files` lists the file server and fetches up to
+    /// `--fetch` files as a 3007 minion does (`_file_hash`, `_file_find`, `_serve_file` until
+    /// EOF); `pillar` asks for its pillar (`_pillar`, the privately encrypted reply).
+    #[arg(long)]
+    workload: Option<String>,
+    /// Files each minion fetches in the `files` workload (the first ones of `_file_list`).
+    #[arg(long, default_value_t = 100)]
+    fetch: usize,
     /// Print one JSON summary on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -305,7 +314,52 @@ async fn child(args: &Args, k: usize, a: usize, b: usize) {
             }
         }
     });
+    let running = Arc::new(running);
     while let Some(cmd) = rx.recv().await {
+        if let Some(kind) = cmd.trim().strip_prefix("workload ") {
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..running.len() {
+                let (running, kind, fetch) = (running.clone(), kind.to_owned(), args.fetch);
+                // Every 50th minion checks what it got (the rest trust it: the swarm's own
+                // CPU must not become what is measured).
+                let check = i % 50 == 0;
+                set.spawn(async move {
+                    let m = &running[i];
+                    match kind.as_str() {
+                        "files" => m.fetch_files(fetch, check).await,
+                        "pillar" => m.pillar(check).await,
+                        other => Err(format!("unknown workload {other}")),
+                    }
+                });
+            }
+            let (mut done, mut failed, mut requests, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+            let mut errors: HashMap<String, usize> = HashMap::new();
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(Ok((q, b))) => {
+                        done += 1;
+                        requests += q;
+                        bytes += b;
+                    }
+                    Ok(Err(e)) => {
+                        failed += 1;
+                        *errors.entry(e).or_default() += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        *errors.entry(e.to_string()).or_default() += 1;
+                    }
+                }
+            }
+            println!(
+                "{}",
+                json!({"done": done, "failed": failed, "requests": requests, "bytes": bytes,
+                       "secs": t.elapsed().as_secs_f64(), "errors": errors})
+            );
+            std::io::stdout().flush().ok();
+            continue;
+        }
         if cmd.trim() == "stats" {
             let jobs = std::mem::take(&mut *lat.lock().unwrap());
             println!("{}", json!({ "jobs": jobs }));
@@ -340,12 +394,13 @@ async fn minion(
     auth: MinionAuthConfig,
     wait: Duration,
     lat: Latencies,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<SwarmMinion, String> {
     let id = me.id.clone();
     let mut req = ReqClient::new(ctx, &format!("tcp://{src}:0;{host}:{ret}"), swarm_socket());
     let creds = authenticate_with(&me, &mut req, wait, auth)
         .await
         .map_err(|e| e.to_string())?;
+    let req = Arc::new(tokio::sync::Mutex::new(req));
     let session = MinionSession::new(
         me,
         creds.session.clone(),
@@ -359,18 +414,165 @@ async fn minion(
         &swarm_socket(),
     )
     .map_err(|e| e.to_string())?;
-    Ok(tokio::spawn(answer(id, sub, req, session, creds, lat)))
+    let handle = SwarmMinion {
+        id: id.clone(),
+        req: req.clone(),
+        session: session.clone(),
+        master_pub: creds.master_pub.clone(),
+        _task: None,
+    };
+    let task = tokio::spawn(answer(id, sub, req, session, creds, lat));
+    Ok(SwarmMinion {
+        _task: Some(task),
+        ..handle
+    })
+}
+
+/// An authenticated simulated minion: its request channel and session (for workloads), and the
+/// task answering its publishes.
+struct SwarmMinion {
+    id: String,
+    req: Arc<tokio::sync::Mutex<ReqClient>>,
+    session: MinionSession,
+    master_pub: brine_proto::crypt::PublicKey,
+    _task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SwarmMinion {
+    /// An encrypted request and its opened reply (3 tries of 60 s).
+    async fn request(&self, load: Value) -> Result<Value, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let sealed = self
+                .session
+                .seal(load.clone(), (now_us() / 1_000_000) as i64, &mut Rng);
+            let reply = self
+                .req
+                .lock()
+                .await
+                .request(sealed.frame.clone(), Duration::from_secs(60))
+                .await;
+            match reply {
+                Ok(r) => {
+                    return self
+                        .session
+                        .open_reply(&r, &sealed.nonce)
+                        .map_err(|e| e.to_string());
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("no answer: {last}"))
+    }
+
+    /// The `files` workload: list, then hash, find and fetch the first `n` files (verifying
+    /// the content against the hash when `check`). Returns (requests, bytes).
+    async fn fetch_files(&self, n: usize, check: bool) -> Result<(u64, u64), String> {
+        let base = || Value::map().with("saltenv", "base");
+        let list = self
+            .request(base().with("prefix", "").with("cmd", "_file_list"))
+            .await?;
+        let files: Vec<String> = list
+            .as_array()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .take(n)
+            .collect();
+        if files.is_empty() {
+            return Err("the master lists no files".into());
+        }
+        let (mut requests, mut bytes) = (1u64, 0u64);
+        for f in files {
+            let hash = self
+                .request(base().with("path", f.as_str()).with("cmd", "_file_hash"))
+                .await?;
+            self.request(base().with("path", f.as_str()).with("cmd", "_file_find"))
+                .await?;
+            requests += 2;
+            let mut body = Vec::new();
+            loop {
+                let r = self
+                    .request(
+                        base()
+                            .with("path", f.as_str())
+                            .with("cmd", "_serve_file")
+                            .with("loc", body.len() as i64),
+                    )
+                    .await?;
+                requests += 1;
+                let data = r
+                    .get("data")
+                    .and_then(|d| d.as_bytes())
+                    .ok_or_else(|| format!("{f}: a reply without data"))?;
+                if data.is_empty() {
+                    break;
+                }
+                body.extend_from_slice(data);
+            }
+            bytes += body.len() as u64;
+            if check
+                && hash.get("hsum").and_then(Value::as_str)
+                    != Some(&brine_proto::crypt::sha256_hex(&body))
+            {
+                return Err(format!("{f}: the content does not match its hash"));
+            }
+        }
+        Ok((requests, bytes))
+    }
+
+    /// The `pillar` workload: one `_pillar` (opened and checked when `check`). Returns
+    /// (requests, bytes of the reply).
+    async fn pillar(&self, check: bool) -> Result<(u64, u64), String> {
+        let grains = Value::map()
+            .with("id", self.id.as_str())
+            .with("os", "Debian")
+            .with("os_family", "Debian")
+            .with("kernel", "Linux")
+            .with("num_cpus", 2i64)
+            .with("roles", Value::Array(vec![Value::str("web")]));
+        let load = Value::map()
+            .with("cmd", "_pillar")
+            .with("id", self.id.as_str())
+            .with("grains", grains)
+            .with("saltenv", Value::Nil)
+            .with("pillarenv", Value::Nil)
+            .with("pillar_override", Value::map())
+            .with("extra_minion_data", Value::map())
+            .with("ver", "2");
+        let sealed = self
+            .session
+            .seal(load, (now_us() / 1_000_000) as i64, &mut Rng);
+        let reply = self
+            .req
+            .lock()
+            .await
+            .request(sealed.frame.clone(), Duration::from_secs(120))
+            .await
+            .map_err(|e| e.to_string())?;
+        if check {
+            let p = self
+                .session
+                .open_pillar_reply(&reply, &sealed.nonce, &self.master_pub)
+                .map_err(|e| e.to_string())?;
+            if p.as_map().is_none_or(<[_]>::is_empty) || p.get("_errors").is_some() {
+                return Err(format!("a bad pillar: {p:?}"));
+            }
+        } else if reply.len() < 64 {
+            return Err("a reply too short for a pillar".into());
+        }
+        Ok((1, reply.len() as u64))
+    }
 }
 
 async fn answer(
     id: String,
     mut sub: Subscriber,
-    req: ReqClient,
+    req: Arc<tokio::sync::Mutex<ReqClient>>,
     session: MinionSession,
     creds: Box<brine_proto::auth::Credentials>,
     lat: Latencies,
 ) {
-    let req = Arc::new(tokio::sync::Mutex::new(req));
     let mut serials = SerialGuard::default();
     let grains = Value::map().with("id", id.as_str()).with("os", "Debian");
     while let Ok(frames) = sub.recv().await {
@@ -619,6 +821,7 @@ fn parent(args: &Args) {
                 .args(["--src", &args.src])
                 .args(["--wait", &args.wait.to_string()])
                 .args(["--key-pool", &args.key_pool.to_string()])
+                .args(["--fetch", &args.fetch.to_string()])
                 .args(["--child", &k.to_string()])
                 .args(["--range", &format!("{a}..{b}")])
                 // Thousands of sockets and sessions allocated across threads fragment glibc's
@@ -687,6 +890,51 @@ fn parent(args: &Args) {
         );
     }
     std::thread::sleep(Duration::from_secs(args.settle));
+    let mut workload = Json::Null;
+    if let Some(kind) = &args.workload {
+        let s0 = sample(&args.pids);
+        let t = Instant::now();
+        for w in &mut workers {
+            let _ = writeln!(w.stdin, "workload {kind}");
+            let _ = w.stdin.flush();
+        }
+        let (mut done, mut failed, mut requests, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+        let mut errors = serde_json::Map::new();
+        for w in &mut workers {
+            let r = w.line();
+            done += r["done"].as_u64().unwrap_or(0);
+            failed += r["failed"].as_u64().unwrap_or(0);
+            requests += r["requests"].as_u64().unwrap_or(0);
+            bytes += r["bytes"].as_u64().unwrap_or(0);
+            if let Some(e) = r["errors"].as_object() {
+                for (k, v) in e {
+                    let c =
+                        errors.get(k).and_then(Json::as_u64).unwrap_or(0) + v.as_u64().unwrap_or(0);
+                    errors.insert(k.clone(), json!(c));
+                }
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let s1 = sample(&args.pids);
+        workload = json!({
+            "kind": kind, "fetch": args.fetch, "done": done, "failed": failed,
+            "requests": requests, "bytes": bytes, "wall_secs": secs,
+            "master_cpu_secs": (s1.0 - s0.0) as f64 / 100.0, "master_rss_kb": s1.1,
+            "errors": errors,
+        });
+        if !args.json {
+            println!(
+                "workload {kind}: {done}/{authed} minions done ({failed} failed{}) in {secs:.2} s, {requests} requests, {:.1} MB, master CPU {:.2} s",
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", Json::Object(errors.clone()))
+                },
+                bytes as f64 / 1e6,
+                workload["master_cpu_secs"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         for cmd in &args.publish {
@@ -784,6 +1032,7 @@ fn parent(args: &Args) {
         "auth_master_cpu_secs": auth_cpu,
         "auth_net": {"backlog_drops": net[0], "listen_overflows": net[1], "retransmits": net[2]},
         "rounds": rounds,
+        "workload": workload,
         "master_rss_kb": end.1,
         "master_pss_kb": end.2,
         "master_pss_kb_per_minion": if authed > 0 { end.2 as f64 / authed as f64 } else { 0.0 },
