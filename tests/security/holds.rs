@@ -543,3 +543,76 @@ fn replayed_and_foreign_auth_replies_are_refused_by_the_minion() {
     mitm.abort();
     drop(rt);
 }
+
+/// `cp.push` (`_file_recv`): refused while `file_recv` is off (Salt's default); on, a minion
+/// writes only below `cachedir/minions/<its id>/files`, whatever path it sends, and never
+/// through a symlink.
+#[test]
+fn pushed_files_stay_in_the_minions_directory() {
+    subscribe();
+    let push = |path: &[&str], data: &[u8]| {
+        Value::map()
+            .with("cmd", "_file_recv")
+            .with("id", "pusher")
+            .with(
+                "path",
+                Value::Array(path.iter().map(|p| Value::str(*p)).collect()),
+            )
+            .with("size", data.len() as i64)
+            .with("loc", 0i64)
+            .with("data", Value::bin(data.to_vec()))
+    };
+    let rt = sim_runtime();
+    let off = Master::start("auto_accept: True");
+    let mut h = off.hostile(&rt, "pusher", 71);
+    assert_eq!(
+        rt.block_on(h.send(push(&["etc", "hostname"], b"x"))),
+        Answer::Reply(Value::Bool(false)),
+        "file_recv is off"
+    );
+    assert!(!off.cachedir().join("minions/pusher/files").exists());
+    drop(off);
+
+    let m = Master::start("auto_accept: True\nfile_recv: True\nfile_recv_max_size: 1");
+    let mut h = m.hostile(&rt, "pusher", 72);
+    let files = m.cachedir().join("minions/pusher/files");
+    assert_eq!(
+        rt.block_on(h.send(push(&["etc", "hostname"], b"pushed\n"))),
+        Answer::Reply(Value::Bool(true))
+    );
+    assert_eq!(
+        std::fs::read(files.join("etc/hostname")).unwrap(),
+        b"pushed\n"
+    );
+    let outside = m.root().join("escaped");
+    for path in [
+        vec!["..", "..", "..", "escaped"],
+        vec!["a", "..", "..", "..", "..", "escaped"],
+        vec!["/", "tmp", "escaped"],
+        vec![&outside.display().to_string()[1..]],
+        vec!["a\0b"],
+        vec!["a\\..\\..\\x"],
+    ] {
+        let got = rt.block_on(h.send(push(&path, b"evil")));
+        if path.len() == 1 && !path[0].contains(['\0', '\\']) {
+            // An absolute path without its leading slash is a path inside the minion's files.
+            assert_eq!(got, Answer::Reply(Value::Bool(true)), "{path:?}");
+            continue;
+        }
+        assert_eq!(got, Answer::Reply(Value::Bool(false)), "{path:?}");
+    }
+    assert!(!outside.exists(), "a push left the minion's directory");
+    // A symlink planted in the minion's directory is not followed out of it.
+    std::os::unix::fs::symlink(m.root(), files.join("link")).unwrap();
+    let got = rt.block_on(h.send(push(&["link", "escaped2"], b"evil")));
+    assert_eq!(got, Answer::Reply(Value::Bool(false)));
+    assert!(!m.root().join("escaped2").exists());
+    // Larger than file_recv_max_size (1 MB).
+    let big = vec![0u8; 1_100_000];
+    assert_eq!(
+        rt.block_on(h.send(push(&["big"], &big))),
+        Answer::Reply(Value::Bool(false))
+    );
+    assert!(m.log().contains("_file_recv refused"), "{}", m.log_tail());
+    m.assert_serves(&rt, "after-push", 73);
+}

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use brine_daemon::config::{ConfigError, Options};
 use brine_proto::Value;
@@ -164,7 +164,13 @@ pub struct Found {
     pub rel: String,
     /// `list(os.stat(path))`: mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime.
     pub stat: Option<[i64; 10]>,
+    /// What the hash cache compares (size, mtime ns, mtime, ctime, inode), from the same stat.
+    stamp: (u64, i64, i64, i64, u64),
 }
+
+/// How long a path found inside its root is trusted without resolving its symlinks again: in
+/// a highstate storm every file is asked for thousands of times a second.
+const RESOLVED_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Hashes computed, kept while the file's size, mtime, ctime and inode do not change.
 type HashCache = HashMap<PathBuf, ((u64, i64, i64, i64, u64), String)>;
@@ -175,6 +181,10 @@ pub struct FileServer {
     cfg: FileServerConfig,
     ignore_regex: Vec<PyRegex>,
     hashes: Mutex<HashCache>,
+    /// (root, path) pairs recently resolved inside the root, and when.
+    resolved: Mutex<HashMap<(PathBuf, PathBuf), std::time::Instant>>,
+    /// Listings per saltenv, and when they were made.
+    listed: Mutex<HashMap<String, (std::time::Instant, Arc<Lists>)>>,
 }
 
 /// Python's `posixpath.normpath`.
@@ -275,6 +285,8 @@ impl FileServer {
             cfg,
             ignore_regex,
             hashes: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
+            listed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -330,6 +342,27 @@ impl FileServer {
     }
 
     /// Whether the real path of `full` stays inside the real path of `root`.
+    /// [`FileServer::inside`], remembered for [`RESOLVED_TTL`].
+    fn inside_cached(&self, root: &Path, full: &Path) -> bool {
+        let key = (root.to_owned(), full.to_owned());
+        let now = std::time::Instant::now();
+        if crate::lock(&self.resolved)
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < RESOLVED_TTL)
+        {
+            return true;
+        }
+        let ok = Self::inside(root, full);
+        if ok {
+            let mut c = crate::lock(&self.resolved);
+            if c.len() > 100_000 {
+                c.clear();
+            }
+            c.insert(key, now);
+        }
+        ok
+    }
+
     fn inside(root: &Path, full: &Path) -> bool {
         match (std::fs::canonicalize(root), std::fs::canonicalize(full)) {
             (Ok(r), Ok(f)) => f.starts_with(&r),
@@ -384,7 +417,7 @@ impl FileServer {
             if !meta.is_file() {
                 continue;
             }
-            if !Self::inside(root, &full) {
+            if !self.inside_cached(root, &full) {
                 warn!(path = %full.display(), root = %root.display(), "file request refused: it resolves outside its root (a symlink)");
                 continue;
             }
@@ -392,6 +425,13 @@ impl FileServer {
                 continue;
             }
             return Some(Found {
+                stamp: (
+                    meta.size(),
+                    meta.mtime_nsec(),
+                    meta.mtime(),
+                    meta.ctime(),
+                    meta.ino(),
+                ),
                 path: full,
                 rel,
                 stat: Some(stat_list(&meta)),
@@ -402,14 +442,7 @@ impl FileServer {
 
     /// `hash_type` hex digest of the found file (cached while it does not change).
     fn hash(&self, f: &Found) -> Option<String> {
-        let meta = std::fs::metadata(&f.path).ok()?;
-        let stamp = (
-            meta.size(),
-            meta.mtime_nsec(),
-            meta.mtime(),
-            meta.ctime(),
-            meta.ino(),
-        );
+        let stamp = f.stamp;
         if let Some((st, h)) = crate::lock(&self.hashes).get(&f.path)
             && *st == stamp
         {
@@ -501,7 +534,7 @@ impl FileServer {
                     return Some(Value::Array(vec![]));
                 };
                 let prefix = load_str(load, "prefix").unwrap_or("").trim_matches('/');
-                let lists = self.lists(&saltenv);
+                let lists = self.lists_cached(&saltenv);
                 let which = match cmd {
                     "_file_list" => &lists.files,
                     "_dir_list" => &lists.dirs,
@@ -520,7 +553,7 @@ impl FileServer {
                     return Some(Value::map());
                 };
                 let prefix = load_str(load, "prefix").unwrap_or("").trim_matches('/');
-                let lists = self.lists(&saltenv);
+                let lists = self.lists_cached(&saltenv);
                 Value::Map(
                     lists
                         .links
@@ -576,6 +609,24 @@ impl FileServer {
         }
         reply.insert("dest", f.rel.as_str());
         reply
+    }
+
+    /// [`FileServer::lists`], reused for [`RESOLVED_TTL`] (Salt reuses its lists for
+    /// `fileserver_list_cache_time`, 20 s): every minion of a highstate storm lists the tree.
+    fn lists_cached(&self, saltenv: &str) -> Arc<Lists> {
+        let now = std::time::Instant::now();
+        if let Some((t, l)) = crate::lock(&self.listed).get(saltenv)
+            && now.duration_since(*t) < RESOLVED_TTL
+        {
+            return l.clone();
+        }
+        let l = Arc::new(self.lists(saltenv));
+        let mut c = crate::lock(&self.listed);
+        if c.len() > 1000 {
+            c.clear();
+        }
+        c.insert(saltenv.to_owned(), (now, l.clone()));
+        l
     }
 
     /// Files, directories, empty directories and symlinks of `saltenv`, over all its roots.

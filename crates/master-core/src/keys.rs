@@ -179,6 +179,15 @@ impl KeyStore {
             .and_then(|pem| PublicKey::from_pem(clean_key(&pem).as_bytes()).ok()))
     }
 
+    /// What identifies the accepted key file of `id` as it is now (inode, length, change
+    /// time): a cached parse of it stays valid while this is unchanged. `None`: not accepted.
+    pub fn accepted_stamp(&self, id: &str) -> Option<(u64, u64, i64, i64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(self.path(KeyDir::Accepted, id).ok()?).ok()?;
+        m.is_file()
+            .then(|| (m.ino(), m.len(), m.ctime(), m.ctime_nsec()))
+    }
+
     /// Whether `id` has an accepted key (a file check, no parsing).
     pub fn is_accepted(&self, id: &str) -> bool {
         self.path(KeyDir::Accepted, id).is_ok_and(|p| p.is_file())

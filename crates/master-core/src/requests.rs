@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use brine_proto::Value;
 use brine_proto::auth::{
-    AuthPolicy, KeyState, MasterIdentity, Verdict, decide_auth, open_request, pillar_reply,
+    AuthPolicy, KeyState, MasterIdentity, Verdict, decide_auth, open_request_with, pillar_reply,
     seal_reply,
 };
 use brine_proto::codec;
-use brine_proto::crypt::{Crypticle, EncAlgo, Entropy, SigAlgo};
+use brine_proto::crypt::{Crypticle, EncAlgo, Entropy, PublicKey, SigAlgo};
 use brine_proto::envelope::{Request, replies};
 use brine_proto::loads::{AuthRequest, MinionEvent, ReturnLoad, SyndicReturn};
 use tracing::{debug, info, warn};
@@ -96,7 +96,20 @@ pub struct RequestHandler {
     policy: Policy,
     rng: Box<dyn Entropy + Send>,
     files: Arc<crate::fileserver::MasterFiles>,
+    /// Accepted keys already parsed, with the `tok` each minion proved with them: a request
+    /// costs a `stat` of the key file instead of a read, a parse and an RSA operation.
+    known: std::collections::HashMap<String, KnownKey>,
 }
+
+/// An accepted key as it was parsed, and the `tok` verified against it.
+struct KnownKey {
+    stamp: (u64, u64, i64, i64),
+    key: PublicKey,
+    tok: Option<Vec<u8>>,
+}
+
+/// Keys remembered per handler at most (then the memory starts over).
+const KNOWN_KEYS_MAX: usize = 200_000;
 
 impl std::fmt::Debug for RequestHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +178,7 @@ impl RequestHandler {
             policy,
             rng,
             files: Arc::new(crate::fileserver::MasterFiles::off()),
+            known: std::collections::HashMap::new(),
         }
     }
 
@@ -362,10 +376,40 @@ impl RequestHandler {
         let Some(session) = self.secrets().existing_session(&id).cloned() else {
             return refuse("no session (not authenticated since the master started)");
         };
-        let Ok(Some(minion_pub)) = self.keys.accepted_key(&id) else {
+        // The key file as it is now: a deleted or replaced key is noticed on the next request.
+        let Some(stamp) = self.keys.accepted_stamp(&id) else {
+            self.known.remove(&id);
             return refuse("no accepted key");
         };
-        let opened = match open_request(req, &session, &minion_pub) {
+        if self.known.get(&id).is_none_or(|k| k.stamp != stamp) {
+            let Ok(Some(key)) = self.keys.accepted_key(&id) else {
+                self.known.remove(&id);
+                return refuse("no accepted key");
+            };
+            if self.known.len() >= KNOWN_KEYS_MAX {
+                self.known.clear();
+            }
+            self.known.insert(
+                id.clone(),
+                KnownKey {
+                    stamp,
+                    key,
+                    tok: None,
+                },
+            );
+        }
+        let known = self.known.get_mut(&id).expect("inserted above");
+        let minion_pub = known.key.clone();
+        let opened = match open_request_with(req, &session, &mut |tok| {
+            if known.tok.as_deref() == Some(tok) {
+                return true;
+            }
+            let ok = known.key.recover_x931(tok).is_ok_and(|m| m == b"salt");
+            if ok {
+                known.tok = Some(tok.to_vec());
+            }
+            ok
+        }) {
             Ok(o) => o,
             Err(e) => return refuse(&e.to_string()),
         };

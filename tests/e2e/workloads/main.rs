@@ -107,6 +107,8 @@ struct Seen {
     apply: Json,
     highstate: Json,
     pillar: Json,
+    top: Json,
+    synced: Json,
     mine: Json,
     written: BTreeMap<String, String>,
 }
@@ -119,6 +121,8 @@ fn workload(run: &dyn Fn(&[&str]) -> Json, out: &Path) -> Seen {
     let mut highstate = run(&["*", "state.highstate"]);
     mask(&mut highstate);
     let pillar = run(&["*", "pillar.items"]);
+    let top = run(&["*", "state.show_top"]);
+    let synced = run(&["*", "saltutil.sync_all"]);
     let updated = run(&["*", "mine.update"]);
     assert_eq!(updated, json!({"alpha": true, "beta": true}));
     let mine = run(&["alpha", "mine.get", "*", "grains.item"]);
@@ -126,6 +130,8 @@ fn workload(run: &dyn Fn(&[&str]) -> Json, out: &Path) -> Seen {
         apply,
         highstate,
         pillar,
+        top,
+        synced,
         mine,
         written,
     }
@@ -187,6 +193,11 @@ fn run_workloads(version: &str) {
         "the tree applies on salt-master {version}: {:#}",
         salt.apply
     );
+    assert_eq!(
+        salt.top,
+        json!({"alpha": {"base": ["web"]}, "beta": {"base": ["app"]}}),
+        "state.show_top on salt-master {version}"
+    );
     assert_eq!(salt.written.len(), 9, "{:?}", salt.written.keys());
     std::fs::remove_dir_all(&out).unwrap();
 
@@ -244,6 +255,8 @@ fn run_workloads(version: &str) {
         );
         assert_eq!(seen.written, salt.written, "files written");
         assert_eq!(seen.pillar, salt.pillar, "pillar.items");
+        assert_eq!(seen.top, salt.top, "state.show_top");
+        assert_eq!(seen.synced, salt.synced, "saltutil.sync_all");
         assert_eq!(seen.mine, salt.mine, "mine.get");
         assert_eq!(
             seen.mine,

@@ -11,7 +11,8 @@ pub mod minion;
 
 pub use master::{
     AuthDecision, AuthPolicy, KeyAction, KeyState, MasterIdentity, OpenedRequest, Verdict,
-    clear_signed, decide_auth, open_request, pillar_reply, seal_reply, valid_minion_id,
+    clear_signed, decide_auth, open_request, open_request_with, pillar_reply, seal_reply,
+    valid_minion_id,
 };
 pub use minion::{
     AuthEvent, Credentials, KnownMaster, MinionAuth, MinionAuthConfig, MinionIdentity,
