@@ -41,7 +41,8 @@ fn a_regex_only_python_understands_cannot_reach_past_the_acl() {
         // `\Z` and an octal escape.
         ("web1 or E@db1\\Z", "compound"),
         ("web1 or E@\\144b1", "compound"),
-        // Pillar is not known to the master: every minion may match.
+        // The master cannot be sure of the pillar a minion holds in memory (its cache may be
+        // newer than the minion's last refresh): every minion may match.
         ("web1 or I@role:db", "compound"),
         ("not G@os:NoSuchOS and not web1", "compound"),
     ] {

@@ -291,6 +291,24 @@ impl MasterCore {
         })
     }
 
+    /// The facts an ACL is checked against: as [`Self::with_fleet`], but with every pillar
+    /// unknown. A minion matches `I@`/`J@` against the pillar it holds in memory, compiled when
+    /// it last refreshed; the master's cache holds the latest compilation (`pillar.items`
+    /// compiles without refreshing the minion), so the two can differ and the master cannot be
+    /// sure of either answer.
+    fn with_acl_fleet<T>(&self, f: impl FnOnce(&Fleet<'_>) -> T) -> T {
+        let accepted = self.accepted();
+        let grains = lock(&self.grains);
+        let pillars = HashMap::new();
+        let managers = lock(&self.resource_managers);
+        f(&Fleet {
+            accepted: &accepted,
+            grains: &grains,
+            pillars: &pillars,
+            resource_managers: &managers,
+        })
+    }
+
     /// ACL targets are compound expressions, nodegroups expanded as in a publish; one that does
     /// not expand covers nobody.
     fn expand_acl_targets(&self, within: &[String]) -> Vec<String> {
@@ -312,7 +330,7 @@ impl MasterCore {
         let within = self.expand_acl_targets(within);
         let accepted = self.accepted();
         let outside: BTreeSet<String> = self
-            .with_fleet(|f| outside_acl(&accepted, &within, f))
+            .with_acl_fleet(|f| outside_acl(&accepted, &within, f))
             .into_iter()
             .collect();
         Some(
@@ -362,17 +380,20 @@ impl MasterCore {
                     return Err(denied("no target of the ACL allows it".into()));
                 }
                 // Syndics relay rather than run: what runs below them is dealt with below.
-                let runners: Vec<String> = reached
+                let may_run = self
+                    .with_acl_fleet(|f| reach(&tgt, &tgt_type, delimiter, f))
+                    .map_err(bad)?;
+                let runners: Vec<String> = may_run
                     .all()
                     .into_iter()
                     .filter(|m| !all_syndics.contains(m))
                     .collect();
-                let outside = self.with_fleet(|f| outside_acl(&runners, &within, f));
+                let outside = self.with_acl_fleet(|f| outside_acl(&runners, &within, f));
                 if !outside.is_empty() {
                     let shown: Vec<&str> = outside.iter().take(10).map(String::as_str).collect();
                     let more = outside.len().saturating_sub(shown.len());
                     return Err(denied(format!(
-                        "{} {}{} outside the ACL's targets (a minion whose grains are unknown counts as targeted)",
+                        "{} {}{} outside the ACL's targets (a minion whose grains or pillar brine cannot be sure of counts as targeted)",
                         if outside.len() == 1 {
                             "minion"
                         } else {
