@@ -32,6 +32,12 @@ impl Spool {
     /// Keep `load` for later delivery. When the spool is full the oldest entries are dropped
     /// (logged), so the newest results survive.
     pub fn push(&self, jid: &str, load: &Value) {
+        self.push_to(jid, "", load);
+    }
+
+    /// As [`Self::push`], remembering `dest` (the master it was for, `host:port`) in the
+    /// entry's name, for [`Self::dest_of`].
+    pub fn push_to(&self, jid: &str, dest: &str, load: &Value) {
         let bytes = codec::encode_wire(load);
         if bytes.len() as u64 > self.max_bytes {
             error!(
@@ -52,8 +58,14 @@ impl Spool {
             .filter(char::is_ascii_alphanumeric)
             .take(40)
             .collect();
+        let to = if dest.is_empty() {
+            String::new()
+        } else {
+            let hex: String = dest.bytes().take(200).map(|b| format!("{b:02x}")).collect();
+            format!("@{hex}")
+        };
         let name = format!(
-            "{}-{safe_jid}-{}-{n}.ret",
+            "{}-{safe_jid}-{}-{n}{to}.ret",
             crate::link::unix_micros(),
             std::process::id()
         );
@@ -101,6 +113,20 @@ impl Spool {
         }
     }
 
+    /// The master an entry was spooled for ([`Self::push_to`]), if it says.
+    pub fn dest_of(path: &Path) -> Option<String> {
+        let stem = path.file_stem()?.to_str()?;
+        let (_, hex) = stem.rsplit_once('@')?;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        String::from_utf8(bytes?).ok()
+    }
+
     /// Forget a delivered entry.
     pub fn remove(&self, path: &Path) {
         let _ = std::fs::remove_file(path);
@@ -129,6 +155,19 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_remember_the_master_they_were_for() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::new(d.path(), 1 << 20);
+        let load = Value::map().with("cmd", "_syndic_return");
+        s.push_to("1", "mom-b.example:4506", &load);
+        s.push("2", &load);
+        let e = s.entries();
+        assert_eq!(Spool::dest_of(&e[0]).as_deref(), Some("mom-b.example:4506"));
+        assert_eq!(Spool::dest_of(&e[1]), None);
+        assert_eq!(s.read(&e[0]).unwrap(), load);
+    }
 
     #[test]
     fn push_read_remove_and_bound() {
