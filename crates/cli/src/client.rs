@@ -6,16 +6,26 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
 /// A connection target and credentials.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Api {
     host: String,
     port: u16,
     token: String,
+    /// Requests made and bytes received, for [`Api::stats`].
+    requests: AtomicU64,
+    received: AtomicU64,
+}
+
+/// Bytes received from the API by this process: `BRINE_CLI_STATS=1` prints them when the
+/// command ends (measuring what following a job costs).
+pub fn stats_wanted() -> bool {
+    std::env::var_os("BRINE_CLI_STATS").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// A failed call.
@@ -109,6 +119,8 @@ impl Api {
             host,
             port,
             token: String::new(),
+            requests: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         };
         if let Some(eauth) = &a.eauth {
             let user = a
@@ -149,6 +161,14 @@ impl Api {
                 .to_owned();
         }
         Ok(api)
+    }
+
+    /// `(requests, bytes received)` so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
     }
 
     /// GET `path`.
@@ -192,6 +212,8 @@ impl Api {
         s.write_all(req.as_bytes()).map_err(connect)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(connect)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.received.fetch_add(raw.len() as u64, Ordering::Relaxed);
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")

@@ -661,3 +661,125 @@ fn a_resent_return_is_taken_once() {
         "one return event per job: {rets:?}"
     );
 }
+
+/// A client following a job gets each return once: `GET /jobs/<jid>?since=N&wait=S` holds the
+/// answer until there is something new and gives only what the client has not seen, and
+/// `brine` follows jobs that way (it used to re-read the whole job every 50-250 ms).
+#[test]
+fn following_a_job_moves_each_return_once() {
+    subscribe();
+    let m = Mofm::start("auto_accept: True");
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let (publish, ret, _) = m.ports;
+    let ids: Vec<String> = (0..12).map(|i| format!("follow{i:02}")).collect();
+    let _sims: Vec<SimMinion> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            rt.block_on(SimMinion::start(
+                &ctx,
+                id,
+                cached_key(i),
+                "127.0.0.1",
+                ret,
+                publish,
+                Duration::from_secs(30),
+            ))
+            .unwrap()
+        })
+        .collect();
+    for id in &ids {
+        assert!(wait_ping(&m, id, 30), "{id}: {}", m.log_tail());
+    }
+    let token =
+        std::fs::read_to_string(m.root().join("var/cache/salt/master/brine/root_token")).unwrap();
+    let token = token.trim();
+    let (st, r) = m.http(
+        "POST",
+        "/",
+        Some(token),
+        &json!([{"client": "local_async", "tgt": "follow*", "fun": "test.sleep", "arg": [2]}]),
+    );
+    assert_eq!(st, 200, "{r}");
+    let jid = r["return"][0]["jid"].as_str().unwrap().to_owned();
+    let mut cursor = 0u64;
+    let mut seen: Vec<String> = Vec::new();
+    let mut answers = Vec::new();
+    loop {
+        let (st, r) = m.http(
+            "GET",
+            &format!("/jobs/{jid}?since={cursor}&wait=20"),
+            Some(token),
+            &Json::Null,
+        );
+        assert_eq!(st, 200, "{r}");
+        let info = r["info"][0].clone();
+        let new: Vec<String> = info["Result"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let finished = info["Finished"] == json!(true);
+        assert!(
+            !new.is_empty() || finished,
+            "a long poll answered with nothing new before the job was final: {info}"
+        );
+        assert_eq!(
+            info.get("Minions").is_some(),
+            cursor == 0,
+            "the expected minions come with the first answer only: {info}"
+        );
+        seen.extend(new);
+        cursor = info["Cursor"].as_u64().unwrap();
+        answers.push(info);
+        if finished {
+            break;
+        }
+        assert!(answers.len() <= ids.len() + 1, "{answers:?}");
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ids,
+        "each return exactly once over {} answers",
+        answers.len()
+    );
+    assert_eq!(cursor, ids.len() as u64);
+    // Bad cursors are refused with a reason.
+    let (st, r) = m.http(
+        "GET",
+        &format!("/jobs/{jid}?since=-1"),
+        Some(token),
+        &Json::Null,
+    );
+    assert_eq!(st, 400, "{r}");
+    // The CLI: a job of two seconds costs a few requests, not one every 50-250 ms.
+    let out = Command::new(env!("CARGO_BIN_EXE_brine"))
+        .arg("-c")
+        .arg(m.etc())
+        .args(["follow*", "test.sleep", "2", "--out", "json", "--static"])
+        .env("BRINE_CLI_STATS", "1")
+        .output()
+        .unwrap();
+    let stdout: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+    assert_eq!(
+        stdout.as_object().map(|o| o.len()),
+        Some(ids.len()),
+        "{}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let requests: usize = stderr
+        .split("brine: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stats line: {stderr}"));
+    assert!(
+        requests <= ids.len() + 2,
+        "{requests} API requests to follow a job of {} returns: {stderr}",
+        ids.len()
+    );
+}

@@ -178,11 +178,18 @@ impl JobTracker {
     }
 
     /// A return arrived.
-    pub fn handle_return(&mut self, jid: &str, id: &str) {
-        if let Some(job) = self.jobs.get_mut(jid) {
-            job.returned.insert(id.to_owned());
-            job.missing.remove(id);
-        }
+    ///
+    /// Returns whether `jid` now has a return from every minion expected and waits on no
+    /// syndic: [`Self::poll_done`] will settle it (the driver need not wait for its timer).
+    pub fn handle_return(&mut self, jid: &str, id: &str) -> bool {
+        let Some(job) = self.jobs.get_mut(jid) else {
+            return false;
+        };
+        job.returned.insert(id.to_owned());
+        job.missing.remove(id);
+        job.waiting_syndics.is_empty()
+            && job.returned.len() >= job.expected.len()
+            && job.expected.iter().all(|m| job.returned.contains(m))
     }
 
     /// A `find_job` answer: `running` is whether the minion still runs `jid`.
@@ -391,7 +398,10 @@ mod tests {
             t0,
             Duration::from_secs(5),
         );
-        jt.handle_return("j", "direct");
+        assert!(
+            !jt.handle_return("j", "direct"),
+            "not complete while syndics have not reported"
+        );
         assert!(jt.poll_done(t0).is_empty(), "syndics have not reported");
         // s1 reports two minions below it; s2 reports none (nothing of it matched).
         jt.handle_expected("j", ["m1".to_owned(), "m2".to_owned()]);
@@ -399,9 +409,12 @@ mod tests {
         jt.handle_connected("m2");
         jt.handle_syndic_reported("j", "s1");
         jt.handle_syndic_reported("j", "s2");
-        jt.handle_return("j", "m1");
+        assert!(!jt.handle_return("j", "m1"));
         assert!(jt.poll_done(t0).is_empty(), "m2 has not returned");
-        jt.handle_return("j", "m2");
+        assert!(
+            jt.handle_return("j", "m2"),
+            "the last return completes the job"
+        );
         let done = jt.poll_done(t0 + Duration::from_millis(10));
         assert_eq!(done[0].returned.len(), 3);
         assert!(done[0].missing.is_empty());

@@ -64,6 +64,8 @@ pub struct ActiveJob {
     pub expected: BTreeSet<String>,
     /// Returns so far (the whole return objects).
     pub returns: BTreeMap<String, Json>,
+    /// Minions in the order their returns arrived (what [`MasterCore::job_since`] counts in).
+    pub arrived: Vec<String>,
     /// Set when final: minions that will not return, and why.
     pub missing: Option<BTreeMap<String, Missing>>,
     finished_at: Option<Instant>,
@@ -75,6 +77,19 @@ pub type JobView = (
     BTreeMap<String, Json>,
     Option<BTreeMap<String, Missing>>,
 );
+
+/// What a client following a job has not seen yet ([`MasterCore::job_since`]).
+#[derive(Debug, Clone)]
+pub struct JobSince {
+    /// The job's load (with `minions` only when asked from the start).
+    pub load: Json,
+    /// Returns after the cursor the client gave, in the order they arrived.
+    pub new: Vec<(String, Json)>,
+    /// Returns so far: the cursor for the next call.
+    pub cursor: usize,
+    /// Set when final: minions that will not return, and why.
+    pub missing: Option<BTreeMap<String, Missing>>,
+}
 
 /// A publish request from the API.
 #[derive(Debug, Clone)]
@@ -174,6 +189,10 @@ pub struct MasterCore {
     /// The pillar last compiled for each minion.
     pillars: crate::mine::DataCache,
     jobs: Mutex<BTreeMap<String, ActiveJob>>,
+    /// Woken on every return taken and every job made final (long polls, `wait_job`).
+    jobs_changed: tokio::sync::Notify,
+    /// Wakes the driver when a job has all its returns (it settles it at once).
+    tracker_due: tokio::sync::Notify,
     cache: Mutex<JobCache>,
     tracker: Mutex<JobTracker>,
     find_jobs: Mutex<HashMap<String, String>>,
@@ -540,6 +559,7 @@ impl MasterCore {
                 load: load.clone(),
                 expected: minions.iter().cloned().collect(),
                 returns: BTreeMap::new(),
+                arrived: Vec::new(),
                 missing: None,
                 finished_at: None,
             },
@@ -675,11 +695,74 @@ impl MasterCore {
     /// Wait until `jid` is final.
     pub async fn wait_job(&self, jid: &str) {
         loop {
+            let changed = self.jobs_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             match lock(&self.jobs).get(jid) {
                 Some(j) if j.missing.is_none() => {}
                 _ => return,
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            changed.await;
+        }
+    }
+
+    /// The returns of `jid` after the first `since` (in the order they arrived) and the count
+    /// so far, with the load and, once final, who is missing: what a client following the job
+    /// has not seen yet. A job no longer in memory (read from the cache) gives every return
+    /// (its order is not kept); clients drop those they have.
+    pub fn job_since(&self, jid: &str, since: usize) -> Option<JobSince> {
+        if let Some(j) = lock(&self.jobs).get(jid) {
+            let new = j
+                .arrived
+                .iter()
+                .skip(since)
+                .filter_map(|id| Some((id.clone(), j.returns.get(id)?.clone())))
+                .collect();
+            // The expected minions (the load's largest part) only to a client starting out.
+            let mut load = match &j.load {
+                Json::Object(o) => Json::Object(
+                    o.iter()
+                        .filter(|(k, _)| k.as_str() != "minions")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            if since == 0 {
+                load["minions"] = json!(j.expected);
+            }
+            return Some(JobSince {
+                load,
+                new,
+                cursor: j.arrived.len(),
+                missing: j.missing.clone(),
+            });
+        }
+        let (load, returns, missing) = self.job_view(jid)?;
+        Some(JobSince {
+            load,
+            cursor: returns.len(),
+            new: returns.into_iter().collect(),
+            missing,
+        })
+    }
+
+    /// Wait until `jid` has more than `since` returns or is final (or is not in memory), at
+    /// most `limit`.
+    pub async fn wait_job_change(&self, jid: &str, since: usize, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.jobs_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match lock(&self.jobs).get(jid) {
+                Some(j) if j.missing.is_none() && j.arrived.len() <= since => {}
+                _ => return,
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep_until(until) => return,
+            }
         }
     }
 
@@ -953,15 +1036,20 @@ impl MasterCore {
                     j.expected.insert(r.id.clone());
                 }
                 j.returns.insert(r.id.clone(), data.clone());
+                j.arrived.push(r.id.clone());
             }
         }
+        self.jobs_changed.notify_waiters();
         if !lock(&self.jobs).contains_key(&r.jid)
             && lock(&self.cache).returns(&r.jid).contains_key(&r.id)
         {
             warn!(jid = %r.jid, minion_id = %r.id, "a return for a finished job that already has one ignored: the first stands");
             return false;
         }
-        lock(&self.tracker).handle_return(&r.jid, &r.id);
+        if lock(&self.tracker).handle_return(&r.jid, &r.id) {
+            // Every return is in: the driver settles the job now, not at its next tick.
+            self.tracker_due.notify_one();
+        }
         if let Some(tap) = self.return_tap.get() {
             tap(r);
         }
@@ -1036,6 +1124,7 @@ impl MasterCore {
             let mut tr = lock(&self.tracker);
             (tr.poll_find_jobs(now), tr.poll_done(now))
         };
+        let finished_any;
         for (jid, who) in asks {
             let fj = lock(&self.jidgen).next_jid(unix_micros());
             lock(&self.find_jobs).insert(fj.to_string(), jid.clone());
@@ -1048,6 +1137,7 @@ impl MasterCore {
         {
             let mut jobs = lock(&self.jobs);
             let mut cache = lock(&self.cache);
+            finished_any = !done.is_empty();
             for f in done {
                 if let Some(j) = jobs.get_mut(&f.jid) {
                     j.missing = Some(f.missing.clone());
@@ -1074,6 +1164,9 @@ impl MasterCore {
                 lock(&self.find_jobs).retain(|_, orig| jobs.contains_key(orig));
             }
             cache.flush();
+        }
+        if finished_any {
+            self.jobs_changed.notify_waiters();
         }
     }
 }
@@ -1184,6 +1277,8 @@ impl Server {
             grains,
             pillars,
             jobs: Mutex::new(BTreeMap::new()),
+            jobs_changed: tokio::sync::Notify::new(),
+            tracker_due: tokio::sync::Notify::new(),
             cache: Mutex::new(cache),
             find_jobs: Mutex::new(HashMap::new()),
             bus: EventBus::new(),
@@ -1376,6 +1471,11 @@ impl Server {
                             info!(removed, "old jobs removed from the job cache (keep_jobs_seconds)");
                         }
                     }
+                }
+                () = shared.tracker_due.notified() => {
+                    // Returns come in bursts: let the burst land, then settle what is done.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    shared.tick().await;
                 }
                 _ = &mut dispatcher => break,
             }

@@ -446,15 +446,22 @@ fn missing_reason(m: Missing) -> &'static str {
     }
 }
 
+/// Longest a `GET /jobs/<jid>?wait=` long poll is held.
+const LONG_POLL_MAX: Duration = Duration::from_secs(30);
+
 async fn job(
     State(shared): S,
     headers: HeaderMap,
     Path(jid): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<axum::Json<Json>, ApiError> {
     let token = token_of(&shared, &headers, None)?;
     require_jobs(&token)?;
     if !crate::valid_jid(&jid) {
         return Err(bad(format!("{jid:?} is not a job id")));
+    }
+    if q.contains_key("since") || q.contains_key("wait") {
+        return job_since(&shared, &jid, &q).await;
     }
     let (load, returns, missing) = shared
         .job_view(&jid)
@@ -486,6 +493,64 @@ async fn job(
         .map(|(id, r)| (id, r.get("return").cloned().unwrap_or(Json::Null)))
         .collect();
     Ok(axum::Json(json!({"info": [info], "return": [ret]})))
+}
+
+/// brine's extension of `GET /jobs/<jid>` for clients that follow a job: `since=N` gives only
+/// the returns after the first N (in the order they arrived) and `Cursor`, the N for the next
+/// call; `wait=S` holds the answer until there is something new or the job is final, at most S
+/// seconds (30 at most). `Minions` comes with `since=0` only. Following a job this way moves
+/// each return once, where re-reading the whole job moves it once per poll.
+async fn job_since(
+    shared: &Shared,
+    jid: &str,
+    q: &BTreeMap<String, String>,
+) -> Result<axum::Json<Json>, ApiError> {
+    let since: usize = match q.get("since") {
+        None => 0,
+        Some(v) => v
+            .parse()
+            .map_err(|_| bad(format!("since={v:?} is not a count")))?,
+    };
+    if let Some(w) = q.get("wait") {
+        let secs: f64 = w
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| bad(format!("wait={w:?} is not a number of seconds")))?;
+        let limit = Duration::from_secs_f64(secs).min(LONG_POLL_MAX);
+        shared.wait_job_change(jid, since, limit).await;
+        // Returns often come in bursts: take the rest of the burst in the same answer.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let j = shared
+        .job_since(jid, since)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job {jid}")))?;
+    let mut info = runners::summary(jid, &j.load);
+    info["jid"] = json!(jid);
+    if let Some(m) = j.load.get("minions") {
+        info["Minions"] = m.clone();
+    }
+    info["Result"] = Json::Object(
+        j.new
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    json!({"return": r.get("return"), "retcode": r.get("retcode"), "success": r.get("success")}),
+                )
+            })
+            .collect(),
+    );
+    info["Cursor"] = json!(j.cursor);
+    info["Finished"] = json!(j.missing.is_some());
+    info["Missing"] = Json::Object(
+        j.missing
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, m)| (id, json!(missing_reason(m))))
+            .collect(),
+    );
+    Ok(axum::Json(json!({"info": [info]})))
 }
 
 /// Grains are what `grains.items` returns: a token sees the grains of the minions its ACL lets

@@ -151,7 +151,9 @@ struct JobResult {
     missing: BTreeMap<String, String>,
 }
 
-/// Poll `/jobs/<jid>` until final, calling `each` for every new return.
+/// Follow `/jobs/<jid>` until final, calling `each` for every new return: long polls that
+/// give only the returns not seen yet (`since`/`wait`, each return moves once); against an API
+/// without them (a salt-api), re-reads of the whole job.
 fn wait(
     api: &Api,
     jid: &str,
@@ -162,11 +164,15 @@ fn wait(
     let start = Instant::now();
     let mut seen = BTreeSet::new();
     let mut returns = Vec::new();
+    let mut cursor: Option<u64> = Some(0);
     loop {
-        let r = api
-            .get(&format!("/jobs/{jid}"))
-            .map_err(|e| e.to_string())?;
+        let path = match cursor {
+            Some(c) => format!("/jobs/{jid}?since={c}&wait=10"),
+            None => format!("/jobs/{jid}"),
+        };
+        let r = api.get(&path).map_err(|e| e.to_string())?;
         let info = &r["info"][0];
+        cursor = cursor.and(info["Cursor"].as_u64());
         if let Some(res) = info["Result"].as_object() {
             for (id, v) in res {
                 if seen.insert(id.clone()) {
@@ -201,12 +207,26 @@ fn wait(
                 .unwrap_or_default();
             return Ok(JobResult { returns, missing });
         }
-        let pause = if start.elapsed() < Duration::from_secs(2) {
-            50
-        } else {
-            250
-        };
-        std::thread::sleep(Duration::from_millis(pause));
+        if cursor.is_none() {
+            let pause = if start.elapsed() < Duration::from_secs(2) {
+                50
+            } else {
+                250
+            };
+            std::thread::sleep(Duration::from_millis(pause));
+        }
+    }
+}
+
+/// `BRINE_CLI_STATS=1`: what the command cost in API traffic, on stderr at the end.
+struct PrintStats<'a>(&'a Api);
+
+impl Drop for PrintStats<'_> {
+    fn drop(&mut self) {
+        if brine_cli::client::stats_wanted() {
+            let (n, bytes) = self.0.stats();
+            eprintln!("brine: {n} API requests, {bytes} bytes received");
+        }
     }
 }
 
@@ -251,6 +271,7 @@ fn run(a: &Args) -> Result<u8, String> {
     };
     let mut out = Out { file, fmt };
     let api = Api::connect(&a.conn)?;
+    let _stats = PrintStats(&api);
     let ttype = tgt_type(a);
     let tgt = if ttype == "list" {
         json!(
