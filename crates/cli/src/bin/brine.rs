@@ -172,7 +172,7 @@ fn wait(
         };
         let r = api.get(&path).map_err(|e| e.to_string())?;
         let info = &r["info"][0];
-        cursor = cursor.and(info["Cursor"].as_u64());
+        cursor = cursor.and_then(|_| info["Cursor"].as_u64());
         if let Some(res) = info["Result"].as_object() {
             for (id, v) in res {
                 if seen.insert(id.clone()) {
