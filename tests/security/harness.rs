@@ -268,7 +268,12 @@ pub(crate) fn users_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     let p = dir.join("users");
     let lines: Vec<String> = users
         .iter()
-        .map(|(u, pw)| format!("{u}:{}", brine_mofm::eauth::hash_password(pw).unwrap()))
+        .map(|(u, pw)| {
+            format!(
+                "{u}:{}",
+                brine_master_core::eauth::hash_password(pw).unwrap()
+            )
+        })
         .collect();
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     p

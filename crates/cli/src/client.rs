@@ -99,7 +99,10 @@ impl Api {
         let local = if a.url.is_none() || (a.eauth.is_none() && token.is_none()) {
             let o =
                 brine_daemon::config::load(&a.config_dir, "master").map_err(|e| e.to_string())?;
-            Some(brine_mofm::config::MasterConfig::from_options(&o).map_err(|e| e.to_string())?)
+            Some(
+                brine_master_core::config::MasterConfig::from_options(&o)
+                    .map_err(|e| e.to_string())?,
+            )
         } else {
             None
         };
@@ -149,7 +152,7 @@ impl Api {
         } else if let Some(t) = token {
             api.token = t;
         } else if let Some(c) = &local {
-            let p = brine_mofm::root_token_path(&c.cachedir);
+            let p = brine_master_core::root_token_path(&c.cachedir);
             api.token = std::fs::read_to_string(&p)
                 .map_err(|e| {
                     format!(

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use brine_master::keys::{KeyDir, KeyStore};
+use brine_master_core::keys::{KeyDir, KeyStore};
 use brine_proto::target::fnmatch;
 
 /// The four key lists in salt-key's order and names.

@@ -180,7 +180,7 @@ fn users_file(dir: &Path) -> PathBuf {
         &p,
         format!(
             "alice:{}\n",
-            brine_mofm::eauth::hash_password("wonderland").unwrap()
+            brine_master_core::eauth::hash_password("wonderland").unwrap()
         ),
     )
     .unwrap();

@@ -411,7 +411,7 @@ fn arch6_masters_syndicating_each_other_deliver_once() {
             let origin = format!("salt/minion/{id}/start");
             let copies: Vec<&String> = seen
                 .iter()
-                .filter(|t| brine_master::upstream::origin_tag(t, name).0 == origin)
+                .filter(|t| brine_master_core::upstream::origin_tag(t, name).0 == origin)
                 .collect();
             assert_eq!(copies.len(), 1, "{name} saw {origin} as {copies:?}");
         }

@@ -6,13 +6,15 @@
 //! `jinja` and `yaml`) and the mine (`mine`).
 //!
 //! It also holds the master's configuration (`config`: Salt's `master` file), the embedded job
-//! cache (`jobcache`), the event bus (`events`) and the serving core (`server`) that mofm and
-//! syndic run; the HTTP API and upstream links are the daemons' own.
+//! cache (`jobcache`), the event bus (`events`), `external_auth` and its ACLs (`eauth`), the
+//! serving core (`server`) that mofm and syndic run, and the links to upper masters that make a
+//! master a syndic (`upstream`). The HTTP API is mofm's own.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
 pub mod config;
+pub mod eauth;
 pub mod events;
 pub mod fileserver;
 pub mod jinja;
@@ -29,6 +31,11 @@ pub mod server;
 pub mod targeting;
 pub mod upstream;
 pub mod yaml;
+
+/// Where the root token lives (mode 0600): local `brine` commands read it, like Salt's root key.
+pub fn root_token_path(cachedir: &std::path::Path) -> std::path::PathBuf {
+    cachedir.join("brine").join("root_token")
+}
 
 /// Lock a mutex, taking the data even if a panicking thread poisoned it (a request handler's
 /// panic must not stop the master).

@@ -8,11 +8,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
-pub mod config;
+pub use brine_minion_side::config;
 pub mod exec;
 pub mod grains;
 
-pub use brine_link::{link, pki, spool};
+pub use brine_minion_side::{link, pki, spool};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,12 +37,12 @@ pub(crate) fn target_glob(pat: &str, name: &str) -> bool {
     brine_proto::target::fnmatch(pat, name)
 }
 
-pub use brine_link::asctime;
+pub use brine_minion_side::asctime;
 
 /// Shared state of a running minion.
 struct Shared {
     cfg: Arc<MinionConfig>,
-    link: Arc<brine_link::LinkConfig>,
+    link: Arc<brine_minion_side::LinkConfig>,
     me: MinionIdentity,
     grains: Arc<Value>,
     jobs: JobTable,

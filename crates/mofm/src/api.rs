@@ -16,8 +16,8 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use brine_master::jobs::Missing;
-use brine_master::json::from_json;
+use brine_master_core::jobs::Missing;
+use brine_master_core::json::from_json;
 use brine_proto::Value;
 use serde_json::{Map, Value as Json, json};
 use tokio_stream::StreamExt as _;
@@ -566,7 +566,7 @@ async fn minions(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json
         .all_grains()
         .into_iter()
         .filter(|(id, _)| visible.as_ref().is_none_or(|v| v.contains(id)))
-        .map(|(id, g)| (id, brine_master::json::to_json(&g)))
+        .map(|(id, g)| (id, brine_master_core::json::to_json(&g)))
         .collect();
     Ok(axum::Json(json!({"return": [m]})))
 }
@@ -586,7 +586,7 @@ async fn minion(
     }
     let g = shared
         .grains_of(&id)
-        .map_or(Json::Null, |g| brine_master::json::to_json(&g));
+        .map_or(Json::Null, |g| brine_master_core::json::to_json(&g));
     Ok(axum::Json(json!({"return": [{id: g}]})))
 }
 
@@ -598,7 +598,7 @@ async fn keys(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, 
             token.user
         )));
     }
-    use brine_master::keys::KeyDir;
+    use brine_master_core::keys::KeyDir;
     let k = shared.keys();
     Ok(axum::Json(json!({"return": {
         "local": ["master.pem", "master.pub"],
@@ -629,7 +629,7 @@ async fn events(
             return None;
         }
         // JSON (serde_json's compact form) never contains a raw line break.
-        let data = json!({"tag": e.tag, "data": brine_master::json::to_json(&e.data)});
+        let data = json!({"tag": e.tag, "data": brine_master_core::json::to_json(&e.data)});
         Some(Ok(Bytes::from(format!("tag: {}\ndata: {data}\n\n", e.tag))))
     });
     let body = Body::from_stream(head.chain(evs));

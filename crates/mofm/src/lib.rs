@@ -1,4 +1,4 @@
-//! `mofm`: brine's master. It runs brine-master's serving core ([`brine_master::server`]) for
+//! `mofm`: brine's master. It runs brine-master-core's serving core ([`brine_master_core::server`]) for
 //! unmodified Salt minions — keys, `_auth`, publishing with master-side targeting, job tracking
 //! without `find_job` storms, the embedded job cache, events — and puts a salt-api-shaped HTTP API
 //! ([`api`]) with `external_auth` ([`eauth`]) and runners in front of it, which the `brine` CLI
@@ -8,22 +8,21 @@
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
 pub mod api;
-pub mod eauth;
+pub use brine_master_core::eauth;
 mod runners;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use brine_master::config;
-use brine_master::config::MasterConfig;
-use brine_master::lock;
-pub use brine_master::server::{
+pub use brine_master_core::config;
+use brine_master_core::config::MasterConfig;
+use brine_master_core::lock;
+pub use brine_master_core::server::{
     ActiveJob, JobView, MasterCore, PublishError, PublishSpec, Published, Rng, start_time,
     valid_jid,
 };
-use brine_master::server::{Server, random_hex, unix_secs, write_private};
+use brine_master_core::server::{Server, random_hex, unix_secs, write_private};
 use tracing::info;
 
 use crate::eauth::{Eauth, Perms};
@@ -43,10 +42,7 @@ pub struct Token {
     pub expire: u64,
 }
 
-/// Where the root token lives (mode 0600): local `brine` commands read it, like Salt's root key.
-pub fn root_token_path(cachedir: &Path) -> PathBuf {
-    cachedir.join("brine").join("root_token")
-}
+pub use brine_master_core::root_token_path;
 
 /// The API's state: the master core plus sessions and `external_auth`.
 pub struct Shared {
@@ -136,11 +132,11 @@ impl Shared {
     ) -> Result<Published, PublishError> {
         let perms = token.perms.clone();
         let acl = move |fun: &str| perms.targets_for(fun);
-        let acl: Option<&(dyn Fn(&str) -> brine_master::server::Allowed + Sync)> = match token.perms
-        {
-            Perms::Root => None,
-            Perms::Acl(_) => Some(&acl),
-        };
+        let acl: Option<&(dyn Fn(&str) -> brine_master_core::server::Allowed + Sync)> =
+            match token.perms {
+                Perms::Root => None,
+                Perms::Acl(_) => Some(&acl),
+            };
         self.core.publish(spec, &token.user, acl).await
     }
 }
@@ -218,7 +214,7 @@ impl Mofm {
     /// given (`syndic_master`; masters that syndicate each other).
     pub async fn run_with(
         self,
-        up: Option<brine_syndic::Upstream>,
+        up: Option<brine_master_core::upstream::SyndicLinks>,
         shutdown: impl Future<Output = ()>,
     ) {
         info!(
@@ -226,7 +222,7 @@ impl Mofm {
             "HTTP API serving"
         );
         let api_task = tokio::spawn(api::serve(self.api, self.shared));
-        brine_syndic::serve(self.server, up, shutdown).await;
+        brine_master_core::upstream::serve(self.server, up, shutdown).await;
         api_task.abort();
     }
 }

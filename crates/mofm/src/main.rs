@@ -41,7 +41,11 @@ fn main() -> ExitCode {
     if cfg.open_mode {
         tracing::warn!("open_mode is on: any key is accepted for any minion id");
     }
-    let up = match brine_syndic::Upstream::from_config_dir(&args.config_dir, &cfg, None) {
+    let up = match brine_master_core::upstream::SyndicLinks::from_config_dir(
+        &args.config_dir,
+        &cfg,
+        None,
+    ) {
         Ok(u) => u,
         Err(e) => return brine_daemon::usage_error("mofm", e),
     };

@@ -26,7 +26,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match brine_master::config::MasterConfig::load(&args.config_dir) {
+    let cfg = match brine_master_core::config::MasterConfig::load(&args.config_dir) {
         Ok(c) => c,
         Err(e) => return brine_daemon::usage_error("syndic", e),
     };
@@ -45,8 +45,11 @@ fn main() -> ExitCode {
             "syndic_master is not set in the master config: nothing to be a syndic of",
         );
     }
-    let up = match brine_syndic::Upstream::from_config_dir(&args.config_dir, &cfg, args.id.clone())
-    {
+    let up = match brine_master_core::upstream::SyndicLinks::from_config_dir(
+        &args.config_dir,
+        &cfg,
+        args.id.clone(),
+    ) {
         Ok(Some(u)) => u,
         Ok(None) => unreachable!("syndic_master checked above"),
         Err(e) => return brine_daemon::usage_error("syndic", e),
@@ -67,11 +70,11 @@ fn main() -> ExitCode {
         Err(e) => return brine_daemon::failure("syndic", format!("cannot start runtime: {e}")),
     };
     let _guard = rt.enter();
-    let server = match brine_master::server::Server::bind(cfg) {
+    let server = match brine_master_core::server::Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => return brine_daemon::failure("syndic", e),
     };
-    rt.block_on(brine_syndic::serve(
+    rt.block_on(brine_master_core::upstream::serve(
         server,
         Some(up),
         brine_daemon::shutdown_signal(),

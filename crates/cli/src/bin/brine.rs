@@ -239,7 +239,7 @@ fn main() -> ExitCode {
     if a.hash_password {
         let mut pw = String::new();
         let _ = std::io::stdin().read_line(&mut pw);
-        return match brine_mofm::eauth::hash_password(pw.trim_end_matches(['\r', '\n'])) {
+        return match brine_master_core::eauth::hash_password(pw.trim_end_matches(['\r', '\n'])) {
             Ok(h) => {
                 println!("{h}");
                 ExitCode::SUCCESS

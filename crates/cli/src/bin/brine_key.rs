@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use brine_cli::key::{LISTS, matching, print_lists, write_dropfile};
-use brine_master::keys::{KeyDir, KeyStore};
+use brine_master_core::keys::{KeyDir, KeyStore};
 use clap::Parser;
 
 /// Manage minion keys in the master's pki directory (salt-key's flags).

@@ -30,8 +30,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use brine_link::spool::Spool;
-use brine_link::{Feed, JobFeed, LinkConfig, LinkError, MasterAddr, ReqChannel};
+use brine_minion_side::spool::Spool;
+use brine_minion_side::{Feed, JobFeed, LinkConfig, LinkError, MasterAddr, ReqChannel};
 use brine_proto::Value;
 use brine_proto::auth::MinionIdentity;
 use brine_proto::loads::{JobLoad, MinionEvent, ReturnLoad, SyndicReturn, SyndicReturnEntry};
@@ -44,7 +44,10 @@ use crate::json::from_json;
 use crate::server::MasterCore;
 use state::{CoreView, OnPublish, Transmit, Upstream, What};
 
+mod setup;
 pub mod state;
+
+pub use setup::{SyndicLinks, serve};
 
 pub use state::{BATCH_RETURNS, OUTBOX_MAX, ROUTES_MAX};
 
@@ -521,7 +524,7 @@ async fn serve_link(up: &Arc<Links>, i: usize) -> Result<(), LinkError> {
     let started = format!(
         "Syndic {} started at {}",
         up.me.id,
-        brine_link::asctime(brine_link::unix_secs())
+        brine_minion_side::asctime(brine_minion_side::unix_secs())
     );
     if let Err(e) = chan
         .fire_event(

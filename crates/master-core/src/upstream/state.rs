@@ -872,9 +872,9 @@ mod tests {
         assert!(matches!(spooled[0].what, What::Spool { .. }));
         assert!(up.find_job("j2").1.is_empty(), "landed in the spool");
         // And the spool hands it back to that master first.
-        let masters: Vec<brine_link::MasterAddr> = ["a", "b", "c"]
+        let masters: Vec<brine_minion_side::MasterAddr> = ["a", "b", "c"]
             .iter()
-            .map(|h| brine_link::MasterAddr {
+            .map(|h| brine_minion_side::MasterAddr {
                 host: (*h).to_owned(),
                 ret_port: 4506,
             })

@@ -4,10 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brine_master::keys::{KeyDir, KeyStore};
-use brine_master::publish::JobPublisher;
-use brine_master::requests::{MasterEvent, Policy, RequestHandler};
-use brine_master::secrets::{Secrets, load_or_create_master_key};
+use brine_master_core::keys::{KeyDir, KeyStore};
+use brine_master_core::publish::JobPublisher;
+use brine_master_core::requests::{MasterEvent, Policy, RequestHandler};
+use brine_master_core::secrets::{Secrets, load_or_create_master_key};
 use brine_proto::Value;
 use brine_proto::auth::MasterIdentity;
 use brine_proto::codec;
@@ -109,7 +109,7 @@ async fn serve_real_minion(version: &str) {
     assert_eq!(grains.get("id").and_then(Value::as_str), Some(id.as_str()));
     let cache = std::collections::HashMap::from([(gid, grains.clone())]);
     let os = grains.get("os").and_then(Value::as_str).unwrap().to_owned();
-    let expected = brine_master::targeting::expected_minions(
+    let expected = brine_master_core::targeting::expected_minions(
         &Value::str(format!("G@os:{os} and {id}")),
         "compound",
         ":",

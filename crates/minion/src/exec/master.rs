@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brine_link::link::ReqChannel;
+use brine_minion_side::link::ReqChannel;
 use brine_proto::Value;
 use tracing::{debug, info, warn};
 

@@ -17,7 +17,7 @@ pub enum MasterType {
     Disable,
 }
 
-pub use brine_link::MasterAddr;
+pub use crate::MasterAddr;
 
 /// Everything the minion reads from its config. Defaults are Salt 3007.17's.
 #[derive(Debug, Clone)]
@@ -174,8 +174,8 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
 
 impl MinionConfig {
     /// What the links to masters need.
-    pub fn link(&self) -> brine_link::LinkConfig {
-        brine_link::LinkConfig {
+    pub fn link(&self) -> crate::LinkConfig {
+        crate::LinkConfig {
             id: self.id.clone(),
             pki_dir: self.pki_dir.clone(),
             publish_port: self.publish_port,
@@ -336,8 +336,8 @@ impl MinionConfig {
                 }
                 let v = o
                     .string("brine_salt_version")?
-                    .unwrap_or_else(|| crate::grains::SALT_VERSION.into());
-                if crate::grains::version_info(&v).is_none() {
+                    .unwrap_or_else(|| crate::host::SALT_VERSION.into());
+                if crate::host::version_info(&v).is_none() {
                     return Err(ConfigError::Invalid {
                         key: "brine_salt_version".into(),
                         message: format!("{v:?} is not a Salt version like 3007.17"),
@@ -412,7 +412,7 @@ pub fn resolve_host_id(conf_dir: &Path) -> Option<String> {
             return Some(s.to_owned());
         }
     }
-    let fqdn = crate::grains::fqdn();
+    let fqdn = crate::host::fqdn();
     if fqdn.is_empty() || fqdn == "localhost" {
         return None;
     }

@@ -1,32 +1,26 @@
-//! brine's syndic: the master core serving its own minions (`CONFIG_DIR/master`) plus links to
-//! the masters above (`syndic_master`), with the syndic's minion identity (`id`, `pki_dir`)
-//! from `CONFIG_DIR/minion`, as salt-syndic reads them. The relaying itself is
-//! brine-master's `upstream` module; this crate reads the configuration and starts it, for the
-//! `syndic` binary and for `mofm` when a master of masters is itself a syndic (masters that
-//! syndicate each other).
-//!
-//! The minion file is read with brine-minion's configuration module (the same keys and
-//! defaults as the brine minion), and only the identity and auth timing are used from it.
-
-#![forbid(unsafe_code)]
-#![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
+//! Setting a syndic up: the syndic's minion identity (`id`, `pki_dir`) from
+//! `CONFIG_DIR/minion`, read as salt-syndic reads it (the same keys and defaults as the brine
+//! minion; only the identity and auth timing are used), and serving the core with its links to
+//! the masters above. The `syndic` binary uses it, and `mofm` when a master of masters is
+//! itself a syndic (masters that syndicate each other).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use brine_master::config::MasterConfig;
-use brine_master::server::MasterCore;
-use brine_master::upstream::{self, UpstreamConfig};
 use brine_proto::auth::MinionIdentity;
+
+use super::UpstreamConfig;
+use crate::config::MasterConfig;
+use crate::server::MasterCore;
 
 /// The upstream side, ready to run.
 #[derive(Debug)]
-pub struct Upstream {
+pub struct SyndicLinks {
     cfg: UpstreamConfig,
     me: MinionIdentity,
 }
 
-impl Upstream {
+impl SyndicLinks {
     /// Read `config_dir/minion` for the syndic's identity and load (or create) its key, when
     /// `master` lists a `syndic_master`. `None` without one.
     ///
@@ -42,17 +36,18 @@ impl Upstream {
         }
         let opts = brine_daemon::config::load(config_dir, "minion").map_err(|e| e.to_string())?;
         let id_override = id_override.or_else(|| master.id.clone());
-        let mcfg = brine_minion::config::MinionConfig::from_options(
+        let mcfg = brine_minion_side::config::MinionConfig::from_options(
             &opts,
             config_dir,
             id_override,
-            brine_minion::config::resolve_host_id,
+            brine_minion_side::config::resolve_host_id,
         )
         .map_err(|e| format!("{}: {e}", config_dir.join("minion").display()))?;
         let mut link = mcfg.link();
         // A syndic keeps trying every upper master; it does not walk a failover list.
         link.give_up_on_timeout = false;
-        let key = brine_minion::pki::load_or_create(&mcfg.pki_dir).map_err(|e| e.to_string())?;
+        let key =
+            brine_minion_side::pki::load_or_create(&mcfg.pki_dir).map_err(|e| e.to_string())?;
         let me = MinionIdentity::new(&mcfg.id, key).map_err(|e| e.to_string())?;
         let Some(cfg) = UpstreamConfig::from_master(master, link)? else {
             return Ok(None);
@@ -67,15 +62,15 @@ impl Upstream {
 
     /// Run the links until `shutdown` resolves (returns still batched are spooled).
     pub async fn run(self, core: Arc<MasterCore>, shutdown: impl Future<Output = ()>) {
-        upstream::run(core, self.cfg, self.me, shutdown).await;
+        super::run(core, self.cfg, self.me, shutdown).await;
     }
 }
 
 /// Run `server` and, if configured, the upstream links, until `shutdown`; the links stop after
 /// the server (returns that arrived meanwhile are spooled, not lost).
 pub async fn serve(
-    server: brine_master::server::Server,
-    up: Option<Upstream>,
+    server: crate::server::Server,
+    up: Option<SyndicLinks>,
     shutdown: impl Future<Output = ()>,
 ) {
     let stop = Arc::new(tokio::sync::Notify::new());

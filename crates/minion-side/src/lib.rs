@@ -1,11 +1,14 @@
 //! The minion side of Salt's protocol, shared by brine's minion and its syndic (which is a
 //! minion to the masters above it): `_auth` with re-authentication, the publish feed with
 //! envelope, signature, replay and target checks, the request channel, the liveness probe, the
-//! minion pki directory and the on-disk return spool.
+//! minion pki directory and the on-disk return spool, and the minion configuration (Salt's
+//! `minion` file, `config`) both read.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::print_stdout, clippy::dbg_macro)]
 
+pub mod config;
+pub mod host;
 pub mod link;
 pub mod pki;
 pub mod spool;

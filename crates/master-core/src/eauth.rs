@@ -27,8 +27,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use crate::server::Allowed;
 use base64::Engine as _;
-pub use brine_master::server::Allowed;
 use brine_proto::target::fnmatch;
 use serde_json::Value as Json;
 
