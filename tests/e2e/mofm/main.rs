@@ -102,7 +102,7 @@ impl Mofm {
         v[v.len().saturating_sub(40)..].join("\n")
     }
 
-    fn tool(&self, bin: &str, args: &[&str]) -> Output {
+    fn tool(&self, bin: PathBuf, args: &[&str]) -> Output {
         Command::new(bin)
             .arg("-c")
             .arg(self.etc())
@@ -112,7 +112,7 @@ impl Mofm {
     }
 
     fn brine(&self, args: &[&str]) -> Output {
-        self.tool(env!("CARGO_BIN_EXE_brine"), args)
+        self.tool(workspace_bin("brine"), args)
     }
 
     fn brine_json(&self, args: &[&str]) -> Json {
@@ -123,11 +123,11 @@ impl Mofm {
     }
 
     fn brine_key(&self, args: &[&str]) -> Output {
-        self.tool(env!("CARGO_BIN_EXE_brine-key"), args)
+        self.tool(workspace_bin("brine-key"), args)
     }
 
     fn brine_run(&self, args: &[&str]) -> Output {
-        self.tool(env!("CARGO_BIN_EXE_brine-run"), args)
+        self.tool(workspace_bin("brine-run"), args)
     }
 
     fn http(&self, method: &str, path: &str, token: Option<&str>, body: &Json) -> (u16, Json) {
@@ -756,7 +756,7 @@ fn following_a_job_moves_each_return_once() {
     );
     assert_eq!(st, 400, "{r}");
     // The CLI: a job of two seconds costs a few requests, not one every 50-250 ms.
-    let out = Command::new(env!("CARGO_BIN_EXE_brine"))
+    let out = Command::new(workspace_bin("brine"))
         .arg("-c")
         .arg(m.etc())
         .args(["follow*", "test.sleep", "2", "--out", "json", "--static"])

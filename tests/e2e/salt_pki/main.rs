@@ -5,10 +5,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use brine_test_support::{SaltMaster, SaltMinion, SaltPeer, subscribe, wait_for};
+use brine_test_support::{SaltMaster, SaltMinion, SaltPeer, subscribe, wait_for, workspace_bin};
 
 fn brine_key(master: &SaltMaster, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_brine-key"))
+    Command::new(workspace_bin("brine-key"))
         .arg("-c")
         .arg(master.config_dir())
         .args(args)
