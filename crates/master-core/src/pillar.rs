@@ -546,16 +546,8 @@ impl Compile<'_> {
             };
             match self.render_file(&path, "top.sls", env, "", &Value::map()) {
                 Ok(top) => {
-                    let includes: Vec<String> = top
-                        .get("include")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_owned)
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let includes: Vec<String> =
+                        top.get("include").map(Value::str_items).unwrap_or_default();
                     rendered.push((env.clone(), top));
                     let mut done = BTreeSet::new();
                     for inc in includes {

@@ -132,6 +132,15 @@ pub enum Allowed {
     Within(Vec<String>),
 }
 
+/// The minions `reach` may run a job on that are not syndics (syndics relay rather than run).
+fn not_syndics(reach: &crate::targeting::Reach, syndics: &BTreeSet<String>) -> Vec<String> {
+    reach
+        .all()
+        .into_iter()
+        .filter(|m| !syndics.contains(m))
+        .collect()
+}
+
 /// Minions among `ids` that match none of the compound targets `within` for sure.
 fn outside_acl(ids: &[String], within: &[String], fleet: &Fleet<'_>) -> Vec<String> {
     let nil = Value::Nil;
@@ -402,11 +411,7 @@ impl MasterCore {
                 let may_run = self
                     .with_acl_fleet(|f| reach(&tgt, &tgt_type, delimiter, f))
                     .map_err(bad)?;
-                let runners: Vec<String> = may_run
-                    .all()
-                    .into_iter()
-                    .filter(|m| !all_syndics.contains(m))
-                    .collect();
+                let runners = not_syndics(&may_run, &all_syndics);
                 let outside = self.with_acl_fleet(|f| outside_acl(&runners, &within, f));
                 if !outside.is_empty() {
                     let shown: Vec<&str> = outside.iter().take(10).map(String::as_str).collect();
@@ -444,11 +449,7 @@ impl MasterCore {
             }
         }
         // Below syndics: they are not minions that return; the job waits for their reports.
-        let minions: Vec<String> = reached
-            .all()
-            .into_iter()
-            .filter(|m| !all_syndics.contains(m))
-            .collect();
+        let minions = not_syndics(&reached, &all_syndics);
         if minions.is_empty() && syndics.is_empty() {
             return Ok(Published {
                 jid: String::new(),

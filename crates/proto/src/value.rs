@@ -135,6 +135,18 @@ impl Value {
         }
     }
 
+    /// The strings of an array (other items skipped); empty for anything but an array.
+    pub fn str_items(&self) -> Vec<String> {
+        self.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Self::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The entries of a map.
     pub fn as_map(&self) -> Option<&[(Self, Self)]> {
         match self {

@@ -671,11 +671,7 @@ async fn answer_find_job(up: &Links, chan: &ReqChannel, job: &JobLoad) {
         return;
     };
     let ids: Vec<String> = match job.tgt.as_array() {
-        Some(list) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(_) => job.tgt.str_items(),
         None => match job.tgt.as_str() {
             Some(s) if job.tgt_type() == "list" => {
                 s.split(',').map(|x| x.trim().to_owned()).collect()

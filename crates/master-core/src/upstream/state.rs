@@ -717,13 +717,7 @@ mod tests {
                 let minions = if e.returns.is_empty() {
                     e.load
                         .get("Minions")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_owned)
-                                .collect()
-                        })
+                        .map(Value::str_items)
                         .unwrap_or_default()
                 } else {
                     e.returns.iter().map(|(id, _)| id.clone()).collect()
