@@ -657,11 +657,7 @@ async fn answer(
     }
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
+use brine_transport::unix_micros as now_us;
 
 /// A jid's time (`YYYYMMDDhhmmssffffff`, UTC) in microseconds since the epoch.
 fn jid_us(jid: &str) -> Option<u64> {

@@ -118,12 +118,7 @@ pub fn refuse_minion_tag(tag: &str, sender: &str) -> Option<&'static str> {
     None
 }
 
-/// Microseconds since the epoch.
-pub fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
+pub use brine_transport::unix_micros;
 
 /// Salt's `_stamp` for now.
 pub fn now_stamp() -> String {

@@ -23,7 +23,7 @@ use crate::secrets::{Secrets, load_or_create_key, load_or_create_master_key};
 use crate::targeting::{Fleet, as_compound, expand_nodegroups, reach};
 use brine_proto::Value;
 use brine_proto::auth::MasterIdentity;
-use brine_proto::crypt::{Entropy, SigAlgo};
+use brine_proto::crypt::SigAlgo;
 use brine_proto::jid::{Jid, JidGenerator};
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_proto::target::{TargetError, Tri};
@@ -31,15 +31,8 @@ use brine_transport::{Context, OsEntropy, Publisher, Router, SocketOptions, tcp_
 use serde_json::{Value as Json, json};
 use tracing::{debug, info, warn};
 
-/// The OS random source.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rng;
-
-impl Entropy for Rng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        OsEntropy::fill_bytes(buf);
-    }
-}
+/// The OS random source (brine-transport's).
+pub use brine_transport::OsEntropy as Rng;
 
 /// A brine syndic whose heartbeat (every 2 s) is older than this is not waited for.
 const SYNDIC_HEARTBEAT_STALE: Duration = Duration::from_secs(7);
@@ -264,10 +257,7 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
-/// Seconds since the epoch.
-pub fn unix_secs() -> u64 {
-    unix_micros() / 1_000_000
-}
+pub use brine_transport::unix_secs;
 
 impl MasterCore {
     /// Accepted minion ids.

@@ -4,18 +4,18 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use brine_proto::Value;
 use brine_proto::auth::{
     AuthError, AuthEvent, Credentials, MinionAuth, MinionAuthConfig, MinionIdentity, MinionSession,
 };
-use brine_proto::crypt::{CrypticleError, Entropy, PublicKey, SerialCheck, SerialGuard, sha1_hex};
+use brine_proto::crypt::{CrypticleError, PublicKey, SerialCheck, SerialGuard, sha1_hex};
 use brine_proto::envelope::Publish;
 use brine_proto::loads::{JobLoad, MinionEvent};
 use brine_proto::target::{self, Facts, NoNodegroups};
 use brine_transport::{
-    Context, OsEntropy, ReqClient, SocketOptions, Subscriber, TransportError, tcp_endpoint,
+    Context, ReqClient, SocketOptions, Subscriber, TransportError, tcp_endpoint,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -52,28 +52,14 @@ impl Prober {
     }
 }
 
-/// The OS random source.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rng;
+/// The OS random source (brine-transport's).
+pub use brine_transport::OsEntropy as Rng;
 
-impl Entropy for Rng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        OsEntropy::fill_bytes(buf);
-    }
-}
+pub use brine_transport::unix_micros;
 
-/// Seconds since the epoch.
+/// Seconds since the epoch, as Salt's loads carry them (`ts`).
 pub fn unix_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Microseconds since the epoch.
-pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    i64::try_from(brine_transport::unix_secs()).unwrap_or(i64::MAX)
 }
 
 /// Why a link ended.

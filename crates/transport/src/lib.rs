@@ -83,3 +83,22 @@ impl OsEntropy {
             .expect("invariant: the OS random source is available");
     }
 }
+
+/// The one entropy source brine's daemons, tools and tests hand to brine-proto.
+impl brine_proto::crypt::Entropy for OsEntropy {
+    fn fill(&mut self, buf: &mut [u8]) {
+        Self::fill_bytes(buf);
+    }
+}
+
+/// Microseconds since the Unix epoch (0 on a clock set before it): the one wall-clock helper.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs() -> u64 {
+    unix_micros() / 1_000_000
+}

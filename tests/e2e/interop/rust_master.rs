@@ -10,19 +10,13 @@ use brine_proto::auth::{
     pillar_reply, seal_reply,
 };
 use brine_proto::codec;
-use brine_proto::crypt::{Crypticle, EncAlgo, Entropy, PrivateKey, PublicKey, SigAlgo};
+use brine_proto::crypt::{Crypticle, EncAlgo, PrivateKey, PublicKey, SigAlgo};
 use brine_proto::envelope::Request;
 use brine_proto::loads::{AuthRequest, MinionEvent};
 use brine_test_support::{SaltMinion, SaltPeer, subscribe};
 use brine_transport::{Context, Publisher, Router, SocketOptions};
 
-struct Rng;
-
-impl Entropy for Rng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        brine_transport::OsEntropy::fill_bytes(buf);
-    }
-}
+use brine_transport::OsEntropy as Rng;
 
 /// The smallest master that serves a real minion's start-up: `_auth`, `_pillar`,
 /// `_minion_event`, `_register_resources`.

@@ -5,34 +5,22 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use brine_proto::Value;
 use brine_proto::auth::{
     AuthEvent, Credentials, MinionAuth, MinionAuthConfig, MinionIdentity, MinionSession,
 };
-use brine_proto::crypt::{Entropy, PrivateKey, SerialCheck, SerialGuard};
+use brine_proto::crypt::{PrivateKey, SerialCheck, SerialGuard};
 use brine_proto::envelope::Publish;
 use brine_proto::jid::iso_stamp;
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_proto::target::{self, Facts, NoNodegroups};
-use brine_transport::{Context, OsEntropy, ReqClient, SocketOptions, Subscriber, tcp_endpoint};
+use brine_transport::{Context, ReqClient, SocketOptions, Subscriber, tcp_endpoint};
 
-/// The OS random source for brine-proto.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rng;
-
-impl Entropy for Rng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        OsEntropy::fill_bytes(buf);
-    }
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
+/// The OS random source (brine-transport's).
+pub use brine_transport::OsEntropy as Rng;
+use brine_transport::unix_micros;
 
 /// Why a simulated minion could not start.
 #[derive(Debug, thiserror::Error)]
