@@ -35,11 +35,9 @@ use std::time::{Duration, Instant};
 
 use brine_proto::Value;
 use brine_proto::auth::{KnownMaster, MinionAuthConfig, MinionIdentity, MinionSession};
-use brine_proto::crypt::{SerialCheck, SerialGuard};
-use brine_proto::envelope::Publish;
+use brine_proto::feed::{Feed, PublishDecoder};
 use brine_proto::jid::iso_stamp;
-use brine_proto::loads::{JobLoad, ReturnLoad};
-use brine_proto::target::{self, Facts, NoNodegroups};
+use brine_proto::loads::ReturnLoad;
 use brine_test_support::sim::{Rng, authenticate_with, cached_key, cached_keys};
 use brine_test_support::{cpu_ticks_tree, proc_tree, rss_tree_kb};
 use brine_transport::{Context, ReqClient, SocketOptions, Subscriber};
@@ -573,34 +571,14 @@ async fn answer(
     creds: Box<brine_proto::auth::Credentials>,
     lat: Latencies,
 ) {
-    let mut serials = SerialGuard::default();
     let grains = Value::map().with("id", id.as_str()).with("os", "Debian");
+    let mut decoder = PublishDecoder::new(&id);
+    decoder.verify_with = Some(creds.master_pub.clone());
     while let Ok(frames) = sub.recv().await {
         let Some(frame) = frames.last() else { continue };
-        let Some(mut load) = Publish::decode(frame).ok().and_then(|p| {
-            p.verify(&creds.master_pub)
-                .then(|| p.open(&creds.aes).ok())
-                .flatten()
-        }) else {
+        let Feed::Job(job) = decoder.decode(frame, &creds.aes, &grains, &Value::Nil) else {
             continue;
         };
-        if matches!(serials.check(&mut load), SerialCheck::Replayed { .. }) {
-            continue;
-        }
-        let Ok(job) = JobLoad::from_value(&load) else {
-            continue;
-        };
-        let facts = Facts {
-            id: &id,
-            grains: &grains,
-            pillar: &Value::Nil,
-        };
-        let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
-        if !target::matches(&job.tgt, job.tgt_type(), &delim, &facts, &NoNodegroups)
-            .unwrap_or(false)
-        {
-            continue;
-        }
         let (id, req, session, lat) = (id.clone(), req.clone(), session.clone(), lat.clone());
         tokio::spawn(async move {
             let fun = job.fun_name().unwrap_or_default().to_owned();

@@ -2,7 +2,6 @@
 //! channel (returns, events) with re-authentication when the master answers `"bad load"` or a
 //! publish no longer decrypts (AES rotation).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +9,8 @@ use brine_proto::Value;
 use brine_proto::auth::{
     AuthError, AuthEvent, Credentials, MinionAuth, MinionAuthConfig, MinionIdentity, MinionSession,
 };
-use brine_proto::crypt::{CrypticleError, PublicKey, SerialCheck, SerialGuard, sha1_hex};
-use brine_proto::envelope::Publish;
-use brine_proto::loads::{JobLoad, MinionEvent};
-use brine_proto::target::{self, Facts, NoNodegroups};
+use brine_proto::crypt::{CrypticleError, PublicKey, sha1_hex};
+use brine_proto::loads::MinionEvent;
 use brine_transport::{
     Context, ReqClient, SocketOptions, Subscriber, TransportError, tcp_endpoint,
 };
@@ -399,43 +396,17 @@ pub struct JobFeed {
     pub decoder: PublishDecoder,
 }
 
-/// Decodes publish payloads: envelope, AES, replay check, target match, jid de-duplication.
-#[derive(Debug)]
-pub struct PublishDecoder {
-    serials: SerialGuard,
-    seen: VecDeque<String>,
-    id: String,
-    /// `sign_pub_messages`: the master key every publish must be signed with.
-    pub verify_with: Option<PublicKey>,
-    /// Pass every job on regardless of its target (a syndic relays jobs for the minions below).
-    pub relay: bool,
-}
+pub use brine_proto::feed::{Feed, PublishDecoder, Skip};
 
-impl PublishDecoder {
-    /// A decoder for minion `id`.
-    pub fn new(id: &str) -> Self {
-        Self {
-            serials: SerialGuard::default(),
-            seen: VecDeque::new(),
-            id: id.to_owned(),
-            verify_with: None,
-            relay: false,
-        }
+/// Log why a publish was not run: a warning for what a genuine master never sends (bad
+/// signature, undecryptable, replayed), a debug line for the routine (not targeted, duplicate).
+pub fn log_skip(why: &Skip) {
+    if why.is_rejection() {
+        warn!(reason = %why, "publish dropped");
+    } else {
+        debug!(reason = %why, "publish not run here");
     }
 }
-
-/// What arrived on the publish channel.
-pub enum Feed {
-    /// A job for this minion.
-    Job(Box<JobLoad>),
-    /// Nothing for us (not targeted, a replay, a duplicate).
-    Skip,
-    /// The publish did not verify with the current key: re-authenticate and retry it.
-    Rekey(Vec<u8>),
-}
-
-/// Salt's `minion_jid_queue_hwm`: how many recent jids are remembered for de-duplication.
-const JID_QUEUE: usize = 100;
 
 impl JobFeed {
     /// Subscribe to `host:port` (topics per `zmq_filtering`).
@@ -479,226 +450,5 @@ impl JobFeed {
         frames
             .pop()
             .ok_or_else(|| LinkError::Local("empty publish".into()))
-    }
-}
-
-impl PublishDecoder {
-    /// Forget serials (new AES key after re-auth).
-    pub fn reset_serials(&mut self) {
-        self.serials.reset();
-    }
-
-    /// Decode one publish payload with the current keys.
-    pub fn decode(
-        &mut self,
-        payload: &[u8],
-        aes: &brine_proto::crypt::Crypticle,
-        grains: &Value,
-        pillar: &Value,
-    ) -> Feed {
-        let Ok(p) = Publish::decode(payload) else {
-            debug!("ignoring a publish that is not an aes envelope");
-            return Feed::Skip;
-        };
-        if let Some(master) = &self.verify_with
-            && !p.verify(master)
-        {
-            warn!("publish without a valid master signature dropped (sign_pub_messages)");
-            return Feed::Skip;
-        }
-        let mut load = match p.open(aes) {
-            Ok(l) => l,
-            Err(CrypticleError::BadMac) => return Feed::Rekey(payload.to_vec()),
-            Err(e) => {
-                warn!(error = %e, "undecryptable publish dropped");
-                return Feed::Skip;
-            }
-        };
-        if let SerialCheck::Replayed { got, last } = self.serials.check(&mut load) {
-            warn!(got, last, "replayed publish dropped");
-            return Feed::Skip;
-        }
-        let Ok(job) = JobLoad::from_value(&load) else {
-            debug!("publish without tgt/jid/fun/arg ignored");
-            return Feed::Skip;
-        };
-        if self.relay {
-            return self.fresh(job);
-        }
-        let facts = Facts {
-            id: &self.id,
-            grains,
-            pillar,
-        };
-        let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
-        match target::matches(&job.tgt, job.tgt_type(), &delim, &facts, &NoNodegroups) {
-            Ok(true) => {}
-            Ok(false) => return Feed::Skip,
-            Err(e) => {
-                debug!(jid = %job.jid, error = %e, "target not evaluable here; ignoring job");
-                return Feed::Skip;
-            }
-        }
-        self.fresh(job)
-    }
-
-    /// The job, unless its jid was seen recently.
-    fn fresh(&mut self, job: JobLoad) -> Feed {
-        if self.seen.contains(&job.jid) {
-            return Feed::Skip;
-        }
-        if self.seen.len() >= JID_QUEUE {
-            self.seen.pop_front();
-        }
-        self.seen.push_back(job.jid.clone());
-        Feed::Job(Box::new(job))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use brine_proto::codec;
-    use brine_proto::crypt::{CountingEntropy, Crypticle, PrivateKey, SigAlgo};
-    use brine_proto::jid::Jid;
-
-    use super::*;
-
-    fn publish(job: &JobLoad, aes: &Crypticle, rng: &mut CountingEntropy) -> Vec<u8> {
-        let key = PrivateKey::generate(2048).unwrap();
-        Publish::seal(
-            &job.to_value(),
-            aes,
-            Some((&key, SigAlgo::Pkcs1v15Sha1)),
-            rng,
-        )
-        .unwrap()
-        .encode()
-    }
-
-    fn job(tgt: &str, jid_micros: u64, serial: i64) -> JobLoad {
-        let mut j = JobLoad::new(
-            "test.ping",
-            vec![],
-            Value::str(tgt),
-            "glob",
-            &Jid::from_unix_micros(jid_micros),
-        );
-        j.serial = Some(serial);
-        j
-    }
-
-    #[test]
-    fn hostile_and_stray_publishes_are_dropped() {
-        let mut rng = CountingEntropy::default();
-        let aes = Crypticle::generate(&mut rng);
-        let grains = Value::map();
-        let mut d = PublishDecoder::new("m1");
-        // Garbage, truncated msgpack, a non-map, a clear envelope: skipped.
-        for junk in [
-            b"\xc1\xc1".to_vec(),
-            vec![0xdf, 0xff, 0xff, 0xff, 0xff],
-            codec::encode_wire(&Value::str("hello")),
-            codec::encode_wire(&Value::map().with("enc", "clear").with("load", Value::map())),
-            vec![0u8; 4096],
-        ] {
-            assert!(matches!(
-                d.decode(&junk, &aes, &grains, &Value::Nil),
-                Feed::Skip
-            ));
-        }
-        // Encrypted with another key (rotation, or forgery): ask for a re-auth.
-        let other = Crypticle::generate(&mut rng);
-        let p = publish(&job("m1", 1, 1), &other, &mut rng);
-        assert!(matches!(
-            d.decode(&p, &aes, &grains, &Value::Nil),
-            Feed::Rekey(_)
-        ));
-        // A tampered blob fails its MAC the same way.
-        let mut env = Publish::decode(&publish(&job("m1", 1, 1), &aes, &mut rng)).unwrap();
-        let n = env.load.len();
-        env.load[n / 2] ^= 0x55;
-        assert!(matches!(
-            d.decode(&env.encode(), &aes, &grains, &Value::Nil),
-            Feed::Rekey(_)
-        ));
-        // A valid job for us; then its replay (same serial) and a duplicate jid are dropped.
-        assert!(matches!(
-            d.decode(
-                &publish(&job("m1", 2, 5), &aes, &mut rng),
-                &aes,
-                &grains,
-                &Value::Nil
-            ),
-            Feed::Job(_)
-        ));
-        assert!(matches!(
-            d.decode(
-                &publish(&job("m1", 3, 5), &aes, &mut rng),
-                &aes,
-                &grains,
-                &Value::Nil
-            ),
-            Feed::Skip
-        ));
-        assert!(matches!(
-            d.decode(
-                &publish(&job("m1", 2, 6), &aes, &mut rng),
-                &aes,
-                &grains,
-                &Value::Nil
-            ),
-            Feed::Skip
-        ));
-        // Not targeted at us; an unknown target type.
-        assert!(matches!(
-            d.decode(
-                &publish(&job("web*", 4, 7), &aes, &mut rng),
-                &aes,
-                &grains,
-                &Value::Nil
-            ),
-            Feed::Skip
-        ));
-        let mut weird = job("m1", 5, 8);
-        weird.tgt_type = Some("bogus".into());
-        assert!(matches!(
-            d.decode(&publish(&weird, &aes, &mut rng), &aes, &grains, &Value::Nil),
-            Feed::Skip
-        ));
-        // sign_pub_messages: unsigned or wrongly signed publishes are dropped.
-        let master = PrivateKey::generate(2048).unwrap();
-        d.verify_with = Some(master.public_key());
-        assert!(matches!(
-            d.decode(
-                &publish(&job("m1", 7, 10), &aes, &mut rng),
-                &aes,
-                &grains,
-                &Value::Nil
-            ),
-            Feed::Skip
-        ));
-        let signed = Publish::seal(
-            &job("m1", 8, 11).to_value(),
-            &aes,
-            Some((&master, SigAlgo::Pkcs1v15Sha1)),
-            &mut rng,
-        )
-        .unwrap()
-        .encode();
-        assert!(matches!(
-            d.decode(&signed, &aes, &grains, &Value::Nil),
-            Feed::Job(_)
-        ));
-        d.verify_with = None;
-        // And a good one still gets through afterwards.
-        assert!(matches!(
-            d.decode(
-                &publish(&job("m*", 6, 12), &aes, &mut rng),
-                &aes,
-                &grains,
-                &Value::Nil
-            ),
-            Feed::Job(_)
-        ));
     }
 }

@@ -296,7 +296,7 @@ async fn serve_master(
                     match feed.decoder.decode(&raw, &aes, &shared.grains, &shared.pillar.get()) {
                         Feed::Job(job) => start_job(shared, &handle, *job),
                         Feed::Rekey(_) => warn!(master = %master.host, "held publish fails its MAC with a fresh key too; dropped"),
-                        Feed::Skip => {}
+                        Feed::Skip(why) => link::log_skip(&why),
                     }
                 }
             }
@@ -304,7 +304,10 @@ async fn serve_master(
                 let raw = raw?;
                 let job = match feed.decoder.decode(&raw, &aes, &shared.grains, &shared.pillar.get()) {
                     Feed::Job(job) => job,
-                    Feed::Skip => continue,
+                    Feed::Skip(why) => {
+                        link::log_skip(&why);
+                        continue;
+                    }
                     Feed::Rekey(raw) => {
                         // A rotated AES key shows up as one publish that fails its MAC. Forged
                         // publishes look the same; re-authenticating at most once per
@@ -329,7 +332,10 @@ async fn serve_master(
                                 warn!(master = %master.host, "publish fails its MAC with a fresh key too; dropped");
                                 continue;
                             }
-                            Feed::Skip => continue,
+                            Feed::Skip(why) => {
+                                link::log_skip(&why);
+                                continue;
+                            }
                         }
                     }
                 };

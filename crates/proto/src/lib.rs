@@ -16,6 +16,7 @@ pub mod auth;
 pub mod codec;
 pub mod crypt;
 pub mod envelope;
+pub mod feed;
 pub mod jid;
 pub mod loads;
 pub mod target;

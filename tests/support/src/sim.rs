@@ -11,11 +11,10 @@ use brine_proto::Value;
 use brine_proto::auth::{
     AuthEvent, Credentials, MinionAuth, MinionAuthConfig, MinionIdentity, MinionSession,
 };
-use brine_proto::crypt::{PrivateKey, SerialCheck, SerialGuard};
-use brine_proto::envelope::Publish;
+use brine_proto::crypt::PrivateKey;
+use brine_proto::feed::{Feed, PublishDecoder};
 use brine_proto::jid::iso_stamp;
-use brine_proto::loads::{JobLoad, ReturnLoad};
-use brine_proto::target::{self, Facts, NoNodegroups};
+use brine_proto::loads::ReturnLoad;
 use brine_transport::{Context, ReqClient, SocketOptions, Subscriber, tcp_endpoint};
 
 /// The OS random source (brine-transport's).
@@ -261,38 +260,27 @@ async fn respond(
     opts: SimOptions,
 ) {
     let req = Arc::new(tokio::sync::Mutex::new(req));
-    let mut serials = SerialGuard::default();
     let grains = Value::map().with("id", id.as_str()).with("os", "Debian");
+    // Every publish must carry the master's signature (brine masters sign them all).
+    let mut decoder = PublishDecoder::new(&id);
+    decoder.verify_with = Some(creds.master_pub.clone());
     while let Ok(frames) = sub.recv().await {
         let Some(frame) = frames.last() else { continue };
-        let opened = Publish::decode(frame).ok().and_then(|p| {
-            if !p.verify(&creds.master_pub) {
-                return None;
+        let job = match decoder.decode(frame, &creds.aes, &grains, &Value::Nil) {
+            Feed::Job(job) => *job,
+            // A failing MAC (a forged or foreign publish) counts as a rejection too: the
+            // simulated minion does not re-authenticate.
+            Feed::Rekey(_) => {
+                rejected.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            p.open(&creds.aes).ok()
-        });
-        let Some(mut load) = opened else {
-            rejected.fetch_add(1, Ordering::Relaxed);
-            continue;
+            Feed::Skip(why) => {
+                if why.is_rejection() {
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
         };
-        if matches!(serials.check(&mut load), SerialCheck::Replayed { .. }) {
-            rejected.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let Ok(job) = JobLoad::from_value(&load) else {
-            continue;
-        };
-        let facts = Facts {
-            id: &id,
-            grains: &grains,
-            pillar: &Value::Nil,
-        };
-        let delim = job.delimiter.clone().unwrap_or_else(|| ":".into());
-        if !target::matches(&job.tgt, job.tgt_type(), &delim, &facts, &NoNodegroups)
-            .unwrap_or(false)
-        {
-            continue;
-        }
         if !opts.answer_find_job && job.fun_name() == Some("saltutil.find_job") {
             continue;
         }

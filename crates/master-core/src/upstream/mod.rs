@@ -550,7 +550,10 @@ async fn serve_link(up: &Arc<Links>, i: usize) -> Result<(), LinkError> {
                 let raw = raw?;
                 let job = match feed.decoder.decode(&raw, &aes, &Value::Nil, &Value::Nil) {
                     Feed::Job(job) => job,
-                    Feed::Skip => continue,
+                    Feed::Skip(why) => {
+                        brine_minion_side::link::log_skip(&why);
+                        continue;
+                    }
                     Feed::Rekey(raw) => {
                         if last_rekey.is_some_and(|t| t.elapsed() < REKEY_MIN_INTERVAL) {
                             warn!(master = %m.host, "publish fails its MAC right after a re-auth; dropped");
