@@ -57,8 +57,17 @@ impl Eauth {
     /// Read the `external_auth` option.
     ///
     /// # Errors
-    /// A message for shapes or backends brine does not support.
-    pub fn from_config(cfg: &Json) -> Result<Self, String> {
+    /// [`CoreError::Config`] for shapes or backends brine does not support.
+    pub fn from_config(cfg: &Json) -> Result<Self, crate::CoreError> {
+        Self::parse(cfg).map_err(|e| {
+            crate::CoreError::config(
+                "external_auth",
+                e.strip_prefix("external_auth: ").unwrap_or(&e),
+            )
+        })
+    }
+
+    fn parse(cfg: &Json) -> Result<Self, String> {
         let mut out = Self {
             hashtype: "plaintext".into(),
             separator: ":".into(),
@@ -130,9 +139,9 @@ impl Eauth {
 ///
 /// # Errors
 /// OpenSSL failures.
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, openssl::error::ErrorStack> {
     let mut salt = [0u8; 16];
-    openssl::rand::rand_bytes(&mut salt).map_err(|e| e.to_string())?;
+    openssl::rand::rand_bytes(&mut salt)?;
     let mut out = [0u8; 32];
     openssl::pkcs5::pbkdf2_hmac(
         password.as_bytes(),
@@ -140,8 +149,7 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         PBKDF2_ITERATIONS,
         openssl::hash::MessageDigest::sha256(),
         &mut out,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let b = base64::engine::general_purpose::STANDARD_NO_PAD;
     Ok(format!(
         "{PBKDF2_PREFIX}{PBKDF2_ITERATIONS}${}${}",

@@ -9,6 +9,7 @@
 //! (for `__env__` roots), and a file or directory whose real path leaves its root (a symlink
 //! pointing outside, which Salt serves by default) are refused too, each with a logged reason.
 
+use crate::CoreError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::MetadataExt as _;
@@ -263,8 +264,8 @@ impl FileServer {
     /// A file server over `cfg`.
     ///
     /// # Errors
-    /// A message for a `file_ignore_regex` brine cannot evaluate exactly.
-    pub fn new(cfg: FileServerConfig) -> Result<Self, String> {
+    /// [`CoreError::Config`] for a `file_ignore_regex` brine cannot evaluate exactly.
+    pub fn new(cfg: FileServerConfig) -> Result<Self, CoreError> {
         let mut ignore_regex = Vec::new();
         for r in &cfg.ignore_regex {
             match pyre::compile(r) {
@@ -273,7 +274,7 @@ impl FileServer {
                     // Salt drops an invalid entry with a warning.
                     warn!(regex = %r, error = %e, "file_ignore_regex entry dropped");
                 }
-                Err(e) => return Err(format!("file_ignore_regex: {e}")),
+                Err(e) => return Err(CoreError::config("file_ignore_regex", e)),
             }
         }
         for b in &cfg.backends {
@@ -933,14 +934,15 @@ impl MasterFiles {
     /// From the master's configuration.
     ///
     /// # Errors
-    /// A message for a `file_ignore_regex` brine cannot evaluate exactly.
+    /// [`CoreError`] for a `file_ignore_regex` brine cannot evaluate exactly, or an unusable
+    /// pki directory.
     pub fn new(
         cfg: &crate::config::MasterConfig,
         grains: crate::mine::DataCache,
         pillars: crate::mine::DataCache,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CoreError> {
         let opts = crate::json::from_json(&serde_json::Value::Object(cfg.raw.clone()));
-        let keys = crate::keys::KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?;
+        let keys = crate::keys::KeyStore::open(&cfg.pki_dir)?;
         let flag = |k: &str, d: bool| cfg.raw.get(k).map_or(d, json_truthy);
         let mine = crate::mine::Mine::new(
             cfg.cachedir.join("minions"),

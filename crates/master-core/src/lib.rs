@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod eauth;
+pub mod error;
 pub mod events;
 pub mod fileserver;
 pub mod jinja;
@@ -31,6 +32,8 @@ pub mod server;
 pub mod targeting;
 pub mod upstream;
 pub mod yaml;
+
+pub use error::CoreError;
 
 /// Where the root token lives (mode 0600): local `brine` commands read it, like Salt's root key.
 pub fn root_token_path(cachedir: &std::path::Path) -> std::path::PathBuf {

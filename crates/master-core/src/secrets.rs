@@ -7,11 +7,13 @@ use std::path::Path;
 
 use brine_proto::crypt::{Crypticle, Entropy, PrivateKey, SerialCounter};
 
+use crate::CoreError;
+
 /// Load `pki_dir/master.pem`, or create it (RSA-2048, mode 0400) and `master.pub` (0644).
 ///
 /// # Errors
-/// A message naming the file when it cannot be read, parsed or written.
-pub fn load_or_create_master_key(pki_dir: &Path) -> Result<PrivateKey, String> {
+/// [`CoreError`] naming the file when it cannot be read, parsed or written.
+pub fn load_or_create_master_key(pki_dir: &Path) -> Result<PrivateKey, CoreError> {
     load_or_create_key(pki_dir, "master")
 }
 
@@ -19,20 +21,20 @@ pub fn load_or_create_master_key(pki_dir: &Path) -> Result<PrivateKey, String> {
 /// master key (`master`) and the `master_sign_pubkey` signing key (`master_sign`).
 ///
 /// # Errors
-/// A message naming the file when it cannot be read, parsed or written.
-pub fn load_or_create_key(pki_dir: &Path, stem: &str) -> Result<PrivateKey, String> {
-    std::fs::create_dir_all(pki_dir).map_err(|e| format!("{}: {e}", pki_dir.display()))?;
+/// [`CoreError`] naming the file when it cannot be read, parsed or written.
+pub fn load_or_create_key(pki_dir: &Path, stem: &str) -> Result<PrivateKey, CoreError> {
+    std::fs::create_dir_all(pki_dir).map_err(CoreError::io(pki_dir))?;
     let pem = pki_dir.join(format!("{stem}.pem"));
     if pem.exists() {
-        let data = std::fs::read(&pem).map_err(|e| format!("{}: {e}", pem.display()))?;
-        return PrivateKey::from_pem(&data).map_err(|e| format!("{}: {e}", pem.display()));
+        let data = std::fs::read(&pem).map_err(CoreError::io(&pem))?;
+        return PrivateKey::from_pem(&data).map_err(|e| CoreError::key(&pem, e));
     }
-    let key = PrivateKey::generate(2048).map_err(|e| e.to_string())?;
-    let bytes = key.to_pem_pkcs1().map_err(|e| e.to_string())?;
-    let write = |path: &Path, data: &[u8], mode: u32| -> Result<(), String> {
-        std::fs::write(path, data).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key = PrivateKey::generate(2048).map_err(|e| CoreError::key(&pem, e))?;
+    let bytes = key.to_pem_pkcs1().map_err(|e| CoreError::key(&pem, e))?;
+    let write = |path: &Path, data: &[u8], mode: u32| -> Result<(), CoreError> {
+        std::fs::write(path, data).map_err(CoreError::io(path))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(CoreError::io(path))
     };
     // Masters that share a pki directory (hot pairs, failover syndics) may start together:
     // the key is written aside and linked into place, so exactly one of them creates it and
@@ -44,10 +46,10 @@ pub fn load_or_create_key(pki_dir: &Path, stem: &str) -> Result<PrivateKey, Stri
     match linked {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let data = std::fs::read(&pem).map_err(|e| format!("{}: {e}", pem.display()))?;
-            return PrivateKey::from_pem(&data).map_err(|e| format!("{}: {e}", pem.display()));
+            let data = std::fs::read(&pem).map_err(CoreError::io(&pem))?;
+            return PrivateKey::from_pem(&data).map_err(|e| CoreError::key(&pem, e));
         }
-        Err(e) => return Err(format!("{}: {e}", pem.display())),
+        Err(e) => return Err(CoreError::io(&pem)(e)),
     }
     write(
         &pki_dir.join(format!("{stem}.pub")),

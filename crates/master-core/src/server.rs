@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::CoreError;
 use crate::config::MasterConfig;
 use crate::events::{EventBus, unix_micros};
 use crate::jobcache::JobCache;
@@ -232,12 +233,12 @@ impl std::fmt::Debug for MasterCore {
 /// Write `data` to a new file readable by the owner only (0600).
 ///
 /// # Errors
-/// A message naming the path.
-pub fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
+/// [`CoreError::Io`] naming the path.
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), CoreError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(CoreError::io(dir))?;
     }
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
@@ -245,9 +246,8 @@ pub fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), String> 
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(data)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(CoreError::io(path))?;
+    f.write_all(data).map_err(CoreError::io(path))
 }
 
 /// `n` random bytes as hex.
@@ -1182,15 +1182,15 @@ impl Server {
     /// Load keys, open the job cache, bind the publish and ret ports.
     ///
     /// # Errors
-    /// A message naming what failed (pki directory, key file, address in use).
-    pub fn bind(cfg: MasterConfig) -> Result<Self, String> {
-        let keys = KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?;
+    /// [`CoreError`] naming what failed (pki directory, key file, address in use).
+    pub fn bind(cfg: MasterConfig) -> Result<Self, CoreError> {
+        let keys = KeyStore::open(&cfg.pki_dir)?;
         let key = load_or_create_master_key(&cfg.pki_dir)?;
         let cache = JobCache::open(
             &cfg.cachedir.join("brine").join("jobs"),
             Duration::from_secs(cfg.keep_jobs_seconds),
         )
-        .map_err(|e| format!("{}: {e}", cfg.cachedir.display()))?;
+        .map_err(CoreError::io(&cfg.cachedir))?;
         let ctx = Context::new();
         let router = Router::bind(
             &ctx,
@@ -1202,7 +1202,7 @@ impl Server {
                 ..SocketOptions::master_router()
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CoreError::Bind(format!("ret_port {}: {e}", cfg.ret_port)))?;
         let publisher = Publisher::bind(
             &ctx,
             &tcp_endpoint(&cfg.interface, cfg.publish_port),
@@ -1213,7 +1213,7 @@ impl Server {
                 ..SocketOptions::master_pub()
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CoreError::Bind(format!("publish_port {}: {e}", cfg.publish_port)))?;
         let mut identity = MasterIdentity::new(key.clone(), publisher.port());
         if cfg.master_sign_pubkey {
             identity = identity
@@ -1221,7 +1221,7 @@ impl Server {
                     &load_or_create_key(&cfg.pki_dir, &cfg.master_sign_key_name)?,
                     SigAlgo::Pkcs1v15Sha1,
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| CoreError::config("master_sign_key_name", e))?;
         }
         let secrets = Arc::new(Mutex::new(Secrets::new(&mut Rng)));
         let policy = Policy {
@@ -1247,7 +1247,7 @@ impl Server {
         for _ in 0..workers {
             handlers.push(
                 RequestHandler::new(
-                    KeyStore::open(&cfg.pki_dir).map_err(|e| e.to_string())?,
+                    KeyStore::open(&cfg.pki_dir)?,
                     identity.clone(),
                     secrets.clone(),
                     policy.clone(),

@@ -160,9 +160,9 @@ impl Mofm {
     /// Load keys, bind the publish, ret and API ports, write the root token.
     ///
     /// # Errors
-    /// A message naming what failed (pki directory, key file, address in use, bad
-    /// `external_auth`).
-    pub async fn bind(cfg: MasterConfig) -> Result<Self, String> {
+    /// [`brine_master_core::CoreError`] naming what failed (pki directory, key file, address in
+    /// use, bad `external_auth`).
+    pub async fn bind(cfg: MasterConfig) -> Result<Self, brine_master_core::CoreError> {
         let eauth = Eauth::from_config(&cfg.external_auth)?;
         let (api_host, api_port) = (cfg.api_host.clone(), cfg.api_port);
         let root_token = random_hex(20);
@@ -171,7 +171,9 @@ impl Mofm {
         let server = Server::bind(cfg)?;
         let api = tokio::net::TcpListener::bind((api_host.as_str(), api_port))
             .await
-            .map_err(|e| format!("API {api_host}:{api_port}: {e}"))?;
+            .map_err(|e| {
+                brine_master_core::CoreError::Bind(format!("API {api_host}:{api_port}: {e}"))
+            })?;
         let shared = Arc::new(Shared {
             core: server.core(),
             tokens: Mutex::new(HashMap::new()),

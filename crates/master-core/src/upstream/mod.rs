@@ -39,6 +39,7 @@ use brine_transport::Context;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::CoreError;
 use crate::config::MasterConfig;
 use crate::json::from_json;
 use crate::server::MasterCore;
@@ -81,8 +82,10 @@ impl UpstreamConfig {
     /// `syndic_master` is set.
     ///
     /// # Errors
-    /// A message for a `syndic_master` entry that is not `host` or `host:port`.
-    pub fn from_master(m: &MasterConfig, link: LinkConfig) -> Result<Option<Self>, String> {
+    /// [`CoreError::Config`] for a `syndic_master` entry that is not `host` or `host:port`.
+    pub fn from_master(m: &MasterConfig, link: LinkConfig) -> Result<Option<Self>, CoreError> {
+        let bad =
+            |s: &str| CoreError::config("syndic_master", format!("{s:?} is not host or host:port"));
         if m.syndic_master.is_empty() {
             return Ok(None);
         }
@@ -90,18 +93,16 @@ impl UpstreamConfig {
         for s in &m.syndic_master {
             let s = s.trim();
             let (host, port) = match s.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') => (
-                    h.to_owned(),
-                    p.parse::<u16>()
-                        .map_err(|_| format!("syndic_master: {s:?} is not host or host:port"))?,
-                ),
+                Some((h, p)) if !h.contains(':') => {
+                    (h.to_owned(), p.parse::<u16>().map_err(|_| bad(s))?)
+                }
                 _ => (
                     s.trim_start_matches('[').trim_end_matches(']').to_owned(),
                     m.syndic_master_port,
                 ),
             };
             if host.is_empty() {
-                return Err(format!("syndic_master: {s:?} is not host or host:port"));
+                return Err(bad(s));
             }
             masters.push(MasterAddr {
                 host,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use brine_proto::auth::MinionIdentity;
 
 use super::UpstreamConfig;
+use crate::CoreError;
 use crate::config::MasterConfig;
 use crate::server::MasterCore;
 
@@ -25,16 +26,19 @@ impl SyndicLinks {
     /// `master` lists a `syndic_master`. `None` without one.
     ///
     /// # Errors
-    /// A message naming the bad option or the unusable pki directory.
+    /// [`CoreError`] naming the bad option or the unusable pki directory.
     pub fn from_config_dir(
         config_dir: &Path,
         master: &MasterConfig,
         id_override: Option<String>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, CoreError> {
         if master.syndic_master.is_empty() {
             return Ok(None);
         }
-        let opts = brine_daemon::config::load(config_dir, "minion").map_err(|e| e.to_string())?;
+        let minion_file = config_dir.join("minion");
+        let bad_minion =
+            |e: &dyn std::fmt::Display| CoreError::config(&minion_file.display().to_string(), e);
+        let opts = brine_daemon::config::load(config_dir, "minion").map_err(|e| bad_minion(&e))?;
         let id_override = id_override.or_else(|| master.id.clone());
         let mcfg = brine_minion_side::config::MinionConfig::from_options(
             &opts,
@@ -42,13 +46,14 @@ impl SyndicLinks {
             id_override,
             brine_minion_side::config::resolve_host_id,
         )
-        .map_err(|e| format!("{}: {e}", config_dir.join("minion").display()))?;
+        .map_err(|e| bad_minion(&e))?;
         let mut link = mcfg.link();
         // A syndic keeps trying every upper master; it does not walk a failover list.
         link.give_up_on_timeout = false;
-        let key =
-            brine_minion_side::pki::load_or_create(&mcfg.pki_dir).map_err(|e| e.to_string())?;
-        let me = MinionIdentity::new(&mcfg.id, key).map_err(|e| e.to_string())?;
+        let key = brine_minion_side::pki::load_or_create(&mcfg.pki_dir)
+            .map_err(|e| CoreError::key(&mcfg.pki_dir, e))?;
+        let me =
+            MinionIdentity::new(&mcfg.id, key).map_err(|e| CoreError::key(&mcfg.pki_dir, e))?;
         let Some(cfg) = UpstreamConfig::from_master(master, link)? else {
             return Ok(None);
         };
