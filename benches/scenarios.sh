@@ -18,6 +18,8 @@
 #                        [--no-docs] [--report]
 # SCENARIO_LOG_LEVEL=info keeps the daemons' info logs (in the run's work directory; warning by
 # default).
+# BRINE_BIN_DIR=DIR runs the binaries in DIR instead of building (before/after runs), and
+# SCENARIO_OUT=DIR writes the JSON results there (default target/scenarios).
 # MOFM_ENV="VAR=value ..." starts the (i)-(iii) mofm with those variables (allocator experiments,
 # e.g. GLIBC_TUNABLES=glibc.malloc.arena_max=2).
 #
@@ -60,9 +62,14 @@ done
 peer="${BRINE_SALT_PEERS:-$HOME/.cache/brine/salt-peers}/$version/bin"
 [ -x "$peer/salt-master" ] || { echo "no salt-master $version: scripts/salt-peer.sh $version" >&2; exit 2; }
 ulimit -n 20000
-cargo build --release -q --locked --bins
-bin="$(pwd)/target/release"
-out="$(pwd)/target/scenarios"
+# BRINE_BIN_DIR: run the binaries of another build (an older commit's, for before/after runs).
+if [ -n "${BRINE_BIN_DIR:-}" ]; then
+  bin="$BRINE_BIN_DIR"
+else
+  cargo build --release -q --locked --bins
+  bin="$(pwd)/target/release"
+fi
+out="${SCENARIO_OUT:-$(pwd)/target/scenarios}"
 mkdir -p "$out"
 tmp=/tmp
 [ -d /dev/shm ] && [ -w /dev/shm ] && tmp=/dev/shm
