@@ -186,15 +186,11 @@ fn verify(stored: &str, password: &str, hashtype: &str) -> bool {
         .is_ok()
             && eq(&out, &hash);
     }
-    let md = match hashtype {
-        "plaintext" => return eq(stored.as_bytes(), password.as_bytes()),
-        "md5" => openssl::hash::MessageDigest::md5(),
-        "sha1" => openssl::hash::MessageDigest::sha1(),
-        "sha224" => openssl::hash::MessageDigest::sha224(),
-        "sha256" => openssl::hash::MessageDigest::sha256(),
-        "sha384" => openssl::hash::MessageDigest::sha384(),
-        "sha512" => openssl::hash::MessageDigest::sha512(),
-        _ => return false,
+    if hashtype == "plaintext" {
+        return eq(stored.as_bytes(), password.as_bytes());
+    }
+    let Some(md) = brine_proto::crypt::digest_named(hashtype) else {
+        return false;
     };
     openssl::hash::hash(md, password.as_bytes()).is_ok_and(|d| {
         eq(

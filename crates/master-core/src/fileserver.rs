@@ -143,18 +143,7 @@ impl FileServerConfig {
     }
 }
 
-fn digest(hash_type: &str) -> Option<openssl::hash::MessageDigest> {
-    use openssl::hash::MessageDigest as M;
-    Some(match hash_type {
-        "md5" => M::md5(),
-        "sha1" => M::sha1(),
-        "sha224" => M::sha224(),
-        "sha256" => M::sha256(),
-        "sha384" => M::sha384(),
-        "sha512" => M::sha512(),
-        _ => return None,
-    })
-}
+use brine_proto::crypt::digest_named as digest;
 
 /// A file found in the roots.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -294,19 +294,10 @@ impl MasterCore {
         lock(&self.present).clone()
     }
 
-    /// The facts targets are evaluated against: accepted keys, cached grains, resource
-    /// managers. Passed to `f` under the grains lock.
+    /// The facts targets are evaluated against: accepted keys, cached grains and pillar,
+    /// resource managers. Passed to `f` under the grains lock.
     fn with_fleet<T>(&self, f: impl FnOnce(&Fleet<'_>) -> T) -> T {
-        let accepted = self.accepted();
-        let grains = lock(&self.grains);
-        let pillars = lock(&self.pillars);
-        let managers = lock(&self.resource_managers);
-        f(&Fleet {
-            accepted: &accepted,
-            grains: &grains,
-            pillars: &pillars,
-            resource_managers: &managers,
-        })
+        self.fleet_with(true, f)
     }
 
     /// The facts an ACL is checked against: as [`Self::with_fleet`], but with every pillar
@@ -315,14 +306,19 @@ impl MasterCore {
     /// compiles without refreshing the minion), so the two can differ and the master cannot be
     /// sure of either answer.
     fn with_acl_fleet<T>(&self, f: impl FnOnce(&Fleet<'_>) -> T) -> T {
+        self.fleet_with(false, f)
+    }
+
+    fn fleet_with<T>(&self, pillars: bool, f: impl FnOnce(&Fleet<'_>) -> T) -> T {
         let accepted = self.accepted();
         let grains = lock(&self.grains);
-        let pillars = HashMap::new();
+        let cached = lock(&self.pillars);
+        let unknown = HashMap::new();
         let managers = lock(&self.resource_managers);
         f(&Fleet {
             accepted: &accepted,
             grains: &grains,
-            pillars: &pillars,
+            pillars: if pillars { &cached } else { &unknown },
             resource_managers: &managers,
         })
     }

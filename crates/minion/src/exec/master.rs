@@ -297,15 +297,7 @@ pub fn split_url(url: &str, saltenv: &str) -> (String, String) {
 
 /// The hex digest of a local file.
 pub fn local_hash(path: &Path, hash_type: &str) -> Option<String> {
-    let md = match hash_type {
-        "md5" => openssl::hash::MessageDigest::md5(),
-        "sha1" => openssl::hash::MessageDigest::sha1(),
-        "sha224" => openssl::hash::MessageDigest::sha224(),
-        "sha256" => openssl::hash::MessageDigest::sha256(),
-        "sha384" => openssl::hash::MessageDigest::sha384(),
-        "sha512" => openssl::hash::MessageDigest::sha512(),
-        _ => return None,
-    };
+    let md = brine_proto::crypt::digest_named(hash_type)?;
     let data = std::fs::read(path).ok()?;
     let d = openssl::hash::hash(md, &data).ok()?;
     Some(d.iter().map(|b| format!("{b:02x}")).collect())

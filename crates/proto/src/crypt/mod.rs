@@ -88,6 +88,21 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex_lower(&openssl::sha::sha256(data))
 }
 
+/// The digest Salt names `name` in `hash_type` and `hashtype` options (`md5`, `sha1`,
+/// `sha224`, `sha256`, `sha384`, `sha512`); `None` for any other name.
+pub fn digest_named(name: &str) -> Option<openssl::hash::MessageDigest> {
+    use openssl::hash::MessageDigest as M;
+    Some(match name {
+        "md5" => M::md5(),
+        "sha1" => M::sha1(),
+        "sha224" => M::sha224(),
+        "sha256" => M::sha256(),
+        "sha384" => M::sha384(),
+        "sha512" => M::sha512(),
+        _ => return None,
+    })
+}
+
 /// `hashlib.sha1(data).hexdigest()`: the `zmq_filtering` topic for a minion id.
 pub fn sha1_hex(data: &[u8]) -> String {
     hex_lower(&openssl::sha::sha1(data))
