@@ -96,6 +96,32 @@ pub fn iso_stamp(unix_micros: u64) -> String {
     )
 }
 
+/// Salt's `jid_to_time`: `2026, Nov 27 06:09:28.860244`.
+pub fn start_time(jid: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    if jid.len() < 20 || !jid.as_bytes()[..20].iter().all(u8::is_ascii_digit) {
+        return String::new();
+    }
+    let month = jid[4..6].parse::<usize>().unwrap_or(1).clamp(1, 12);
+    format!(
+        "{}, {} {} {}:{}:{}.{}",
+        &jid[0..4],
+        MONTHS[month - 1],
+        &jid[6..8],
+        &jid[8..10],
+        &jid[10..12],
+        &jid[12..14],
+        &jid[14..20]
+    )
+}
+
+/// A jid is valid job id text.
+pub fn valid_jid(jid: &str) -> bool {
+    Jid::parse(jid).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

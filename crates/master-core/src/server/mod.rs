@@ -10,6 +10,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod watch;
+
 use crate::CoreError;
 use crate::config::MasterConfig;
 use crate::events::{EventBus, unix_micros};
@@ -257,7 +259,9 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
+pub use brine_proto::jid::{start_time, valid_jid};
 pub use brine_transport::unix_secs;
+use watch::{check_dropfile, fire_key_changes, fire_presence, ids_in, key_states, resources_dir};
 
 impl MasterCore {
     /// Accepted minion ids.
@@ -1303,40 +1307,6 @@ impl Server {
     }
 }
 
-/// The minion ids named by the files of `dir` (syndics, resource managers).
-fn ids_in(dir: &std::path::Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|id| brine_proto::auth::valid_minion_id(id))
-        .collect()
-}
-
-fn resources_dir(cachedir: &std::path::Path) -> std::path::PathBuf {
-    cachedir.join("brine").join("resources")
-}
-
-/// Salt's AES rotation request: `brine-key`/`salt-key` write `cachedir/.dfn` after deleting or
-/// rejecting a key (`rotate_aes_key`). Checked every second (Salt: every `loop_interval`).
-fn check_dropfile(shared: &MasterCore, secrets: &Mutex<Secrets>) {
-    let dfn = shared.cfg.cachedir.join(".dfn");
-    if !dfn.exists() {
-        return;
-    }
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = std::fs::set_permissions(&dfn, std::fs::Permissions::from_mode(0o600));
-    }
-    if let Err(e) = std::fs::remove_file(&dfn) {
-        warn!(path = %dfn.display(), error = %e, "cannot remove the AES dropfile");
-        return;
-    }
-    lock(secrets).rotate(&mut Rng);
-    info!("AES key rotated (dropfile); minions re-authenticate on their next publish");
-}
-
 impl Server {
     /// Serve until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -1476,100 +1446,4 @@ impl Server {
         }
         lock(&shared.cache).flush();
     }
-}
-
-fn key_states(keys: &KeyStore) -> BTreeMap<String, &'static str> {
-    let mut out = BTreeMap::new();
-    for (d, act) in [
-        (KeyDir::Pending, "pend"),
-        (KeyDir::Rejected, "reject"),
-        (KeyDir::Accepted, "accept"),
-    ] {
-        for id in keys.list(d) {
-            out.insert(id, act);
-        }
-    }
-    out
-}
-
-/// Salt's presence events: `salt/presence/change` `{new, lost}` when the present set changed
-/// (checked every second), `salt/presence/present` `{present}` every minute.
-fn fire_presence(shared: &MasterCore, before: BTreeSet<String>, full: bool) -> BTreeSet<String> {
-    let now = shared.present();
-    let list = |s: Vec<&String>| Value::Array(s.into_iter().map(Value::str).collect());
-    let new: Vec<&String> = now.difference(&before).collect();
-    let lost: Vec<&String> = before.difference(&now).collect();
-    if !new.is_empty() || !lost.is_empty() {
-        shared.bus.fire(
-            "salt/presence/change",
-            Value::map().with("new", list(new)).with("lost", list(lost)),
-        );
-    }
-    if full {
-        shared.bus.fire(
-            "salt/presence/present",
-            Value::map().with("present", list(now.iter().collect())),
-        );
-    }
-    now
-}
-
-/// `salt/key` events for key changes made on disk (`brine-key`, `salt-key`, auto-accept).
-fn fire_key_changes(
-    shared: &MasterCore,
-    before: BTreeMap<String, &'static str>,
-) -> BTreeMap<String, &'static str> {
-    let after = key_states(&shared.keys);
-    for id in shared.syndics() {
-        if after.get(&id) != Some(&"accept") {
-            shared.forget_syndic(&id);
-        }
-    }
-    for (id, act) in &after {
-        if before.get(id) != Some(act) {
-            shared.bus.fire(
-                "salt/key",
-                Value::map()
-                    .with("id", id.as_str())
-                    .with("act", *act)
-                    .with("result", true),
-            );
-        }
-    }
-    for id in before.keys().filter(|id| !after.contains_key(*id)) {
-        shared.bus.fire(
-            "salt/key",
-            Value::map()
-                .with("id", id.as_str())
-                .with("act", "delete")
-                .with("result", true),
-        );
-    }
-    after
-}
-
-/// Salt's `jid_to_time`: `2026, Nov 27 06:09:28.860244`.
-pub fn start_time(jid: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    if jid.len() < 20 || !jid.as_bytes()[..20].iter().all(u8::is_ascii_digit) {
-        return String::new();
-    }
-    let month = jid[4..6].parse::<usize>().unwrap_or(1).clamp(1, 12);
-    format!(
-        "{}, {} {} {}:{}:{}.{}",
-        &jid[0..4],
-        MONTHS[month - 1],
-        &jid[6..8],
-        &jid[8..10],
-        &jid[10..12],
-        &jid[12..14],
-        &jid[14..20]
-    )
-}
-
-/// A jid is valid job id text.
-pub fn valid_jid(jid: &str) -> bool {
-    Jid::parse(jid).is_some()
 }
