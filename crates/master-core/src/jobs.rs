@@ -274,17 +274,25 @@ impl JobTracker {
         done
     }
 
-    /// The next instant at which `poll_*` may have something new.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next instant at which `poll_*` may have something new, as of `now` (an instant at
+    /// or before `now`: something is due). Only what can still change counts: a first ask not
+    /// made yet, the next ask of a silent connected minion, a deadline, a syndic hold.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         self.jobs
             .values()
             .flat_map(|j| {
+                let first = (now < j.first_ask).then_some(j.first_ask);
                 let asks = j
                     .asked
-                    .values()
-                    .map(|a| a.0)
-                    .chain(std::iter::once(j.first_ask));
-                asks.chain(j.deadline).chain(j.hold_until)
+                    .iter()
+                    .filter(|(id, _)| {
+                        !j.returned.contains(*id)
+                            && !j.missing.contains_key(*id)
+                            && self.connected.contains(*id)
+                    })
+                    .map(|(_, a)| a.0);
+                let hold = j.hold_until.filter(|h| *h > now);
+                first.into_iter().chain(asks).chain(j.deadline).chain(hold)
             })
             .min()
     }
@@ -453,9 +461,40 @@ mod tests {
             Duration::from_secs(5),
             Some(Duration::from_secs(30)),
         );
+        assert_eq!(
+            jt.poll_timeout(t0),
+            Some(t0 + Duration::from_secs(5)),
+            "the first ask"
+        );
         assert!(jt.poll_done(t0 + Duration::from_secs(29)).is_empty());
         let done = jt.poll_done(t0 + Duration::from_secs(30));
         assert_eq!(done[0].missing.get("b"), Some(&Missing::TimedOut));
-        assert!(jt.poll_timeout().is_none());
+        assert!(jt.poll_timeout(t0 + Duration::from_secs(30)).is_none());
+    }
+
+    /// A driver sleeps until `poll_timeout`: it is never in the past for something already
+    /// settled (that would spin), and it names the next ask of a silent minion.
+    #[test]
+    fn poll_timeout_names_only_what_can_still_change() {
+        let t0 = origin();
+        let gather = Duration::from_secs(10);
+        let mut jt = JobTracker::new(gather);
+        jt.handle_connected("quick");
+        jt.handle_connected("silent");
+        jt.handle_published(
+            "j",
+            ["quick", "silent"].map(String::from),
+            t0,
+            Duration::from_secs(5),
+            None,
+        );
+        let ask_at = t0 + Duration::from_secs(5);
+        assert_eq!(jt.poll_timeout(t0), Some(ask_at));
+        assert_eq!(jt.poll_find_jobs(ask_at).len(), 1);
+        jt.handle_return("j", "quick");
+        // Past the first ask: only the silent minion's next ask is left.
+        assert_eq!(jt.poll_timeout(ask_at), Some(ask_at + gather));
+        jt.handle_return("j", "silent");
+        assert_eq!(jt.poll_timeout(ask_at), None, "nothing left to wait for");
     }
 }

@@ -10,13 +10,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod book;
 mod watch;
+
+use book::{JobBook, Taken};
 
 use crate::CoreError;
 use crate::config::MasterConfig;
 use crate::events::{EventBus, unix_micros};
 use crate::jobcache::JobCache;
-use crate::jobs::{JobTracker, Missing};
+use crate::jobs::Missing;
 use crate::json::to_json;
 use crate::keys::{KeyDir, KeyStore};
 use crate::lock;
@@ -40,15 +43,8 @@ pub use brine_transport::OsEntropy as Rng;
 /// A brine syndic whose heartbeat (every 2 s) is older than this is not waited for.
 const SYNDIC_HEARTBEAT_STALE: Duration = Duration::from_secs(7);
 
-/// How long after giving up on a silent minion of a job this master still says it runs it
-/// (see [`MasterCore::running`]).
-const TIMED_OUT_GRACE: Duration = Duration::from_secs(60);
-
 /// The longest a job's timeout (`-t`, an upper master's `to`) is taken as.
 pub const MAX_JOB_TIMEOUT: u64 = 30 * 86_400;
-
-/// How long a finished job stays in memory (the cache has it afterwards).
-const KEEP_FINISHED: Duration = Duration::from_secs(120);
 
 /// A job this master published and is tracking.
 #[derive(Debug, Clone)]
@@ -193,20 +189,19 @@ pub struct MasterCore {
     grains: crate::mine::DataCache,
     /// The pillar last compiled for each minion.
     pillars: crate::mine::DataCache,
-    jobs: Mutex<BTreeMap<String, ActiveJob>>,
+    /// Jobs in memory, their tracker, `find_job` jids and presence ([`book::JobBook`]).
+    book: Mutex<JobBook>,
     /// Woken on every return taken and every job made final (long polls, `wait_job`).
     jobs_changed: tokio::sync::Notify,
-    /// Wakes the driver when a job has all its returns (it settles it at once).
+    /// Wakes the driver when a job has all its returns, a syndic reported or a minion said it no
+    /// longer runs a job (it settles what is done at once), or a job was published (its
+    /// deadlines).
     tracker_due: tokio::sync::Notify,
     cache: Mutex<JobCache>,
-    tracker: Mutex<JobTracker>,
-    find_jobs: Mutex<HashMap<String, String>>,
     /// The event bus.
     pub bus: EventBus,
     publisher: JobPublisher,
     jidgen: Mutex<JidGenerator>,
-    /// Minions present: authenticated or heard from in this run and not given up on since.
-    present: Mutex<BTreeSet<String>>,
     /// Syndics below this master (`cachedir/syndics/<id>`, as Salt records them).
     syndics: Mutex<BTreeSet<String>>,
     /// Minions that registered resources (Salt 3008): `cachedir/brine/resources/<id>`.
@@ -295,7 +290,7 @@ impl MasterCore {
     /// Minions present: authenticated or heard from since the master started, and not given up
     /// on (a `find_job` left unanswered) since.
     pub fn present(&self) -> BTreeSet<String> {
-        lock(&self.present).clone()
+        lock(&self.book).present().clone()
     }
 
     /// The facts targets are evaluated against: accepted keys, cached grains and pillar,
@@ -529,32 +524,17 @@ impl MasterCore {
         if let Err(e) = lock(&self.cache).save_job(&jid, &load) {
             warn!(jid = %jid, error = %e, "job cache write failed");
         }
-        let timeout = Duration::from_secs(timeout_secs);
-        {
-            let mut tr = lock(&self.tracker);
-            for id in &minions {
-                tr.handle_connected(id);
-            }
-            let now = Instant::now();
-            tr.handle_published(&jid, minions.iter().cloned(), now, timeout, None);
-            tr.handle_syndics(
-                &jid,
-                syndics.iter().cloned(),
-                now,
-                Duration::from_secs(self.cfg.syndic_wait),
-            );
-        }
-        lock(&self.jobs).insert(
-            jid.clone(),
-            ActiveJob {
-                load: load.clone(),
-                expected: minions.iter().cloned().collect(),
-                returns: BTreeMap::new(),
-                arrived: Vec::new(),
-                missing: None,
-                finished_at: None,
-            },
+        lock(&self.book).publish(
+            &jid,
+            load.clone(),
+            &minions,
+            &syndics,
+            Duration::from_secs(timeout_secs),
+            Duration::from_secs(self.cfg.syndic_wait),
+            Instant::now(),
         );
+        // The driver's next wake-up may be earlier now (this job's first ask).
+        self.tracker_due.notify_one();
         self.publisher
             .publish(job, Some(&minions), &mut Rng)
             .await
@@ -599,21 +579,13 @@ impl MasterCore {
 
     /// Whether the tracker still follows `jid` (not final yet).
     pub fn is_tracking(&self, jid: &str) -> bool {
-        lock(&self.tracker)
-            .waiting_on_syndics(jid, Instant::now())
-            .is_some()
+        lock(&self.book).is_tracking(jid, Instant::now())
     }
 
     /// The minions expected for `jid` once every syndic below has reported them (or
     /// `syndic_wait` passed); `None` while waiting, or for an unknown job.
     pub fn settled_expected(&self, jid: &str) -> Option<Vec<String>> {
-        let waiting = lock(&self.tracker).waiting_on_syndics(jid, Instant::now());
-        if waiting == Some(true) {
-            return None;
-        }
-        lock(&self.jobs)
-            .get(jid)
-            .map(|j| j.expected.iter().cloned().collect())
+        lock(&self.book).settled_expected(jid, Instant::now())
     }
 
     /// Whether each of `ids` still runs `jid` here: `Some(true)` running, `Some(false)` done or
@@ -626,34 +598,13 @@ impl MasterCore {
     /// returns that are still coming (at 50,000 minions over 6 syndics on 2 cores, half of
     /// them).
     pub fn running(&self, jid: &str, ids: &[String]) -> Vec<(String, Option<bool>)> {
-        // Lock order everywhere: tracker before jobs (on_syndic, on_return).
-        let tr = lock(&self.tracker);
-        let jobs = lock(&self.jobs);
-        let Some(job) = jobs.get(jid) else {
-            return ids.iter().map(|id| (id.clone(), None)).collect();
-        };
-        ids.iter()
-            .map(|id| {
-                if !job.expected.contains(id) {
-                    return (id.clone(), None);
-                }
-                let timed_out = job.missing.as_ref().is_some_and(|m| {
-                    matches!(m.get(id), Some(Missing::NoResponse | Missing::TimedOut))
-                });
-                let recent = job
-                    .finished_at
-                    .is_some_and(|t| t.elapsed() < TIMED_OUT_GRACE);
-                let running = tr.is_running(jid, id)
-                    || (timed_out && recent && !job.returns.contains_key(id));
-                (id.clone(), Some(running))
-            })
-            .collect()
+        lock(&self.book).running(jid, ids, Instant::now())
     }
 
     /// The job's load (what a syndic reports upward), from memory or the job cache.
     pub fn job_load(&self, jid: &str) -> Option<Json> {
-        if let Some(j) = lock(&self.jobs).get(jid) {
-            return Some(j.load.clone());
+        if let Some(load) = lock(&self.book).load(jid) {
+            return Some(load.clone());
         }
         lock(&self.cache).job(jid)
     }
@@ -661,10 +612,8 @@ impl MasterCore {
     /// A job as the API shows it: in memory while running (and shortly after), else from the
     /// cache. `(load, returns, missing-if-final)`.
     pub fn job_view(&self, jid: &str) -> Option<JobView> {
-        if let Some(j) = lock(&self.jobs).get(jid) {
-            let mut load = j.load.clone();
-            load["minions"] = json!(j.expected);
-            return Some((load, j.returns.clone(), j.missing.clone()));
+        if let Some(v) = lock(&self.book).view(jid) {
+            return Some(v);
         }
         let cache = lock(&self.cache);
         let load = cache.job(jid)?;
@@ -689,9 +638,8 @@ impl MasterCore {
             let changed = self.jobs_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match lock(&self.jobs).get(jid) {
-                Some(j) if j.missing.is_none() => {}
-                _ => return,
+            if !lock(&self.book).is_running(jid) {
+                return;
             }
             changed.await;
         }
@@ -702,32 +650,8 @@ impl MasterCore {
     /// has not seen yet. A job no longer in memory (read from the cache) gives every return
     /// (its order is not kept); clients drop those they have.
     pub fn job_since(&self, jid: &str, since: usize) -> Option<JobSince> {
-        if let Some(j) = lock(&self.jobs).get(jid) {
-            let new = j
-                .arrived
-                .iter()
-                .skip(since)
-                .filter_map(|id| Some((id.clone(), j.returns.get(id)?.clone())))
-                .collect();
-            // The expected minions (the load's largest part) only to a client starting out.
-            let mut load = match &j.load {
-                Json::Object(o) => Json::Object(
-                    o.iter()
-                        .filter(|(k, _)| k.as_str() != "minions")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                ),
-                other => other.clone(),
-            };
-            if since == 0 {
-                load["minions"] = json!(j.expected);
-            }
-            return Some(JobSince {
-                load,
-                new,
-                cursor: j.arrived.len(),
-                missing: j.missing.clone(),
-            });
+        if let Some(j) = lock(&self.book).since(jid, since) {
+            return Some(j);
         }
         let (load, returns, missing) = self.job_view(jid)?;
         Some(JobSince {
@@ -746,9 +670,11 @@ impl MasterCore {
             let changed = self.jobs_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match lock(&self.jobs).get(jid) {
-                Some(j) if j.missing.is_none() && j.arrived.len() <= since => {}
-                _ => return,
+            {
+                let book = lock(&self.book);
+                if !book.is_running(jid) || book.returned(jid).is_some_and(|n| n > since) {
+                    return;
+                }
             }
             tokio::select! {
                 () = changed => {}
@@ -759,11 +685,7 @@ impl MasterCore {
 
     /// Running jobs (not final yet), newest last.
     pub fn active_jobs(&self) -> Vec<(String, ActiveJob)> {
-        lock(&self.jobs)
-            .iter()
-            .filter(|(_, j)| j.missing.is_none())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        lock(&self.book).active()
     }
 
     /// Stored jobs, oldest first.
@@ -861,16 +783,13 @@ impl MasterCore {
         for rep in reported {
             let jid = &rep.jid;
             let target = {
-                let jobs = lock(&self.jobs);
-                match jobs.get(jid) {
-                    Some(j) => Some(j.load.clone()),
+                let book = lock(&self.book);
+                match book.load(jid) {
+                    Some(load) => Some(load.clone()),
+                    None if book.is_find_job(jid) => Some(Json::Null),
                     None => {
-                        let fj = lock(&self.find_jobs).contains_key(jid);
-                        if fj {
-                            Some(Json::Null)
-                        } else {
-                            lock(&self.cache).job(jid)
-                        }
+                        drop(book);
+                        lock(&self.cache).job(jid)
                     }
                 }
             };
@@ -933,21 +852,8 @@ impl MasterCore {
             let Some(minions) = &rep.minions else {
                 continue;
             };
-            let mut tr = lock(&self.tracker);
-            let mut jobs = lock(&self.jobs);
-            for m in minions {
-                tr.handle_connected(m);
-            }
-            tr.handle_expected(jid, minions.iter().cloned());
-            tr.handle_syndic_reported(jid, syndic);
-            if let Some(j) = jobs.get_mut(jid) {
-                j.expected.retain(|id| id != syndic);
-                for m in minions {
-                    if !j.expected.contains(m) {
-                        j.expected.insert(m.clone());
-                    }
-                }
-            }
+            lock(&self.book).handle_syndic_report(jid, syndic, minions);
+            self.tracker_due.notify_one();
         }
         accepted
     }
@@ -997,49 +903,47 @@ impl MasterCore {
     /// time), or a different one (the first stands, as in Salt's job cache; the other is
     /// logged). Neither is stored, forwarded or announced again.
     fn on_return(&self, r: &ReturnLoad) -> bool {
-        let asked_about = lock(&self.find_jobs).get(&r.jid).cloned();
-        if let Some(orig) = asked_about {
-            let running = r.ret.as_map().is_some_and(|m| !m.is_empty());
-            debug!(jid = %orig, minion_id = %r.id, running, "find_job answer");
-            lock(&self.tracker).handle_find_job(&orig, &r.id, running);
-            return true;
-        }
         let mut data = to_json(&r.to_value());
         if let Json::Object(o) = &mut data {
             o.remove("cmd");
         }
         {
-            // Check and record under one lock: the reply goes out before this runs, so the
-            // copy can be in another handler already.
-            let mut jobs = lock(&self.jobs);
-            if let Some(j) = jobs.get_mut(&r.jid) {
-                if let Some(taken) = j.returns.get(&r.id) {
-                    if *taken == data {
-                        debug!(jid = %r.jid, minion_id = %r.id, "same return again; already taken");
-                    } else {
-                        warn!(jid = %r.jid, minion_id = %r.id, "a second, different return ignored: the first stands");
-                    }
-                    return false;
+            let running = r.ret.as_map().is_some_and(|m| !m.is_empty());
+            if lock(&self.book).handle_find_job_answer(&r.jid, &r.id, running) {
+                debug!(find_job_jid = %r.jid, minion_id = %r.id, running, "find_job answer");
+                if !running {
+                    // The job may be settled now.
+                    self.tracker_due.notify_one();
                 }
-                // A minion that was not expected (it attached after the job was published)
-                // is expected now, so syndics report it upward.
-                if !j.expected.contains(&r.id) {
-                    j.expected.insert(r.id.clone());
-                }
-                j.returns.insert(r.id.clone(), data.clone());
-                j.arrived.push(r.id.clone());
+                return true;
             }
         }
-        self.jobs_changed.notify_waiters();
-        if !lock(&self.jobs).contains_key(&r.jid)
-            && lock(&self.cache).returns(&r.jid).contains_key(&r.id)
-        {
-            warn!(jid = %r.jid, minion_id = %r.id, "a return for a finished job that already has one ignored: the first stands");
-            return false;
-        }
-        if lock(&self.tracker).handle_return(&r.jid, &r.id) {
-            // Every return is in: the driver settles the job now, not at its next tick.
-            self.tracker_due.notify_one();
+        // Check and record under one lock: the reply goes out before this runs, so the copy
+        // can be in another handler already.
+        let taken = lock(&self.book).take_return(&r.jid, &r.id, &data);
+        match taken {
+            Taken::Again => {
+                debug!(jid = %r.jid, minion_id = %r.id, "same return again; already taken");
+                return false;
+            }
+            Taken::Conflict => {
+                warn!(jid = %r.jid, minion_id = %r.id, "a second, different return ignored: the first stands");
+                return false;
+            }
+            Taken::New { complete } => {
+                self.jobs_changed.notify_waiters();
+                if complete {
+                    // Every return is in: the driver settles the job now, not at its next tick.
+                    self.tracker_due.notify_one();
+                }
+            }
+            Taken::NotInMemory => {
+                if lock(&self.cache).returns(&r.jid).contains_key(&r.id) {
+                    warn!(jid = %r.jid, minion_id = %r.id, "a return for a finished job that already has one ignored: the first stands");
+                    return false;
+                }
+                lock(&self.book).handle_late_return(&r.jid, &r.id);
+            }
         }
         if let Some(tap) = self.return_tap.get() {
             tap(r);
@@ -1111,14 +1015,10 @@ impl MasterCore {
 
     async fn tick(&self) {
         let now = Instant::now();
-        let (asks, done) = {
-            let mut tr = lock(&self.tracker);
-            (tr.poll_find_jobs(now), tr.poll_done(now))
-        };
-        let finished_any;
-        for (jid, who) in asks {
+        let due = lock(&self.book).handle_timeout(now);
+        for (jid, who) in due.asks {
             let fj = lock(&self.jidgen).next_jid(unix_micros());
-            lock(&self.find_jobs).insert(fj.to_string(), jid.clone());
+            lock(&self.book).handle_find_job_sent(fj.as_str(), &jid);
             let load = JobLoad::find_job(&jid, &who, &fj);
             info!(jid = %jid, find_job_jid = %fj, minions = ?who, "asking silent minions (saltutil.find_job)");
             if let Err(e) = self.publisher.publish(load, Some(&who), &mut Rng).await {
@@ -1126,37 +1026,14 @@ impl MasterCore {
             }
         }
         {
-            let mut jobs = lock(&self.jobs);
             let mut cache = lock(&self.cache);
-            finished_any = !done.is_empty();
-            for f in done {
-                if let Some(j) = jobs.get_mut(&f.jid) {
-                    j.missing = Some(f.missing.clone());
-                    j.finished_at = Some(now);
-                }
+            for f in &due.finished {
                 cache.close(&f.jid);
-                {
-                    let mut present = lock(&self.present);
-                    for (id, why) in &f.missing {
-                        if matches!(why, Missing::NoResponse | Missing::Gone) {
-                            present.remove(id);
-                        }
-                    }
-                }
                 info!(jid = %f.jid, returned = f.returned.len(), missing = f.missing.len(), "job finished");
-            }
-            let before = jobs.len();
-            jobs.retain(|_, j| {
-                j.finished_at
-                    .is_none_or(|t| now.duration_since(t) < KEEP_FINISHED)
-            });
-            // find_job jids live as long as the job they ask about stays in memory.
-            if jobs.len() != before {
-                lock(&self.find_jobs).retain(|_, orig| jobs.contains_key(orig));
             }
             cache.flush();
         }
-        if finished_any {
+        if !due.finished.is_empty() {
             self.jobs_changed.notify_waiters();
         }
     }
@@ -1262,20 +1139,17 @@ impl Server {
         let syndics = ids_in(&cfg.cachedir.join("syndics"));
         let resource_managers = ids_in(&resources_dir(&cfg.cachedir));
         let shared = Arc::new(MasterCore {
-            tracker: Mutex::new(JobTracker::new(Duration::from_secs(cfg.gather_job_timeout))),
+            book: Mutex::new(JobBook::new(Duration::from_secs(cfg.gather_job_timeout))),
             cfg,
             keys,
             grains,
             pillars,
-            jobs: Mutex::new(BTreeMap::new()),
             jobs_changed: tokio::sync::Notify::new(),
             tracker_due: tokio::sync::Notify::new(),
             cache: Mutex::new(cache),
-            find_jobs: Mutex::new(HashMap::new()),
             bus: EventBus::new(),
             publisher: jp,
             jidgen: Mutex::new(JidGenerator::default()),
-            present: Mutex::new(BTreeSet::new()),
             syndics: Mutex::new(syndics),
             resource_managers: Mutex::new(resource_managers),
             return_tap: std::sync::OnceLock::new(),
@@ -1381,7 +1255,7 @@ impl Server {
                         shared.on_resources(id, *manages);
                     }
                     if let Some(id) = h.minion {
-                        lock(&shared.present).insert(id);
+                        lock(&shared.book).handle_present(&id);
                     }
                 }
             }));
@@ -1399,36 +1273,42 @@ impl Server {
             }
         });
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Housekeeping once a second; the job book when it has something due (its
+        // poll_timeout), when a job has all its returns or changed what it waits for, and at
+        // least once a second.
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
         let mut key_snapshot = key_states(&shared.keys);
         let mut presence_snapshot: BTreeSet<String> = BTreeSet::new();
         loop {
+            let now = tokio::time::Instant::now();
+            let due = lock(&shared.book)
+                .poll_timeout(now.into_std())
+                .map_or(now + Duration::from_secs(1), tokio::time::Instant::from_std)
+                .clamp(now + Duration::from_millis(5), now + Duration::from_secs(1));
             tokio::select! {
                 () = &mut shutdown => {
                     info!("shutting down");
                     break;
                 }
-                _ = tick.tick() => {
+                _ = housekeeping.tick() => {
                     n += 1;
-                    shared.tick().await;
-                    if n.is_multiple_of(5) {
-                        check_dropfile(&shared, &secrets);
-                        lock(&secrets).expire_auth_replies();
-                    }
-                    if n.is_multiple_of(10) {
+                    check_dropfile(&shared, &secrets);
+                    lock(&secrets).expire_auth_replies();
+                    if n.is_multiple_of(2) {
                         key_snapshot = fire_key_changes(&shared, key_snapshot);
                     }
-                    if shared.cfg.presence_events && n.is_multiple_of(5) {
-                        presence_snapshot = fire_presence(&shared, presence_snapshot, n.is_multiple_of(300));
+                    if shared.cfg.presence_events {
+                        presence_snapshot = fire_presence(&shared, presence_snapshot, n.is_multiple_of(60));
                     }
-                    if n % 18_000 == 1 {
+                    if n % 3_600 == 1 {
                         let removed = lock(&shared.cache).sweep(unix_micros());
                         if removed > 0 {
                             info!(removed, "old jobs removed from the job cache (keep_jobs_seconds)");
                         }
                     }
                 }
+                () = tokio::time::sleep_until(due) => shared.tick().await,
                 () = shared.tracker_due.notified() => {
                     // Returns come in bursts: let the burst land, then settle what is done.
                     tokio::time::sleep(Duration::from_millis(5)).await;
