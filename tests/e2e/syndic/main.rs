@@ -263,12 +263,13 @@ fn arch5_real_minions_under_brine_syndics_survive_kills() {
     assert_eq!(jid.len(), 20, "{}", String::from_utf8_lossy(&out.stdout));
     std::thread::sleep(Duration::from_secs(1));
     moms[0].kill9();
+    let mut seen = Json::Null;
     assert!(
-        wait_for(Duration::from_secs(60), || all_true(
-            &moms[1].brine_run_json(&["jobs.lookup_jid", &jid]),
-            &ids
-        )),
-        "returns of {jid} after mom-0 died:\n{}",
+        wait_for(Duration::from_secs(60), || {
+            seen = moms[1].brine_run_json(&["jobs.lookup_jid", &jid]);
+            all_true(&seen, &ids)
+        }),
+        "returns of {jid} after mom-0 died: {seen}\n{}",
         tails(&moms.iter().chain(&syndics).collect::<Vec<_>>())
     );
     assert!(

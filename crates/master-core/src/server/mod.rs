@@ -1273,9 +1273,9 @@ impl Server {
             }
         });
         tokio::pin!(shutdown);
-        // Housekeeping once a second; the job book when it has something due (its
-        // poll_timeout), when a job has all its returns or changed what it waits for, and at
-        // least once a second.
+        // Housekeeping once a second, the job book with it; and the book as soon as it has
+        // something due (its poll_timeout) or a job has all its returns or changed what it waits
+        // for.
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
         let mut key_snapshot = key_states(&shared.keys);
@@ -1293,6 +1293,9 @@ impl Server {
                 }
                 _ = housekeeping.tick() => {
                     n += 1;
+                    // The book at least once a second (and the job cache flushed): the sleep
+                    // below restarts with every turn of this loop, so it alone could starve.
+                    shared.tick().await;
                     check_dropfile(&shared, &secrets);
                     lock(&secrets).expire_auth_replies();
                     if n.is_multiple_of(2) {
