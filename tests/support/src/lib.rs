@@ -62,12 +62,34 @@ pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(rel)
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race remains until it is bound).
+/// A free TCP port on 127.0.0.1 for a test daemon to listen on.
+///
+/// Ports come from below the kernel's ephemeral range (32768-60999 on Linux by default):
+/// outgoing connections take their source ports from that range, so a port the OS handed out
+/// with `bind(:0)` could be taken by some test's connection before the daemon binds it (a
+/// real salt-master then dies with "Address already in use"). Each call in a process gets a
+/// different port; a small race with other processes remains until the port is bound.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+    });
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // 7919 is prime to SPAN: the calls of one process walk every port once.
+        let port = LOW + seed.wrapping_add(n.wrapping_mul(7_919)) % SPAN;
+        let port = u16::try_from(port).expect("below 32,000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Poll `cond` every 100 ms until it holds or `timeout` passes.
