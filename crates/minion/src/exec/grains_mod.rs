@@ -2,6 +2,7 @@
 
 use brine_proto::Value;
 
+use super::master::traverse;
 use super::{JobCtx, Outcome, as_text};
 
 pub(super) fn item(ctx: &JobCtx) -> Outcome {
@@ -17,25 +18,6 @@ pub(super) fn item(ctx: &JobCtx) -> Outcome {
         );
     }
     Outcome::nested(out)
-}
-
-/// `salt.utils.data.traverse_dict_and_list`.
-fn traverse<'v>(data: &'v Value, key: &str, delim: &str) -> Option<&'v Value> {
-    let mut ptr = data;
-    for part in key.split(delim) {
-        ptr = match ptr {
-            Value::Map(_) => ptr.get(part)?,
-            Value::Array(items) => match part.parse::<usize>().ok().and_then(|i| items.get(i)) {
-                Some(v) => v,
-                None => items
-                    .iter()
-                    .filter(|x| x.as_map().is_some())
-                    .find_map(|m| m.get(part))?,
-            },
-            _ => return None,
-        };
-    }
-    Some(ptr)
 }
 
 pub(super) fn get(ctx: &JobCtx) -> Outcome {
