@@ -349,7 +349,7 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
             let full = chunk
                 .get("full_return")
                 .is_some_and(|f| f.as_bool() == Some(true) || f.as_str() == Some("true"));
-            let (_, returns, _) = shared.job_view(&p.jid).unwrap_or_default();
+            let (_, returns, _) = shared.job_view(&p.jid).await.unwrap_or_default();
             Ok(Json::Object(
                 returns
                     .into_iter()
@@ -465,6 +465,7 @@ async fn job(
     }
     let (load, returns, missing) = shared
         .job_view(&jid)
+        .await
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job {jid}")))?;
     let mut info = runners::summary(&jid, &load);
     info["jid"] = json!(jid);
@@ -524,6 +525,7 @@ async fn job_since(
     }
     let j = shared
         .job_since(jid, since)
+        .await
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job {jid}")))?;
     let mut info = runners::summary(jid, &j.load);
     info["jid"] = json!(jid);
@@ -555,13 +557,18 @@ async fn job_since(
 
 /// Grains are what `grains.items` returns: a token sees the grains of the minions its ACL lets
 /// it run `grains.items` on, as salt-api (which runs `grains.items` with the token) shows them.
-fn grains_visible(shared: &Shared, token: &Token) -> Option<std::collections::BTreeSet<String>> {
-    shared.minions_within(&token.perms.targets_for("grains.items"))
+async fn grains_visible(
+    shared: &Shared,
+    token: &Token,
+) -> Option<std::collections::BTreeSet<String>> {
+    shared
+        .minions_within(token.perms.targets_for("grains.items"))
+        .await
 }
 
 async fn minions(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
     let token = token_of(&shared, &headers, None)?;
-    let visible = grains_visible(&shared, &token);
+    let visible = grains_visible(&shared, &token).await;
     let m: Map<String, Json> = shared
         .all_grains()
         .into_iter()
@@ -577,7 +584,10 @@ async fn minion(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Json>, ApiError> {
     let token = token_of(&shared, &headers, None)?;
-    if grains_visible(&shared, &token).is_some_and(|v| !v.contains(&id)) {
+    if grains_visible(&shared, &token)
+        .await
+        .is_some_and(|v| !v.contains(&id))
+    {
         warn!(user = %token.user, minion_id = %id, "grains refused by external_auth ACL");
         return Err(forbidden(format!(
             "{} may not read the grains of {id} (grains.items)",

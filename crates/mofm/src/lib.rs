@@ -130,14 +130,11 @@ impl Shared {
         spec: PublishSpec,
         token: &Token,
     ) -> Result<Published, PublishError> {
-        let perms = token.perms.clone();
-        let acl = move |fun: &str| perms.targets_for(fun);
-        let acl: Option<&(dyn Fn(&str) -> brine_master_core::server::Allowed + Sync)> =
-            match token.perms {
-                Perms::Root => None,
-                Perms::Acl(_) => Some(&acl),
-            };
-        self.core.publish(spec, &token.user, acl).await
+        let allowed = match token.perms {
+            Perms::Root => None,
+            Perms::Acl(_) => Some(token.perms.targets_for(&spec.fun)),
+        };
+        self.core.publish(spec, &token.user, allowed).await
     }
 }
 

@@ -47,7 +47,7 @@ pub(crate) async fn run(
             if !crate::valid_jid(jid) {
                 return Err(format!("{jid:?} is not a job id"));
             }
-            let Some((_, returns, _)) = shared.job_view(jid) else {
+            let Some((_, returns, _)) = shared.job_view(jid).await else {
                 return Ok(json!({}));
             };
             Ok(Json::Object(
@@ -59,7 +59,7 @@ pub(crate) async fn run(
         }
         "jobs.list_jobs" => {
             let mut m = Map::new();
-            for (jid, load) in shared.list_jobs() {
+            for (jid, load) in shared.list_jobs().await {
                 let s = summary(&jid, &load);
                 m.insert(jid, s);
             }
@@ -67,7 +67,7 @@ pub(crate) async fn run(
         }
         "jobs.active" => {
             let mut m = Map::new();
-            for (jid, j) in shared.active_jobs() {
+            for (jid, j) in shared.active_jobs().await {
                 let mut s = summary(&jid, &j.load);
                 let running: Vec<&String> = j
                     .expected
@@ -102,7 +102,7 @@ pub(crate) async fn run(
             let mut up = BTreeSet::new();
             if !p.jid.is_empty() {
                 shared.wait_job(&p.jid).await;
-                if let Some((_, returns, _)) = shared.job_view(&p.jid) {
+                if let Some((_, returns, _)) = shared.job_view(&p.jid).await {
                     up = returns.into_keys().collect();
                 }
             }

@@ -1,14 +1,13 @@
-//! What the serving loop watches besides minion traffic: the pki directory (`salt/key` events,
-//! syndics whose key went away), presence (`salt/presence/*`), Salt's AES dropfile, and the
-//! cache directories that name syndics and resource managers.
+//! What the serving loop reads from disk besides minion traffic: the pki directory's key states
+//! (for `salt/key` events), Salt's AES dropfile, and the cache directories that name syndics
+//! and resource managers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use brine_proto::Value;
 use tracing::{info, warn};
 
-use super::{MasterCore, Rng};
+use super::Rng;
 use crate::keys::{KeyDir, KeyStore};
 use crate::lock;
 use crate::secrets::Secrets;
@@ -30,8 +29,8 @@ pub(super) fn resources_dir(cachedir: &std::path::Path) -> std::path::PathBuf {
 
 /// Salt's AES rotation request: `brine-key`/`salt-key` write `cachedir/.dfn` after deleting or
 /// rejecting a key (`rotate_aes_key`). Checked every second (Salt: every `loop_interval`).
-pub(super) fn check_dropfile(shared: &MasterCore, secrets: &Mutex<Secrets>) {
-    let dfn = shared.cfg.cachedir.join(".dfn");
+pub(super) fn check_dropfile(cachedir: &std::path::Path, secrets: &Mutex<Secrets>) {
+    let dfn = cachedir.join(".dfn");
     if !dfn.exists() {
         return;
     }
@@ -59,64 +58,4 @@ pub(super) fn key_states(keys: &KeyStore) -> BTreeMap<String, &'static str> {
         }
     }
     out
-}
-
-/// Salt's presence events: `salt/presence/change` `{new, lost}` when the present set changed
-/// (checked every second), `salt/presence/present` `{present}` every minute.
-pub(super) fn fire_presence(
-    shared: &MasterCore,
-    before: BTreeSet<String>,
-    full: bool,
-) -> BTreeSet<String> {
-    let now = shared.present();
-    let list = |s: Vec<&String>| Value::Array(s.into_iter().map(Value::str).collect());
-    let new: Vec<&String> = now.difference(&before).collect();
-    let lost: Vec<&String> = before.difference(&now).collect();
-    if !new.is_empty() || !lost.is_empty() {
-        shared.bus.fire(
-            "salt/presence/change",
-            Value::map().with("new", list(new)).with("lost", list(lost)),
-        );
-    }
-    if full {
-        shared.bus.fire(
-            "salt/presence/present",
-            Value::map().with("present", list(now.iter().collect())),
-        );
-    }
-    now
-}
-
-/// `salt/key` events for key changes made on disk (`brine-key`, `salt-key`, auto-accept).
-pub(super) fn fire_key_changes(
-    shared: &MasterCore,
-    before: BTreeMap<String, &'static str>,
-) -> BTreeMap<String, &'static str> {
-    let after = key_states(&shared.keys);
-    for id in shared.syndics() {
-        if after.get(&id) != Some(&"accept") {
-            shared.forget_syndic(&id);
-        }
-    }
-    for (id, act) in &after {
-        if before.get(id) != Some(act) {
-            shared.bus.fire(
-                "salt/key",
-                Value::map()
-                    .with("id", id.as_str())
-                    .with("act", *act)
-                    .with("result", true),
-            );
-        }
-    }
-    for id in before.keys().filter(|id| !after.contains_key(*id)) {
-        shared.bus.fire(
-            "salt/key",
-            Value::map()
-                .with("id", id.as_str())
-                .with("act", "delete")
-                .with("result", true),
-        );
-    }
-    after
 }

@@ -184,7 +184,8 @@ pub async fn run(
             Box::new(move |r| {
                 let _ = tx.send(Cmd::Return(Box::new(r.clone())));
             }),
-        );
+        )
+        .await;
     }
     info!(
         id = %links.me.id,
@@ -228,15 +229,15 @@ pub async fn run(
         }
         let now = Instant::now();
         if st.poll_timeout().is_some_and(|t| t <= now) {
-            let open: Vec<String> = st.open_routes().map(str::to_owned).collect();
-            for jid in open {
+            let open: Vec<(String, bool)> = st
+                .open_routes()
+                .map(|jid| (jid.to_owned(), st.wants_load(jid)))
+                .collect();
+            for (jid, tracking, expected, load) in links.core.route_views(open).await {
                 let view = CoreView {
-                    load: st
-                        .wants_load(&jid)
-                        .then(|| links.core.job_load(&jid).map(|l| from_json(&l)))
-                        .flatten(),
-                    expected: links.core.settled_expected(&jid),
-                    tracking: links.core.is_tracking(&jid),
+                    load: load.map(|l| from_json(&l)),
+                    expected,
+                    tracking,
                 };
                 st.handle_core(&jid, view);
             }
@@ -625,7 +626,7 @@ async fn on_publish(up: &Arc<Links>, i: usize, chan: &Arc<ReqChannel>, job: JobL
     let jid = job.jid.clone();
     let fun = job.fun_name().unwrap_or_default().to_owned();
     let (reply, answer) = oneshot::channel();
-    let known_here = up.core.job_load(&jid).is_some();
+    let known_here = up.core.job_load(&jid).await.is_some();
     let cmd = Cmd::Publish {
         link: i,
         job: Box::new(job.clone()),
@@ -680,7 +681,7 @@ async fn answer_find_job(up: &Links, chan: &ReqChannel, job: &JobLoad) {
             Some(s) if job.tgt_type() == "list" => {
                 s.split(',').map(|x| x.trim().to_owned()).collect()
             }
-            _ => up.core.settled_expected(&orig).unwrap_or_default(),
+            _ => up.core.settled_expected(&orig).await.unwrap_or_default(),
         },
     };
     let (reply, answer) = oneshot::channel();
@@ -698,7 +699,7 @@ async fn answer_find_job(up: &Links, chan: &ReqChannel, job: &JobLoad) {
         return;
     };
     let mut returns = Vec::new();
-    for (id, running) in up.core.running(&orig, &ids) {
+    for (id, running) in up.core.running(&orig, ids).await {
         let Some(running) = running else { continue };
         let running = running || on_the_way.contains(&id);
         let ret = if running {
