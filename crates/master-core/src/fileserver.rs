@@ -934,12 +934,14 @@ impl MasterFiles {
         let keys = crate::keys::KeyStore::open(&cfg.pki_dir)?;
         let flag = |k: &str, d: bool| cfg.raw.get(k).map_or(d, json_truthy);
         let mine = crate::mine::Mine::new(
-            cfg.cachedir.join("minions"),
+            crate::mine::MineOptions {
+                dir: cfg.cachedir.join("minions"),
+                acl: cfg.raw.get("mine_get").map(crate::json::from_json),
+                enabled: flag("minion_data_cache", true) || flag("enforce_mine_cache", false),
+            },
             keys,
             grains,
             pillars,
-            cfg.raw.get("mine_get").map(crate::json::from_json),
-            flag("minion_data_cache", true) || flag("enforce_mine_cache", false),
         );
         Ok(Self {
             mine: Some(mine),

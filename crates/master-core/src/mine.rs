@@ -23,45 +23,42 @@ use crate::lock;
 /// Shared caches the mine targets against.
 pub type DataCache = Arc<Mutex<HashMap<String, Value>>>;
 
+/// Where a mine lives and what it allows.
+#[derive(Debug, Clone)]
+pub struct MineOptions {
+    /// `cachedir/minions`.
+    pub dir: PathBuf,
+    /// The master's `mine_get` option (absent: every function for everyone).
+    pub acl: Option<Value>,
+    /// `minion_data_cache` or `enforce_mine_cache`: off, nothing is stored.
+    pub enabled: bool,
+}
+
 /// The mine store and its targeting.
 #[derive(Debug)]
 pub struct Mine {
-    /// `cachedir/minions`.
-    dir: PathBuf,
+    opts: MineOptions,
     keys: KeyStore,
     grains: DataCache,
     pillars: DataCache,
-    /// The master's `mine_get` option (absent: every function for everyone).
-    acl: Option<Value>,
-    /// `minion_data_cache` or `enforce_mine_cache`: off, nothing is stored.
-    enabled: bool,
     /// Mines read so far (`None`: the minion has none on disk).
     mines: Mutex<HashMap<String, Option<Value>>>,
 }
 
 impl Mine {
-    /// A mine under `cachedir/minions`.
-    pub fn new(
-        dir: PathBuf,
-        keys: KeyStore,
-        grains: DataCache,
-        pillars: DataCache,
-        acl: Option<Value>,
-        enabled: bool,
-    ) -> Self {
+    /// A mine targeting over the accepted `keys` and the grains and pillar caches.
+    pub fn new(opts: MineOptions, keys: KeyStore, grains: DataCache, pillars: DataCache) -> Self {
         Self {
-            dir,
+            opts,
             keys,
             grains,
             pillars,
-            acl,
-            enabled,
             mines: Mutex::new(HashMap::new()),
         }
     }
 
     fn path(&self, id: &str) -> Option<PathBuf> {
-        valid_minion_id(id).then(|| self.dir.join(id).join("mine.p"))
+        valid_minion_id(id).then(|| self.opts.dir.join(id).join("mine.p"))
     }
 
     /// `id`'s mine (from memory, else from disk).
@@ -106,7 +103,7 @@ impl Mine {
 
     /// `_mine`: store `data` (merged into the stored map; `clear` replaces it).
     pub fn update(&self, id: &str, load: &Value) -> Value {
-        if !self.enabled {
+        if !self.opts.enabled {
             return Value::Bool(true);
         }
         let Some(data) = load.get("data") else {
@@ -144,7 +141,7 @@ impl Mine {
 
     /// `_mine_delete`: drop one function from `id`'s mine.
     pub fn delete(&self, id: &str, load: &Value) -> Value {
-        if !self.enabled {
+        if !self.opts.enabled {
             return Value::Bool(true);
         }
         let mut mines = lock(&self.mines);
@@ -167,7 +164,7 @@ impl Mine {
 
     /// `_mine_flush`: remove `id`'s mine; `false` when there was none.
     pub fn flush(&self, id: &str) -> Value {
-        if !self.enabled {
+        if !self.opts.enabled {
             return Value::Bool(true);
         }
         let mut mines = lock(&self.mines);
@@ -245,7 +242,7 @@ impl Mine {
             ),
             _ => return Value::map(),
         };
-        let functions = match &self.acl {
+        let functions = match &self.opts.acl {
             None => functions,
             Some(acl) => {
                 let Some(entries) = acl.as_map() else {
@@ -370,7 +367,16 @@ mod tests {
             lock(&grains).insert(id.into(), Value::map().with("os", "Linux"));
         }
         lock(&grains).insert("m10".into(), Value::map().with("os", "BSD"));
-        Mine::new(dir.join("minions"), keys, grains, Arc::default(), acl, true)
+        Mine::new(
+            MineOptions {
+                dir: dir.join("minions"),
+                acl,
+                enabled: true,
+            },
+            keys,
+            grains,
+            Arc::default(),
+        )
     }
 
     fn load(fun: Value, tgt: &str, tgt_type: &str) -> Value {

@@ -306,6 +306,23 @@ const RETURN_KEYS: &[&str] = &[
 ];
 
 impl ReturnLoad {
+    /// A successful return (`retcode` 0, no arguments) of `fun` from minion `id` for `jid`.
+    pub fn new(jid: &str, id: &str, fun: &str, ret: Value) -> Self {
+        Self {
+            id: id.to_owned(),
+            success: true,
+            ret,
+            retcode: 0,
+            jid: jid.to_owned(),
+            fun: Value::str(fun),
+            fun_args: Value::Array(vec![]),
+            user: None,
+            out: None,
+            stamp: None,
+            extra: vec![],
+        }
+    }
+
     /// Parse a decrypted `_return` load (after [`crate::envelope::unseal_fields`]).
     ///
     /// # Errors

@@ -703,7 +703,7 @@ impl Server {
         loop {
             let now = tokio::time::Instant::now();
             let due = state
-                .poll_timeout()
+                .poll_timeout(now.into_std())
                 .map_or(now + Duration::from_secs(1), tokio::time::Instant::from_std)
                 .clamp(now, now + Duration::from_secs(1));
             tokio::select! {
@@ -729,7 +729,7 @@ impl Server {
                 _ = &mut dispatcher => break,
             }
             let now = Instant::now();
-            if state.poll_timeout().is_some_and(|t| t <= now) {
+            if state.poll_timeout(now).is_some_and(|t| t <= now) {
                 state.handle_timeout(now);
             }
             drain(&shared, &mut state, &pub_tx);

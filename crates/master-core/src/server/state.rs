@@ -156,12 +156,13 @@ impl CoreState {
         std::mem::take(&mut self.jobs_changed).then_some(CoreEvent::JobsChanged)
     }
 
-    /// When [`Self::handle_timeout`] should run next (`None`: nothing is due).
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
+    /// When [`Self::handle_timeout`] should run next (`None`: nothing is due), as seen at
+    /// `now`.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         let book = match self.book_due {
             Some(t) => t,
             None => {
-                let t = self.book.poll_timeout(Instant::now());
+                let t = self.book.poll_timeout(now);
                 self.book_due = Some(t);
                 t
             }
@@ -1010,5 +1011,262 @@ impl CoreState {
             self.fire("salt/key", event(id, "delete"));
         }
         self.key_snapshot = after;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::requests::Handled;
+
+    /// A master on `dir` with accepted minions `ids` (`timeout` 5 s, `gather_job_timeout` 10 s).
+    fn state(dir: &std::path::Path, ids: &[&str], extra: &str) -> CoreState {
+        let opts = format!(
+            "root_dir: {}\npki_dir: {}/pki\ncachedir: {}/cache\ntimeout: 5\ngather_job_timeout: 10\n{extra}",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        );
+        let cfg = MasterConfig::from_options(&brine_daemon::config::Options::parse(&opts).unwrap())
+            .unwrap();
+        let accepted = cfg.pki_dir.join("minions");
+        std::fs::create_dir_all(&accepted).unwrap();
+        for id in ids {
+            std::fs::write(accepted.join(id), b"key").unwrap();
+        }
+        let keys = KeyStore::open(&cfg.pki_dir).unwrap();
+        let cache = JobCache::open(&dir.join("jobs"), Duration::from_secs(3600)).unwrap();
+        CoreState::new(cfg, keys, cache, DataCache::default(), DataCache::default())
+    }
+
+    fn spec(tgt: &str) -> PublishSpec {
+        PublishSpec {
+            tgt: Value::str(tgt),
+            tgt_type: "glob".into(),
+            fun: "test.ping".into(),
+            arg: vec![],
+            timeout: None,
+            ret: String::new(),
+        }
+    }
+
+    fn ret(jid: &str, id: &str, v: Value) -> ReturnLoad {
+        ReturnLoad::new(jid, id, "test.ping", v)
+    }
+
+    fn returns(rs: Vec<ReturnLoad>) -> Handled {
+        Handled {
+            returns: rs,
+            ..Handled::default()
+        }
+    }
+
+    fn drain(st: &mut CoreState) -> (Vec<Transmit>, Vec<CoreEvent>) {
+        let t = std::iter::from_fn(|| st.poll_transmit()).collect();
+        let e = std::iter::from_fn(|| st.poll_event()).collect();
+        (t, e)
+    }
+
+    fn tags(events: &[CoreEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                CoreEvent::Fire(e) => Some(e.tag.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_publish_goes_out_once_and_its_returns_finish_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), &["a", "b"], "");
+        let t0 = Instant::now();
+        let p = st.publish(spec("*"), "root", None, t0).unwrap();
+        assert_eq!(p.minions, vec!["a".to_owned(), "b".to_owned()]);
+        let (tx, ev) = drain(&mut st);
+        assert_eq!(tx.len(), 1);
+        assert_eq!(tx[0].load.jid, p.jid);
+        assert_eq!(tags(&ev), vec![format!("salt/job/{}/new", p.jid)]);
+        assert!(st.is_running(&p.jid));
+
+        st.handle_request(returns(vec![ret(&p.jid, "a", Value::Bool(true))]), t0);
+        let (_, ev) = drain(&mut st);
+        assert!(matches!(
+            ev.as_slice(),
+            [CoreEvent::Return(_), CoreEvent::JobsChanged]
+        ));
+        // The same return again is a copy: not taken, not forwarded, no event.
+        st.handle_request(returns(vec![ret(&p.jid, "a", Value::Bool(true))]), t0);
+        assert!(drain(&mut st).1.is_empty());
+        assert!(st.changed_since(&p.jid, 0));
+        assert!(!st.changed_since(&p.jid, 1));
+
+        // The last return: the job settles a moment later, at the state's own timeout.
+        st.handle_request(returns(vec![ret(&p.jid, "b", Value::Bool(true))]), t0);
+        let due = st.poll_timeout(t0).unwrap();
+        assert!(
+            due <= t0 + Duration::from_millis(10),
+            "settles soon, not at the job's timeout"
+        );
+        st.handle_timeout(due);
+        let (tx, ev) = drain(&mut st);
+        assert!(tx.is_empty(), "no find_job for a job with every return");
+        assert!(ev.iter().any(|e| matches!(e, CoreEvent::JobsChanged)));
+        assert!(!st.is_running(&p.jid));
+        let (_, rets, missing) = st.job_view(&p.jid).unwrap();
+        assert_eq!(rets.len(), 2);
+        assert_eq!(missing.unwrap().len(), 0);
+    }
+
+    #[test]
+    fn silent_minions_are_asked_at_the_timeout_and_given_up_on_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), &["a", "quiet"], "");
+        let t0 = Instant::now();
+        let p = st.publish(spec("*"), "root", None, t0).unwrap();
+        st.handle_request(
+            Handled {
+                minion: Some("quiet".into()),
+                ..returns(vec![ret(&p.jid, "a", Value::Bool(true))])
+            },
+            t0,
+        );
+        drain(&mut st);
+        // Nothing before the job's timeout (5 s).
+        st.handle_timeout(t0 + Duration::from_secs(4));
+        assert!(drain(&mut st).0.is_empty());
+        let due = st.poll_timeout(t0).unwrap();
+        assert!(due > t0 + Duration::from_secs(4) && due <= t0 + Duration::from_secs(5));
+        st.handle_timeout(due);
+        let (tx, _) = drain(&mut st);
+        assert_eq!(tx.len(), 1, "one find_job");
+        assert_eq!(tx[0].load.fun_name(), Some("saltutil.find_job"));
+        assert_eq!(tx[0].minions, vec!["quiet".to_owned()]);
+        let fj = tx[0].load.jid.clone();
+        // "Still running" keeps it waited for; no answer in gather_job_timeout gives up.
+        let running = Value::map().with("jid", p.jid.as_str());
+        st.handle_request(returns(vec![ret(&fj, "quiet", running)]), due);
+        assert!(st.is_running(&p.jid));
+        assert_eq!(
+            st.running(&p.jid, &["quiet".into(), "a".into()], due),
+            vec![("quiet".into(), Some(true)), ("a".into(), Some(false))]
+        );
+        let mut now = due;
+        for _ in 0..200 {
+            match st.poll_timeout(now) {
+                Some(t) if st.is_running(&p.jid) => {
+                    now = t.max(now + Duration::from_millis(1));
+                    st.handle_timeout(now);
+                    drain(&mut st);
+                }
+                _ => break,
+            }
+        }
+        assert!(!st.is_running(&p.jid), "given up on by {:?}", now - t0);
+        let (_, _, missing) = st.job_view(&p.jid).unwrap();
+        assert!(missing.unwrap().contains_key("quiet"));
+    }
+
+    #[test]
+    fn an_acl_outside_the_target_refuses_and_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), &["web1", "db1"], "");
+        let t0 = Instant::now();
+        let allowed = Allowed::Within(vec!["web*".into()]);
+        let e = st.publish(spec("*"), "fred", Some(allowed.clone()), t0);
+        assert!(matches!(e, Err(PublishError::Denied(_))), "{e:?}");
+        assert!(drain(&mut st).0.is_empty());
+        let p = st
+            .publish(spec("web*"), "fred", Some(allowed.clone()), t0)
+            .unwrap();
+        assert_eq!(p.minions, vec!["web1".to_owned()]);
+        assert_eq!(
+            st.minions_within(&allowed),
+            Some(["web1".to_owned()].into_iter().collect())
+        );
+    }
+
+    #[test]
+    fn forwarded_events_are_taken_once_and_never_our_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), &[], "order_masters: true\n");
+        st.set_syndic_id("me");
+        let ev = |tag: &str| MasterEvent {
+            tag: tag.into(),
+            data: Value::map().with("_stamp", "2026-12-07T00:00:00.000000"),
+        };
+        let h = |tags: &[&str]| Handled {
+            events: tags.iter().map(|t| ev(t)).collect(),
+            ..Handled::default()
+        };
+        let t0 = Instant::now();
+        st.handle_request(
+            h(&[
+                "syndic/s1/salt/minion/m1/start",
+                "syndic/s2/salt/minion/m1/start",
+                "syndic/s1/syndic/me/custom/tag",
+                "plain/tag",
+            ]),
+            t0,
+        );
+        assert_eq!(
+            tags(&drain(&mut st).1),
+            vec!["syndic/s1/salt/minion/m1/start", "plain/tag"]
+        );
+    }
+
+    #[test]
+    fn a_syndic_report_for_an_unknown_job_is_refused_and_its_minions_untaken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), &["s1", "own"], "order_masters: true\n");
+        let t0 = Instant::now();
+        let p = st.publish(spec("*"), "root", None, t0).unwrap();
+        drain(&mut st);
+        let report = |jid: &str, id: &str| SyndicReport {
+            jid: jid.into(),
+            minions: Some(vec![id.into()]),
+            load: Value::map(),
+            returns: vec![ret(jid, id, Value::Bool(true))],
+        };
+        let h = Handled {
+            syndic: Some((
+                "s1".into(),
+                vec![
+                    report("20261207000000000000", "below"),
+                    report(&p.jid, "own"),
+                    report(&p.jid, "below"),
+                ],
+            )),
+            ..Handled::default()
+        };
+        st.handle_request(h, t0);
+        assert_eq!(st.syndics(), ["s1".to_owned()].into_iter().collect());
+        let (_, ev) = drain(&mut st);
+        assert_eq!(tags(&ev), vec![format!("salt/job/{}/ret/below", p.jid)]);
+        let (_, rets, _) = st.job_view(&p.jid).unwrap();
+        assert_eq!(rets.keys().collect::<Vec<_>>(), vec!["below"]);
+        assert!(st.job_view("20261207000000000000").is_none());
+    }
+
+    #[test]
+    fn key_changes_on_disk_fire_salt_key_and_forget_a_syndic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), &["s1"], "order_masters: true\n");
+        let t0 = Instant::now();
+        st.handle_request(
+            Handled {
+                syndic: Some(("s1".into(), vec![])),
+                ..Handled::default()
+            },
+            t0,
+        );
+        assert!(st.syndics().contains("s1"));
+        std::fs::remove_file(dir.path().join("pki/minions/s1")).unwrap();
+        st.handle_housekeeping(t0);
+        st.handle_housekeeping(t0 + Duration::from_secs(1));
+        let (_, ev) = drain(&mut st);
+        assert!(tags(&ev).contains(&"salt/key".to_owned()));
+        assert!(st.syndics().is_empty());
     }
 }

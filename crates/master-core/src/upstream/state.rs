@@ -664,19 +664,7 @@ mod tests {
     }
 
     fn ret(jid: &str, id: &str) -> ReturnLoad {
-        ReturnLoad {
-            id: id.to_owned(),
-            success: true,
-            ret: Value::Bool(true),
-            retcode: 0,
-            jid: jid.to_owned(),
-            fun: Value::str("test.ping"),
-            fun_args: Value::Array(vec![]),
-            user: None,
-            out: None,
-            stamp: None,
-            extra: vec![],
-        }
+        ReturnLoad::new(jid, id, "test.ping", Value::Bool(true))
     }
 
     fn settled(minions: &[&str], tracking: bool) -> CoreView {
