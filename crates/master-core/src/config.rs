@@ -324,26 +324,8 @@ impl MasterConfig {
             master_id: o.string("master_id")?,
             syndic_master: o.string_list("syndic_master")?.unwrap_or_default(),
             syndic_master_port: port("syndic_master_port", 4506)?,
-            syndic_failover_random: match o.string("syndic_failover")?.as_deref() {
-                None | Some("random") => true,
-                Some("ordered") => false,
-                Some(other) => {
-                    return Err(invalid(
-                        "syndic_failover",
-                        format!("{other:?} is not random or ordered"),
-                    ));
-                }
-            },
-            syndic_mode_sync: match o.string("syndic_mode")?.as_deref() {
-                None | Some("sync") => true,
-                Some("cluster") => false,
-                Some(other) => {
-                    return Err(invalid(
-                        "syndic_mode",
-                        format!("{other:?} is not sync or cluster"),
-                    ));
-                }
-            },
+            syndic_failover_random: one_of(o, "syndic_failover", "random", "ordered")?,
+            syndic_mode_sync: one_of(o, "syndic_mode", "sync", "cluster")?,
             syndic_event_forward_timeout: match o.get("syndic_event_forward_timeout") {
                 None | Some(serde_json::Value::Null) => std::time::Duration::from_millis(500),
                 Some(v) => match v.as_f64() {
@@ -404,6 +386,16 @@ fn api_int(
                     format!("{field}: expected a number in {range:?}, found {v}"),
                 )
             }),
+    }
+}
+
+/// A two-valued string option: `true` for `default` (or when unset), `false` for `other`.
+fn one_of(o: &Options, key: &str, default: &str, other: &str) -> Result<bool, ConfigError> {
+    match o.string(key)?.as_deref() {
+        None => Ok(true),
+        Some(v) if v == default => Ok(true),
+        Some(v) if v == other => Ok(false),
+        Some(v) => Err(invalid(key, format!("{v:?} is not {default} or {other}"))),
     }
 }
 

@@ -14,9 +14,12 @@ use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use brine_proto::Value;
 use brine_proto::auth::valid_minion_id;
 use brine_proto::jid::Jid;
 use serde_json::Value as Json;
+
+use crate::json::{from_json, to_json};
 use tracing::warn;
 
 /// Salt's `keep_jobs_seconds` default (24 hours).
@@ -31,15 +34,6 @@ pub struct JobCache {
     dir: PathBuf,
     keep: Duration,
     writers: HashMap<String, BufWriter<File>>,
-}
-
-/// One stored return.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredReturn {
-    /// Minion id.
-    pub id: String,
-    /// The whole return object (`return`, `retcode`, `success`, `fun`...).
-    pub data: Json,
 }
 
 impl JobCache {
@@ -64,13 +58,13 @@ impl JobCache {
     ///
     /// # Errors
     /// Invalid jid or file system failure.
-    pub fn save_job(&mut self, jid: &str, load: &Json) -> std::io::Result<()> {
+    pub fn save_job(&mut self, jid: &str, load: &Value) -> std::io::Result<()> {
         let dir = self
             .job_dir(jid)
             .ok_or_else(|| std::io::Error::other(format!("invalid jid {jid:?}")))?;
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join(".load.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(load).unwrap_or_default())?;
+        std::fs::write(&tmp, serde_json::to_vec(&to_json(load)).unwrap_or_default())?;
         std::fs::rename(&tmp, dir.join("load.json"))
     }
 
@@ -78,7 +72,7 @@ impl JobCache {
     ///
     /// # Errors
     /// Invalid jid or id, or file system failure.
-    pub fn add_return(&mut self, jid: &str, id: &str, data: &Json) -> std::io::Result<()> {
+    pub fn add_return(&mut self, jid: &str, id: &str, data: &Value) -> std::io::Result<()> {
         if !valid_minion_id(id) {
             return Err(std::io::Error::other(format!("invalid minion id {id:?}")));
         }
@@ -98,7 +92,7 @@ impl JobCache {
             self.writers
                 .insert(jid.to_owned(), BufWriter::with_capacity(64 * 1024, f));
         }
-        let line = serde_json::json!({"id": id, "data": data});
+        let line = serde_json::json!({"id": id, "data": to_json(data)});
         let w = self.writers.get_mut(jid).expect("inserted above");
         serde_json::to_writer(&mut *w, &line).map_err(std::io::Error::other)?;
         w.write_all(b"\n")
@@ -123,13 +117,15 @@ impl JobCache {
     }
 
     /// A job's load, if stored.
-    pub fn job(&self, jid: &str) -> Option<Json> {
+    pub fn job(&self, jid: &str) -> Option<Value> {
         let p = self.job_dir(jid)?.join("load.json");
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        serde_json::from_slice::<Json>(&std::fs::read(p).ok()?)
+            .ok()
+            .map(|j| from_json(&j))
     }
 
     /// A job's returns by minion id (the last one wins if a minion returned twice).
-    pub fn returns(&self, jid: &str) -> BTreeMap<String, Json> {
+    pub fn returns(&self, jid: &str) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         let Some(dir) = self.job_dir(jid) else {
             return out;
@@ -144,14 +140,14 @@ impl JobCache {
                 continue;
             };
             if let (Some(Json::String(id)), Some(data)) = (o.remove("id"), o.remove("data")) {
-                out.insert(id, data);
+                out.insert(id, from_json(&data));
             }
         }
         out
     }
 
     /// Every stored job with a load, oldest first.
-    pub fn list(&self) -> Vec<(String, Json)> {
+    pub fn list(&self) -> Vec<(String, Value)> {
         let mut jids: Vec<String> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
@@ -199,13 +195,13 @@ mod tests {
         let old = Jid::from_unix_micros(1_000_000_000_000_000);
         let new = Jid::from_unix_micros(1_000_000_000_000_000 + 7_200_000_000);
         for j in [&old, &new] {
-            c.save_job(j.as_str(), &serde_json::json!({"fun": "test.ping"}))
+            c.save_job(j.as_str(), &Value::map().with("fun", "test.ping"))
                 .unwrap();
-            c.add_return(j.as_str(), "m1", &serde_json::json!({"return": true}))
+            c.add_return(j.as_str(), "m1", &Value::map().with("return", true))
                 .unwrap();
         }
-        assert!(c.add_return(old.as_str(), "../x", &Json::Null).is_err());
-        assert!(c.save_job("../../etc", &Json::Null).is_err());
+        assert!(c.add_return(old.as_str(), "../x", &Value::Nil).is_err());
+        assert!(c.save_job("../../etc", &Value::Nil).is_err());
         c.flush();
         // A torn line is skipped; a second return from the same minion replaces the first.
         let p = d.path().join(new.as_str()).join("returns.jsonl");
@@ -214,7 +210,7 @@ mod tests {
             .unwrap();
         let r = c.returns(new.as_str());
         assert_eq!(r.len(), 1);
-        assert_eq!(r["m1"], serde_json::json!(2));
+        assert_eq!(r["m1"], Value::Int(2));
         assert_eq!(c.list().len(), 2);
         // Reopened (a restart), then swept one hour after `new`: only `old` goes.
         drop(c);

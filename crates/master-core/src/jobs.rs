@@ -307,6 +307,14 @@ mod tests {
         Instant::now()
     }
 
+    /// A tracker (`gather_job_timeout` 10 s) with job "j" (timeout 5 s) for connected `id`.
+    fn one_job(id: &str, t0: Instant) -> JobTracker {
+        let mut jt = JobTracker::new(Duration::from_secs(10));
+        jt.handle_connected(id);
+        jt.handle_published("j", [id.to_owned()], t0, Duration::from_secs(5), None);
+        jt
+    }
+
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("m{i:04}")).collect()
     }
@@ -380,9 +388,7 @@ mod tests {
     #[test]
     fn a_minion_that_never_answers_find_job_is_given_up_after_one_gather_job_timeout() {
         let t0 = origin();
-        let mut jt = JobTracker::new(Duration::from_secs(10));
-        jt.handle_connected("dead");
-        jt.handle_published("j", ["dead".to_owned()], t0, Duration::from_secs(5), None);
+        let mut jt = one_job("dead", t0);
         assert_eq!(jt.poll_find_jobs(t0 + Duration::from_secs(5)).len(), 1);
         assert!(jt.poll_find_jobs(t0 + Duration::from_secs(14)).is_empty());
         assert!(jt.poll_done(t0 + Duration::from_secs(14)).is_empty());
@@ -397,9 +403,7 @@ mod tests {
     #[test]
     fn jobs_through_syndics_wait_for_their_reports_not_blindly() {
         let t0 = origin();
-        let mut jt = JobTracker::new(Duration::from_secs(10));
-        jt.handle_connected("direct");
-        jt.handle_published("j", ["direct".to_owned()], t0, Duration::from_secs(5), None);
+        let mut jt = one_job("direct", t0);
         jt.handle_syndics(
             "j",
             ["s1".to_owned(), "s2".to_owned()],

@@ -57,6 +57,12 @@ pub struct PillarConfig {
 }
 
 impl PillarConfig {
+    /// Merge `upd` into `dest` with `pillar_source_merging_strategy` and
+    /// `pillar_merge_lists`.
+    fn merge_into(&self, dest: &mut Value, upd: &Value) {
+        merge(dest, upd, &self.merging_strategy, self.merge_lists);
+    }
+
     /// Read Salt's pillar options.
     ///
     /// # Errors
@@ -341,12 +347,7 @@ impl Compile<'_> {
             .pillar_override
             .filter(|o| o.as_map().is_some_and(|m| !m.is_empty()))
         {
-            merge(
-                &mut pillar,
-                o,
-                &self.c.cfg.merging_strategy,
-                self.c.cfg.merge_lists,
-            );
+            self.c.cfg.merge_into(&mut pillar, o);
         }
         pillar
     }
@@ -726,12 +727,7 @@ impl Compile<'_> {
                 for sls in names {
                     let state = self.render_pstate(&sls, env, &mut mods, &Value::map());
                     if let Some(s @ Value::Map(_)) = state {
-                        merge(
-                            &mut pillar,
-                            &s,
-                            &self.c.cfg.merging_strategy,
-                            self.c.cfg.merge_lists,
-                        );
+                        self.c.cfg.merge_into(&mut pillar, &s);
                     }
                 }
             }
@@ -849,31 +845,16 @@ impl Compile<'_> {
                     }
                 }
                 if self.c.cfg.includes_override_sls {
-                    merge(
-                        &mut state,
-                        &sub,
-                        &self.c.cfg.merging_strategy,
-                        self.c.cfg.merge_lists,
-                    );
+                    self.c.cfg.merge_into(&mut state, &sub);
                 } else {
-                    merge(
-                        &mut nstate,
-                        &sub,
-                        &self.c.cfg.merging_strategy,
-                        self.c.cfg.merge_lists,
-                    );
+                    self.c.cfg.merge_into(&mut nstate, &sub);
                 }
             }
         }
         if self.c.cfg.includes_override_sls {
             Some(state)
         } else {
-            merge(
-                &mut nstate,
-                &state,
-                &self.c.cfg.merging_strategy,
-                self.c.cfg.merge_lists,
-            );
+            self.c.cfg.merge_into(&mut nstate, &state);
             Some(nstate)
         }
     }

@@ -158,6 +158,16 @@ pub struct Handled {
     pub minion_job: Option<Value>,
 }
 
+impl Handled {
+    /// A reply that caused nothing else.
+    pub fn only(reply: Vec<u8>) -> Self {
+        Self {
+            reply,
+            ..Self::default()
+        }
+    }
+}
+
 fn bad_load() -> Vec<u8> {
     codec::encode_wire(&Value::str(replies::BAD_LOAD))
 }
@@ -201,10 +211,7 @@ impl RequestHandler {
             Ok(r) => r,
             Err(e) => {
                 warn!(peer, error = %e, "refused request");
-                return Handled {
-                    reply: bad_load(),
-                    ..Handled::default()
-                };
+                return Handled::only(bad_load());
             }
         };
         match &req {
@@ -217,16 +224,10 @@ impl RequestHandler {
         match load.get("cmd").and_then(Value::as_str) {
             Some("_auth") => self.auth(load, frame, peer),
             // The failback probe (`status.ping_master`): echo the load.
-            Some("ping") => Handled {
-                reply: codec::encode_wire(load),
-                ..Handled::default()
-            },
+            Some("ping") => Handled::only(codec::encode_wire(load)),
             other => {
                 warn!(peer, cmd = ?other, "refused clear request: only _auth and ping are served in the clear");
-                Handled {
-                    reply: codec::encode_wire(&Value::map()),
-                    ..Handled::default()
-                }
+                Handled::only(codec::encode_wire(&Value::map()))
             }
         }
     }
@@ -236,10 +237,7 @@ impl RequestHandler {
             Ok(r) => r,
             Err(e) => {
                 warn!(peer, error = %e, "refused _auth");
-                return Handled {
-                    reply: bad_load(),
-                    ..Handled::default()
-                };
+                return Handled::only(bad_load());
             }
         };
         let state = match self.keys.state(&req.id) {
@@ -299,10 +297,7 @@ impl RequestHandler {
             Ok(d) => d,
             Err(e) => {
                 warn!(peer, minion_id = %req.id, error = %e, "refused _auth");
-                return Handled {
-                    reply: bad_load(),
-                    ..Handled::default()
-                };
+                return Handled::only(bad_load());
             }
         };
         if decision.verdict == Verdict::InvalidId {
@@ -333,10 +328,7 @@ impl RequestHandler {
                     Ok(d) => decision = d,
                     Err(e) => {
                         warn!(peer, minion_id = %req.id, error = %e, "refused _auth");
-                        return Handled {
-                            reply: bad_load(),
-                            ..Handled::default()
-                        };
+                        return Handled::only(bad_load());
                     }
                 }
             }
@@ -368,10 +360,7 @@ impl RequestHandler {
     fn aes(&mut self, req: &Request, id: String, peer: &str) -> Handled {
         let refuse = |why: &str| {
             warn!(peer, minion_id = %id, reason = why, "refused request");
-            Handled {
-                reply: bad_load(),
-                ..Handled::default()
-            }
+            Handled::only(bad_load())
         };
         let Some(session) = self.secrets().existing_session(&id).cloned() else {
             return refuse("no session (not authenticated since the master started)");

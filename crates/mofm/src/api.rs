@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use brine_master_core::jobs::Missing;
-use brine_master_core::json::from_json;
+use brine_master_core::json::{from_json, to_json};
 use brine_proto::Value;
 use serde_json::{Map, Value as Json, json};
 use tokio_stream::StreamExt as _;
@@ -349,15 +349,19 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
             let full = chunk
                 .get("full_return")
                 .is_some_and(|f| f.as_bool() == Some(true) || f.as_str() == Some("true"));
-            let (_, returns, _) = shared.job_view(&p.jid).await.unwrap_or_default();
+            let returns = shared
+                .job_view(&p.jid)
+                .await
+                .map(|(_, r, _)| r)
+                .unwrap_or_default();
             Ok(Json::Object(
                 returns
                     .into_iter()
                     .map(|(id, r)| {
                         let v = if full {
-                            json!({"ret": r.get("return"), "retcode": r.get("retcode"), "jid": p.jid})
+                            json!({"ret": field(&r, "return"), "retcode": field(&r, "retcode"), "jid": p.jid})
                         } else {
-                            r.get("return").cloned().unwrap_or(Json::Null)
+                            field(&r, "return")
                         };
                         (id, v)
                     })
@@ -469,16 +473,11 @@ async fn job(
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job {jid}")))?;
     let mut info = runners::summary(&jid, &load);
     info["jid"] = json!(jid);
-    info["Minions"] = load.get("minions").cloned().unwrap_or_else(|| json!([]));
+    info["Minions"] = load.get("minions").map_or_else(|| json!([]), to_json);
     info["Result"] = Json::Object(
         returns
             .iter()
-            .map(|(id, r)| {
-                (
-                    id.clone(),
-                    json!({"return": r.get("return"), "retcode": r.get("retcode"), "success": r.get("success")}),
-                )
-            })
+            .map(|(id, r)| (id.clone(), result(r)))
             .collect(),
     );
     info["Finished"] = json!(missing.is_some());
@@ -491,9 +490,19 @@ async fn job(
     );
     let ret: Map<String, Json> = returns
         .into_iter()
-        .map(|(id, r)| (id, r.get("return").cloned().unwrap_or(Json::Null)))
+        .map(|(id, r)| (id, field(&r, "return")))
         .collect();
     Ok(axum::Json(json!({"info": [info], "return": [ret]})))
+}
+
+/// Field `k` of a stored return, as JSON (`null` when absent).
+fn field(r: &Value, k: &str) -> Json {
+    r.get(k).map_or(Json::Null, to_json)
+}
+
+/// A return as `Result` shows it.
+fn result(r: &Value) -> Json {
+    json!({"return": field(r, "return"), "retcode": field(r, "retcode"), "success": field(r, "success")})
 }
 
 /// brine's extension of `GET /jobs/<jid>` for clients that follow a job: `since=N` gives only
@@ -530,17 +539,12 @@ async fn job_since(
     let mut info = runners::summary(jid, &j.load);
     info["jid"] = json!(jid);
     if let Some(m) = j.load.get("minions") {
-        info["Minions"] = m.clone();
+        info["Minions"] = to_json(m);
     }
     info["Result"] = Json::Object(
         j.new
             .iter()
-            .map(|(id, r)| {
-                (
-                    id.clone(),
-                    json!({"return": r.get("return"), "retcode": r.get("retcode"), "success": r.get("success")}),
-                )
-            })
+            .map(|(id, r)| (id.clone(), result(r)))
             .collect(),
     );
     info["Cursor"] = json!(j.cursor);
@@ -573,7 +577,7 @@ async fn minions(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json
         .all_grains()
         .into_iter()
         .filter(|(id, _)| visible.as_ref().is_none_or(|v| v.contains(id)))
-        .map(|(id, g)| (id, brine_master_core::json::to_json(&g)))
+        .map(|(id, g)| (id, to_json(&g)))
         .collect();
     Ok(axum::Json(json!({"return": [m]})))
 }
@@ -594,9 +598,7 @@ async fn minion(
             token.user
         )));
     }
-    let g = shared
-        .grains_of(&id)
-        .map_or(Json::Null, |g| brine_master_core::json::to_json(&g));
+    let g = shared.grains_of(&id).map_or(Json::Null, |g| to_json(&g));
     Ok(axum::Json(json!({"return": [{id: g}]})))
 }
 
@@ -639,7 +641,7 @@ async fn events(
             return None;
         }
         // JSON (serde_json's compact form) never contains a raw line break.
-        let data = json!({"tag": e.tag, "data": brine_master_core::json::to_json(&e.data)});
+        let data = json!({"tag": e.tag, "data": to_json(&e.data)});
         Some(Ok(Bytes::from(format!("tag: {}\ndata: {data}\n\n", e.tag))))
     });
     let body = Body::from_stream(head.chain(evs));

@@ -3,24 +3,24 @@
 
 use std::collections::BTreeSet;
 
+use brine_master_core::json::to_json;
 use brine_proto::Value;
 use serde_json::{Map, Value as Json, json};
 
 use crate::{MasterCore, PublishSpec, Shared, Token};
 
 /// Salt's job summary keys from a cached load.
-pub(crate) fn summary(jid: &str, load: &Json) -> Json {
-    let g = |k: &str| load.get(k).cloned().unwrap_or(Json::Null);
+pub(crate) fn summary(jid: &str, load: &Value) -> Json {
+    let g = |k: &str| load.get(k).map_or(Json::Null, to_json);
     json!({
         "Function": g("fun"),
-        "Arguments": load.get("arg").cloned().unwrap_or_else(|| json!([])),
+        "Arguments": load.get("arg").map_or_else(|| json!([]), to_json),
         "Target": g("tgt"),
         "Target-type": g("tgt_type"),
         "User": g("user"),
         "StartTime": load
             .get("StartTime")
-            .cloned()
-            .unwrap_or_else(|| Json::String(crate::start_time(jid))),
+            .map_or_else(|| Json::String(crate::start_time(jid)), to_json),
     })
 }
 
@@ -53,7 +53,7 @@ pub(crate) async fn run(
             Ok(Json::Object(
                 returns
                     .into_iter()
-                    .map(|(id, r)| (id, r.get("return").cloned().unwrap_or(Json::Null)))
+                    .map(|(id, r)| (id, r.get("return").map_or(Json::Null, to_json)))
                     .collect(),
             ))
         }

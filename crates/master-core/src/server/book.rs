@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value as Json, json};
+use brine_proto::Value;
 
 use super::{ActiveJob, JobSince, JobView};
 use crate::jobs::{Finished, JobTracker, Missing};
@@ -72,7 +72,7 @@ impl JobBook {
     pub(super) fn publish(
         &mut self,
         jid: &str,
-        load: Json,
+        load: Value,
         minions: &[String],
         syndics: &[String],
         timeout: Duration,
@@ -133,7 +133,7 @@ impl JobBook {
 
     /// Offer minion `id`'s return `data` for `jid` (checked and recorded at once: a resent
     /// copy can be in another handler already).
-    pub(super) fn take_return(&mut self, jid: &str, id: &str, data: &Json) -> Taken {
+    pub(super) fn take_return(&mut self, jid: &str, id: &str, data: &Value) -> Taken {
         let Some(j) = self.jobs.get_mut(jid) else {
             return Taken::NotInMemory;
         };
@@ -260,7 +260,7 @@ impl JobBook {
     }
 
     /// The job's load, when in memory.
-    pub(super) fn load(&self, jid: &str) -> Option<&Json> {
+    pub(super) fn load(&self, jid: &str) -> Option<&Value> {
         self.jobs.get(jid).map(|j| &j.load)
     }
 
@@ -284,7 +284,7 @@ impl JobBook {
     pub(super) fn view(&self, jid: &str) -> Option<JobView> {
         let j = self.jobs.get(jid)?;
         let mut load = j.load.clone();
-        load["minions"] = json!(j.expected);
+        load.insert("minions", ids(&j.expected));
         Some((load, j.returns.clone(), j.missing.clone()))
     }
 
@@ -298,17 +298,18 @@ impl JobBook {
             .skip(since)
             .filter_map(|id| Some((id.clone(), j.returns.get(id)?.clone())))
             .collect();
+        // The load without its largest part, the expected minions, unless asked from the start.
         let mut load = match &j.load {
-            Json::Object(o) => Json::Object(
-                o.iter()
-                    .filter(|(k, _)| k.as_str() != "minions")
-                    .map(|(k, v)| (k.clone(), v.clone()))
+            Value::Map(e) => Value::Map(
+                e.iter()
+                    .filter(|(k, _)| !k.is_str("minions"))
+                    .cloned()
                     .collect(),
             ),
             other => other.clone(),
         };
         if since == 0 {
-            load["minions"] = json!(j.expected);
+            load.insert("minions", ids(&j.expected));
         }
         Some(JobSince {
             load,
@@ -333,6 +334,11 @@ impl JobBook {
     }
 }
 
+/// Minion ids as a list value.
+fn ids(set: &BTreeSet<String>) -> Value {
+    Value::Array(set.iter().map(Value::str).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,21 +347,38 @@ mod tests {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
 
-    fn ret(v: i64) -> Json {
-        json!({"return": v, "retcode": 0, "success": true})
+    /// A book (`gather_job_timeout` in seconds) with job "j" published at `t0` (its timeout
+    /// and `syndic_wait` both `secs`).
+    fn book(
+        gather: u64,
+        load: Value,
+        minions: &[String],
+        syndics: &[String],
+        secs: u64,
+        t0: Instant,
+    ) -> JobBook {
+        let mut b = JobBook::new(Duration::from_secs(gather));
+        let wait = Duration::from_secs(secs);
+        b.publish("j", load, minions, syndics, wait, wait, t0);
+        b
+    }
+
+    fn ret(v: i64) -> Value {
+        Value::map()
+            .with("return", v)
+            .with("retcode", 0)
+            .with("success", true)
     }
 
     #[test]
     fn returns_are_taken_once_and_complete_the_job() {
         let t0 = Instant::now();
-        let mut b = JobBook::new(Duration::from_secs(10));
-        b.publish(
-            "j",
-            json!({"fun": "test.ping"}),
+        let mut b = book(
+            10,
+            Value::map().with("fun", "test.ping"),
             &ids(&["a", "b"]),
             &[],
-            Duration::from_secs(5),
-            Duration::from_secs(5),
+            5,
             t0,
         );
         assert!(b.is_running("j"));
@@ -382,43 +405,41 @@ mod tests {
     #[test]
     fn a_follower_sees_each_return_once_in_arrival_order() {
         let t0 = Instant::now();
-        let mut b = JobBook::new(Duration::from_secs(10));
-        b.publish(
-            "j",
-            json!({"fun": "test.ping", "minions": ["a", "b", "c"]}),
+        let mut b = book(
+            10,
+            Value::map()
+                .with("fun", "test.ping")
+                .with("minions", Value::Array(vec![])),
             &ids(&["a", "b", "c"]),
             &[],
-            Duration::from_secs(5),
-            Duration::from_secs(5),
+            5,
             t0,
         );
         b.take_return("j", "c", &ret(3));
         let first = b.since("j", 0).unwrap();
         assert_eq!(first.cursor, 1);
         assert_eq!(first.new.len(), 1);
-        assert_eq!(first.load["minions"], json!(["a", "b", "c"]));
+        assert_eq!(
+            first.load.get("minions"),
+            Some(&Value::Array(vec![
+                Value::str("a"),
+                Value::str("b"),
+                Value::str("c")
+            ]))
+        );
         b.take_return("j", "a", &ret(1));
         b.take_return("j", "b", &ret(2));
         let next = b.since("j", first.cursor).unwrap();
         let got: Vec<&str> = next.new.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(got, ["a", "b"]);
-        assert!(next.load.get("minions").is_none(), "{}", next.load);
+        assert!(next.load.get("minions").is_none(), "{:?}", next.load);
         assert_eq!(b.since("j", 3).unwrap().new.len(), 0);
     }
 
     #[test]
     fn find_job_answers_and_the_grace_after_giving_up() {
         let t0 = Instant::now();
-        let mut b = JobBook::new(Duration::from_secs(1));
-        b.publish(
-            "j",
-            json!({}),
-            &ids(&["slow"]),
-            &[],
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            t0,
-        );
+        let mut b = book(1, Value::map(), &ids(&["slow"]), &[], 1, t0);
         b.handle_present("slow");
         let due = b.handle_timeout(t0 + Duration::from_secs(1));
         assert_eq!(due.asks, vec![("j".to_owned(), ids(&["slow"]))]);
@@ -445,16 +466,7 @@ mod tests {
     #[test]
     fn syndic_reports_widen_what_is_expected() {
         let t0 = Instant::now();
-        let mut b = JobBook::new(Duration::from_secs(10));
-        b.publish(
-            "j",
-            json!({}),
-            &ids(&["syn"]),
-            &ids(&["syn"]),
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            t0,
-        );
+        let mut b = book(10, Value::map(), &ids(&["syn"]), &ids(&["syn"]), 5, t0);
         assert_eq!(b.settled_expected("j", t0), None, "waiting on the syndic");
         b.handle_syndic_report("j", "syn", &ids(&["m1", "m2"]));
         assert_eq!(b.settled_expected("j", t0), Some(ids(&["m1", "m2"])));

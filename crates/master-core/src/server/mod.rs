@@ -34,7 +34,6 @@ use brine_proto::crypt::SigAlgo;
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_proto::target::Tri;
 use brine_transport::{Context, OsEntropy, Publisher, Router, SocketOptions, tcp_endpoint};
-use serde_json::Value as Json;
 use tracing::{info, warn};
 
 /// The OS random source (brine-transport's).
@@ -50,12 +49,12 @@ pub const MAX_JOB_TIMEOUT: u64 = 30 * 86_400;
 #[derive(Debug, Clone)]
 pub struct ActiveJob {
     /// The cached load (function, arguments, target, user, minions, start time).
-    pub load: Json,
+    pub load: Value,
     /// Minions expected to return (a set: at 50,000 minions a list made each return and each
     /// syndic report a linear scan).
     pub expected: BTreeSet<String>,
     /// Returns so far (the whole return objects).
-    pub returns: BTreeMap<String, Json>,
+    pub returns: BTreeMap<String, Value>,
     /// Minions in the order their returns arrived (what [`CoreState::job_since`] counts in).
     pub arrived: Vec<String>,
     /// Set when final: minions that will not return, and why.
@@ -65,8 +64,8 @@ pub struct ActiveJob {
 
 /// A job's load, its returns, and (once final) who is missing and why.
 pub type JobView = (
-    Json,
-    BTreeMap<String, Json>,
+    Value,
+    BTreeMap<String, Value>,
     Option<BTreeMap<String, Missing>>,
 );
 
@@ -74,9 +73,9 @@ pub type JobView = (
 #[derive(Debug, Clone)]
 pub struct JobSince {
     /// The job's load (with `minions` only when asked from the start).
-    pub load: Json,
+    pub load: Value,
     /// Returns after the cursor the client gave, in the order they arrived.
-    pub new: Vec<(String, Json)>,
+    pub new: Vec<(String, Value)>,
     /// Returns so far: the cursor for the next call.
     pub cursor: usize,
     /// Set when final: minions that will not return, and why.
@@ -366,7 +365,7 @@ impl MasterCore {
     }
 
     /// The job's load (what a syndic reports upward), from memory or the job cache.
-    pub async fn job_load(&self, jid: &str) -> Option<Json> {
+    pub async fn job_load(&self, jid: &str) -> Option<Value> {
         let jid = jid.to_owned();
         self.call(move |st, _| st.job_load(&jid)).await.flatten()
     }
@@ -385,7 +384,7 @@ impl MasterCore {
     pub async fn route_views(
         &self,
         jids: Vec<(String, bool)>,
-    ) -> Vec<(String, bool, Option<Vec<String>>, Option<Json>)> {
+    ) -> Vec<(String, bool, Option<Vec<String>>, Option<Value>)> {
         self.call(move |st, now| {
             jids.into_iter()
                 .map(|(jid, want_load)| {
@@ -463,7 +462,7 @@ impl MasterCore {
     }
 
     /// Stored jobs, oldest first.
-    pub async fn list_jobs(&self) -> Vec<(String, Json)> {
+    pub async fn list_jobs(&self) -> Vec<(String, Value)> {
         self.call(|st, _| st.list_jobs()).await.unwrap_or_default()
     }
 }
@@ -484,6 +483,8 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("ret", &self.router.endpoint())
+            .field("publish_port", &self.shared.publish_port)
+            .field("workers", &self.handlers.len())
             .finish_non_exhaustive()
     }
 }

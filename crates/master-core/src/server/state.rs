@@ -18,7 +18,6 @@ use brine_proto::Value;
 use brine_proto::jid::{Jid, JidGenerator};
 use brine_proto::loads::{JobLoad, ReturnLoad};
 use brine_proto::target::{TargetError, Tri};
-use serde_json::{Value as Json, json};
 use tracing::{debug, info, warn};
 
 use super::book::{JobBook, Taken};
@@ -31,7 +30,6 @@ use crate::config::MasterConfig;
 use crate::events::unix_micros;
 use crate::jobcache::JobCache;
 use crate::jobs::Missing;
-use crate::json::to_json;
 use crate::keys::{KeyDir, KeyStore};
 use crate::lock;
 use crate::mine::DataCache;
@@ -345,7 +343,7 @@ impl CoreState {
     }
 
     /// The job's load (what a syndic reports upward), from memory or the job cache.
-    pub fn job_load(&self, jid: &str) -> Option<Json> {
+    pub fn job_load(&self, jid: &str) -> Option<Value> {
         if let Some(load) = self.book.load(jid) {
             return Some(load.clone());
         }
@@ -362,10 +360,10 @@ impl CoreState {
         let returns = self.cache.returns(jid);
         let missing = load
             .get("minions")
-            .and_then(Json::as_array)
+            .and_then(Value::as_array)
             .map(|m| {
                 m.iter()
-                    .filter_map(Json::as_str)
+                    .filter_map(Value::as_str)
                     .filter(|id| !returns.contains_key(*id))
                     .map(|id| (id.to_owned(), Missing::NoResponse))
                     .collect()
@@ -397,7 +395,7 @@ impl CoreState {
     }
 
     /// Stored jobs, oldest first.
-    pub fn list_jobs(&self) -> Vec<(String, Json)> {
+    pub fn list_jobs(&self) -> Vec<(String, Value)> {
         self.cache.list()
     }
 
@@ -566,18 +564,17 @@ impl CoreState {
         } else {
             job.to = None;
         }
-        let mut load = json!({
-            "jid": jid.as_str(),
-            "fun": fun,
-            "arg": to_json(&arg),
-            "tgt": to_json(&tgt),
-            "tgt_type": tgt_type,
-            "user": user,
-            "minions": minions,
-            "StartTime": start_time(&jid),
-        });
+        let mut load = Value::map()
+            .with("jid", jid.as_str())
+            .with("fun", fun.as_str())
+            .with("arg", arg.clone())
+            .with("tgt", tgt.clone())
+            .with("tgt_type", tgt_type.as_str())
+            .with("user", user.as_str())
+            .with("minions", id_list(&minions))
+            .with("StartTime", start_time(&jid));
         if let Some(m) = &job.master_id {
-            load["master_id"] = json!(m);
+            load.insert("master_id", m.as_str());
         }
         if let Err(e) = self.cache.save_job(&jid, &load) {
             warn!(jid = %jid, error = %e, "job cache write failed");
@@ -600,16 +597,15 @@ impl CoreState {
         info!(jid = %jid, fun = %fun, minions = minions.len(), user, "published");
         self.fire(
             format!("salt/job/{jid}/new"),
-            crate::json::from_json(&json!({
-                "jid": jid.as_str(),
-                "tgt": to_json(&tgt),
-                "tgt_type": tgt_type,
-                "fun": fun,
-                "arg": to_json(&arg),
-                "minions": minions,
-                "missing": [],
-                "user": user,
-            })),
+            Value::map()
+                .with("jid", jid.as_str())
+                .with("tgt", tgt)
+                .with("tgt_type", tgt_type)
+                .with("fun", fun)
+                .with("arg", arg)
+                .with("minions", id_list(&minions))
+                .with("missing", Value::Array(vec![]))
+                .with("user", user),
         );
         Published { jid, minions }
     }
@@ -753,14 +749,14 @@ impl CoreState {
             let jid = &rep.jid;
             let target = match self.book.load(jid) {
                 Some(load) => Some(load.clone()),
-                None if self.book.is_find_job(jid) => Some(Json::Null),
+                None if self.book.is_find_job(jid) => Some(Value::Nil),
                 None => self.cache.job(jid),
             };
             let load = match target {
                 Some(load) => load,
                 None => match self.adoptable(jid, &rep.load) {
                     Ok(load) => {
-                        info!(syndic, jid = %jid, master_id = %load.get("master_id").and_then(Json::as_str).unwrap_or(""), "returns for a job another master published, taken from its syndic");
+                        info!(syndic, jid = %jid, master_id = %load.get("master_id").and_then(brine_proto::Value::as_str).unwrap_or(""), "returns for a job another master published, taken from its syndic");
                         if self.cache.job(jid).is_none()
                             && let Err(e) = self.cache.save_job(jid, &load)
                         {
@@ -788,9 +784,10 @@ impl CoreState {
                     refuse("the minion is not among those the syndic names for the job");
                     continue;
                 }
-                if let (Some(tgt), Some(tgt_type)) =
-                    (load.get("tgt"), load.get("tgt_type").and_then(Json::as_str))
-                {
+                if let (Some(tgt), Some(tgt_type)) = (
+                    load.get("tgt"),
+                    load.get("tgt_type").and_then(Value::as_str),
+                ) {
                     let nil = Value::Nil;
                     let facts = brine_proto::target::Facts {
                         id: &r.id,
@@ -798,7 +795,7 @@ impl CoreState {
                         pillar: &nil,
                     };
                     let tri = brine_proto::target::evaluate(
-                        &crate::json::from_json(tgt),
+                        tgt,
                         tgt_type,
                         ":",
                         &facts,
@@ -827,9 +824,8 @@ impl CoreState {
     /// the jid is recent (within `keep_jobs_seconds`, not in the future). Anything else — a
     /// jid made up, an old one, one this master would have published — is refused. (Once
     /// masters share their jobs, issue 17, such a job is known here and this goes away.)
-    fn adoptable(&self, jid: &str, load: &Value) -> Result<Json, &'static str> {
-        let load = to_json(load);
-        let Some(master) = load.get("master_id").and_then(Json::as_str) else {
+    fn adoptable(&self, jid: &str, load: &Value) -> Result<Value, &'static str> {
+        let Some(master) = load.get("master_id").and_then(Value::as_str) else {
             return Err("no job load naming the master that published it");
         };
         if self.cfg.master_id.as_deref() == Some(master) {
@@ -846,7 +842,7 @@ impl CoreState {
         if ts > &now.as_str()[..20] || ts < &oldest.as_str()[..20] {
             return Err("a job id from the future or older than keep_jobs_seconds");
         }
-        Ok(load)
+        Ok(load.clone())
     }
 
     /// A syndic whose key was deleted or rejected is no longer one.
@@ -876,10 +872,8 @@ impl CoreState {
             }
             return true;
         }
-        let mut data = to_json(&r.to_value());
-        if let Json::Object(o) = &mut data {
-            o.remove("cmd");
-        }
+        let mut data = r.to_value();
+        data.remove("cmd");
         match self.book.take_return(&r.jid, &r.id, &data) {
             Taken::Again => {
                 debug!(jid = %r.jid, minion_id = %r.id, "same return again; already taken");
@@ -940,20 +934,17 @@ impl CoreState {
             .and_then(Value::as_str)
             .unwrap_or("root")
             .to_owned();
-        let stored = json!({
-            "jid": jid.as_str(),
-            "fun": fun,
-            "arg": to_json(&arg),
-            "tgt": id,
-            "tgt_type": "glob",
-            "user": user,
-            "minions": [id],
-            "StartTime": start_time(&jid),
-        });
-        let mut data = to_json(&load);
-        if let Json::Object(o) = &mut data {
-            o.remove("cmd");
-        }
+        let stored = Value::map()
+            .with("jid", jid.as_str())
+            .with("fun", fun.as_str())
+            .with("arg", arg)
+            .with("tgt", id.as_str())
+            .with("tgt_type", "glob")
+            .with("user", user)
+            .with("minions", Value::Array(vec![Value::str(&id)]))
+            .with("StartTime", start_time(&jid));
+        let mut data = load.clone();
+        data.remove("cmd");
         if let Err(e) = self.cache.save_job(&jid, &stored) {
             warn!(jid = %jid, error = %e, "job cache write failed");
         }
@@ -1014,13 +1005,21 @@ impl CoreState {
     }
 }
 
+/// Minion ids as a list value.
+fn id_list(ids: &[String]) -> Value {
+    Value::Array(ids.iter().map(Value::str).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::requests::Handled;
 
-    /// A master on `dir` with accepted minions `ids` (`timeout` 5 s, `gather_job_timeout` 10 s).
-    fn state(dir: &std::path::Path, ids: &[&str], extra: &str) -> CoreState {
+    /// A master in a new directory with accepted minions `ids` (`timeout` 5 s,
+    /// `gather_job_timeout` 10 s).
+    fn state(ids: &[&str], extra: &str) -> (tempfile::TempDir, CoreState) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let opts = format!(
             "root_dir: {}\npki_dir: {}/pki\ncachedir: {}/cache\ntimeout: 5\ngather_job_timeout: 10\n{extra}",
             dir.display(),
@@ -1036,7 +1035,8 @@ mod tests {
         }
         let keys = KeyStore::open(&cfg.pki_dir).unwrap();
         let cache = JobCache::open(&dir.join("jobs"), Duration::from_secs(3600)).unwrap();
-        CoreState::new(cfg, keys, cache, DataCache::default(), DataCache::default())
+        let st = CoreState::new(cfg, keys, cache, DataCache::default(), DataCache::default());
+        (tmp, st)
     }
 
     fn spec(tgt: &str) -> PublishSpec {
@@ -1079,8 +1079,7 @@ mod tests {
 
     #[test]
     fn a_publish_goes_out_once_and_its_returns_finish_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut st = state(dir.path(), &["a", "b"], "");
+        let (_dir, mut st) = state(&["a", "b"], "");
         let t0 = Instant::now();
         let p = st.publish(spec("*"), "root", None, t0).unwrap();
         assert_eq!(p.minions, vec!["a".to_owned(), "b".to_owned()]);
@@ -1121,8 +1120,7 @@ mod tests {
 
     #[test]
     fn silent_minions_are_asked_at_the_timeout_and_given_up_on_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut st = state(dir.path(), &["a", "quiet"], "");
+        let (_dir, mut st) = state(&["a", "quiet"], "");
         let t0 = Instant::now();
         let p = st.publish(spec("*"), "root", None, t0).unwrap();
         st.handle_request(
@@ -1170,8 +1168,7 @@ mod tests {
 
     #[test]
     fn an_acl_outside_the_target_refuses_and_publishes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut st = state(dir.path(), &["web1", "db1"], "");
+        let (_dir, mut st) = state(&["web1", "db1"], "");
         let t0 = Instant::now();
         let allowed = Allowed::Within(vec!["web*".into()]);
         let e = st.publish(spec("*"), "fred", Some(allowed.clone()), t0);
@@ -1189,8 +1186,7 @@ mod tests {
 
     #[test]
     fn forwarded_events_are_taken_once_and_never_our_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut st = state(dir.path(), &[], "order_masters: true\n");
+        let (_dir, mut st) = state(&[], "order_masters: true\n");
         st.set_syndic_id("me");
         let ev = |tag: &str| MasterEvent {
             tag: tag.into(),
@@ -1218,8 +1214,7 @@ mod tests {
 
     #[test]
     fn a_syndic_report_for_an_unknown_job_is_refused_and_its_minions_untaken() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut st = state(dir.path(), &["s1", "own"], "order_masters: true\n");
+        let (_dir, mut st) = state(&["s1", "own"], "order_masters: true\n");
         let t0 = Instant::now();
         let p = st.publish(spec("*"), "root", None, t0).unwrap();
         drain(&mut st);
@@ -1251,8 +1246,7 @@ mod tests {
 
     #[test]
     fn key_changes_on_disk_fire_salt_key_and_forget_a_syndic() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut st = state(dir.path(), &["s1"], "order_masters: true\n");
+        let (dir, mut st) = state(&["s1"], "order_masters: true\n");
         let t0 = Instant::now();
         st.handle_request(
             Handled {

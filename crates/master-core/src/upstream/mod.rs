@@ -41,7 +41,6 @@ use tracing::{debug, info, warn};
 
 use crate::CoreError;
 use crate::config::MasterConfig;
-use crate::json::from_json;
 use crate::server::MasterCore;
 use state::{CoreView, OnPublish, Transmit, Upstream, What};
 
@@ -235,7 +234,7 @@ pub async fn run(
                 .collect();
             for (jid, tracking, expected, load) in links.core.route_views(open).await {
                 let view = CoreView {
-                    load: load.map(|l| from_json(&l)),
+                    load,
                     expected,
                     tracking,
                 };

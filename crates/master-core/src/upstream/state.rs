@@ -663,6 +663,13 @@ mod tests {
         }
     }
 
+    /// A syndic side with `links` upper masters, link 0 up at `t0`.
+    fn linked(links: usize, t0: Instant) -> Upstream {
+        let mut up = Upstream::new("syn", links, W);
+        up.handle_link(0, true, t0);
+        up
+    }
+
     fn ret(jid: &str, id: &str) -> ReturnLoad {
         ReturnLoad::new(jid, id, "test.ping", Value::Bool(true))
     }
@@ -720,8 +727,7 @@ mod tests {
     #[test]
     fn every_open_route_is_reported_not_only_the_newest() {
         let t0 = Instant::now();
-        let mut up = Upstream::new("syn", 1, W);
-        up.handle_link(0, true, t0);
+        let mut up = linked(1, t0);
         for n in 0..300 {
             relay(&mut up, 0, &format!("{n:020}"), t0);
         }
@@ -763,8 +769,7 @@ mod tests {
     #[test]
     fn reports_are_retried_and_wait_for_their_link() {
         let t0 = Instant::now();
-        let mut up = Upstream::new("syn", 2, W);
-        up.handle_link(0, true, t0);
+        let mut up = linked(2, t0);
         relay(&mut up, 1, "j1", t0);
         assert!(pass(&mut up, t0, |_| settled(&["m1"], true)).is_empty());
         up.handle_link(1, true, t0 + W);
@@ -784,8 +789,7 @@ mod tests {
     #[test]
     fn a_running_jobs_route_outlives_ten_thousand_newer_ones() {
         let t0 = Instant::now();
-        let mut up = Upstream::new("syn", 1, W);
-        up.handle_link(0, true, t0);
+        let mut up = linked(1, t0);
         relay(&mut up, 0, "long", t0);
         for n in 0..ROUTES_MAX + 50 {
             let jid = format!("short{n}");
