@@ -32,6 +32,11 @@ pub struct MasterConfig {
     pub timeout: u64,
     /// `keep_jobs_seconds` (or the older `keep_jobs` in hours).
     pub keep_jobs_seconds: u64,
+    /// `master_job_cache: redis` and Salt's `redis.*` options (`None`: the embedded cache).
+    pub redis: Option<crate::redis_cache::RedisOptions>,
+    /// `eauth_tokens: rediscluster` (or `redis`): API tokens kept in Redis, valid on every
+    /// master that shares it.
+    pub token_redis: Option<crate::redis_cache::RedisOptions>,
     /// `nodegroups`: name → compound expression (lists are joined with `or`, as Salt does).
     pub nodegroups: BTreeMap<String, String>,
     /// The HTTP API address (`rest_cherrypy: {host, port}`; default 127.0.0.1:8000).
@@ -306,7 +311,13 @@ impl MasterConfig {
             order_masters: o.bool("order_masters", false)?,
             syndic_wait: o.int("syndic_wait", 5, 0..=3600)? as u64,
             zmq_backlog: o.int("zmq_backlog", 4096, 1..=65_535)? as i32,
-            unknown_keys: o.unknown_keys(KNOWN_KEYS),
+            unknown_keys: o
+                .unknown_keys(KNOWN_KEYS)
+                .into_iter()
+                .filter(|k| !crate::redis_cache::KNOWN_KEYS.contains(&k.as_str()))
+                .collect(),
+            redis: crate::redis_cache::RedisOptions::from_options(o)?,
+            token_redis: crate::redis_cache::RedisOptions::for_tokens(o)?,
             files: crate::fileserver::FileServerConfig::from_options(o)?,
             pillar: crate::pillar::PillarConfig::from_options(o)?,
             raw: o.all().clone(),

@@ -120,6 +120,16 @@ impl Eauth {
         Ok(out)
     }
 
+    /// `user`'s permissions under `backend` (for a token issued after a password check, here or
+    /// on another master with the same configuration).
+    pub fn permissions(&self, backend: &str, user: &str) -> Option<Perms> {
+        if backend != "file" {
+            return None;
+        }
+        let acl = self.acl.get(user).or_else(|| self.acl.get("*"))?;
+        Some(Perms::Acl(acl.clone()))
+    }
+
     /// Check `user`'s password with `backend`; the user's permissions if it is right.
     pub fn authenticate(&self, backend: &str, user: &str, password: &str) -> Option<Perms> {
         if backend != "file" {

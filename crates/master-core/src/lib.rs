@@ -6,7 +6,7 @@
 //! `jinja` and `yaml`) and the mine (`mine`).
 //!
 //! It also holds the master's configuration (`config`: Salt's `master` file), the embedded job
-//! cache (`jobcache`), the event bus (`events`), `external_auth` and its ACLs (`eauth`), the
+//! cache (`jobcache`) and the Redis one (`redis_cache`), the event bus (`events`), `external_auth` and its ACLs (`eauth`), the
 //! serving core (`server`) that mofm and syndic run, and the links to upper masters that make a
 //! master a syndic (`upstream`). The HTTP API is mofm's own.
 
@@ -26,6 +26,7 @@ pub mod keys;
 pub mod mine;
 pub mod pillar;
 pub mod publish;
+pub mod redis_cache;
 pub mod requests;
 pub mod secrets;
 pub mod server;

@@ -175,7 +175,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .with_state(shared)
 }
 
-fn token_of(
+async fn token_of(
     shared: &Shared,
     headers: &HeaderMap,
     query: Option<&BTreeMap<String, String>>,
@@ -191,7 +191,7 @@ fn token_of(
             "no token: log in at /login and send X-Auth-Token".into(),
         ));
     };
-    shared.token(&tok).ok_or_else(|| {
+    shared.token(&tok).await.ok_or_else(|| {
         warn!("API request with an unknown or expired token refused");
         ApiError(StatusCode::UNAUTHORIZED, "unknown or expired token".into())
     })
@@ -256,7 +256,7 @@ async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Resp
     let b = body_json(&headers, &body)?;
     let field = |k: &str| b.get(k).and_then(Json::as_str).unwrap_or("");
     let (user, eauth) = (field("username"), field("eauth"));
-    let Some((tok, t)) = shared.login(eauth, user, field("password")) else {
+    let Some((tok, t)) = shared.login(eauth, user, field("password")).await else {
         warn!(user, eauth, "API login refused");
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -273,7 +273,7 @@ async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Resp
 
 async fn logout(State(shared): S, headers: HeaderMap) -> axum::Json<Json> {
     if let Some(t) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
-        shared.logout(t);
+        shared.logout(t).await;
     }
     axum::Json(json!({"return": "Your token has been cleared"}))
 }
@@ -386,7 +386,7 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
 }
 
 async fn lowstate(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let token = token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None).await?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -404,7 +404,7 @@ async fn minions_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None).await?;
     let chunk = match body_json(&headers, &body)? {
         Json::Array(mut a) if !a.is_empty() => a.swap_remove(0),
         o @ Json::Object(_) => o,
@@ -433,7 +433,7 @@ fn require_jobs(token: &Token) -> Result<(), ApiError> {
 }
 
 async fn jobs(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None).await?;
     require_jobs(&token)?;
     let v = runners::run(&shared, &token, "jobs.list_jobs", &json!({}))
         .await
@@ -459,7 +459,7 @@ async fn job(
     Path(jid): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None).await?;
     require_jobs(&token)?;
     if !crate::valid_jid(&jid) {
         return Err(bad(format!("{jid:?} is not a job id")));
@@ -571,7 +571,7 @@ async fn grains_visible(
 }
 
 async fn minions(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None).await?;
     let visible = grains_visible(&shared, &token).await;
     let m: Map<String, Json> = shared
         .all_grains()
@@ -587,7 +587,7 @@ async fn minion(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None).await?;
     if grains_visible(&shared, &token)
         .await
         .is_some_and(|v| !v.contains(&id))
@@ -603,7 +603,7 @@ async fn minion(
 }
 
 async fn keys(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None)?;
+    let token = token_of(&shared, &headers, None).await?;
     if !token.perms.allows_wheel() {
         return Err(forbidden(format!(
             "{} may not list keys (@wheel)",
@@ -626,7 +626,7 @@ async fn events(
     headers: HeaderMap,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    token_of(&shared, &headers, Some(&q))?;
+    token_of(&shared, &headers, Some(&q)).await?;
     let rx = shared.bus.subscribe();
     let head = tokio_stream::once(Ok::<_, std::convert::Infallible>(Bytes::from_static(
         b"retry: 400\n\n",

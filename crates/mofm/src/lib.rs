@@ -23,7 +23,8 @@ pub use brine_master_core::server::{
     valid_jid,
 };
 use brine_master_core::server::{Server, random_hex, unix_secs, write_private};
-use tracing::info;
+use brine_proto::Value;
+use tracing::{info, warn};
 
 use crate::eauth::{Eauth, Perms};
 
@@ -48,6 +49,8 @@ pub use brine_master_core::root_token_path;
 pub struct Shared {
     core: Arc<MasterCore>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// With `eauth_tokens: rediscluster`: tokens live in Redis, shared by every master.
+    token_store: Option<brine_master_core::redis_cache::RedisReader>,
     root_token: String,
     eauth: Eauth,
 }
@@ -68,8 +71,9 @@ impl std::ops::Deref for Shared {
 }
 
 impl Shared {
-    /// The session behind an API token, if valid.
-    pub fn token(&self, tok: &str) -> Option<Token> {
+    /// The session behind an API token, if valid. With tokens kept in Redis, a token Redis
+    /// cannot confirm (unreachable) is refused: it may have been revoked on another master.
+    pub async fn token(&self, tok: &str) -> Option<Token> {
         if !self.root_token.is_empty()
             && tok.len() == self.root_token.len()
             && openssl::memcmp::eq(tok.as_bytes(), self.root_token.as_bytes())
@@ -82,6 +86,31 @@ impl Shared {
                 expire: u64::MAX,
             });
         }
+        if let Some(store) = &self.token_store {
+            let data = match store.token(tok).await {
+                Ok(d) => d?,
+                Err(()) => {
+                    warn!("API token refused: Redis, which holds the tokens, cannot be asked");
+                    return None;
+                }
+            };
+            let text = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            let num = |k: &str| {
+                data.get(k)
+                    .and_then(Value::as_i64)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0)
+            };
+            let (user, eauth) = (text("name"), text("eauth"));
+            let t = Token {
+                perms: self.eauth.permissions(&eauth, &user)?,
+                user,
+                eauth,
+                start: num("start"),
+                expire: num("expire"),
+            };
+            return (t.expire > unix_secs()).then_some(t);
+        }
         let mut tokens = lock(&self.tokens);
         let t = tokens.get(tok)?.clone();
         if t.expire <= unix_secs() {
@@ -91,8 +120,9 @@ impl Shared {
         Some(t)
     }
 
-    /// Log in with `external_auth`; the new token and session.
-    pub fn login(&self, eauth: &str, user: &str, password: &str) -> Option<(String, Token)> {
+    /// Log in with `external_auth`; the new token and session (`None` also when the tokens'
+    /// Redis does not take the new one).
+    pub async fn login(&self, eauth: &str, user: &str, password: &str) -> Option<(String, Token)> {
         let perms = self.eauth.authenticate(eauth, user, password)?;
         let start = unix_secs();
         let t = Token {
@@ -103,6 +133,22 @@ impl Shared {
             expire: start + self.cfg.token_expire,
         };
         let tok = random_hex(20);
+        if let Some(store) = &self.token_store {
+            let data = Value::map()
+                .with("start", t.start)
+                .with("expire", t.expire)
+                .with("name", t.user.as_str())
+                .with("eauth", t.eauth.as_str())
+                .with("token", tok.as_str());
+            if !store.put_token(&tok, &data, self.cfg.token_expire).await {
+                warn!(
+                    user,
+                    "login refused: Redis, which holds the tokens, did not take the new one"
+                );
+                return None;
+            }
+            return Some((tok, t));
+        }
         lock(&self.tokens).insert(tok.clone(), t.clone());
         Some((tok, t))
     }
@@ -116,8 +162,15 @@ impl Shared {
         }
     }
 
-    /// Forget a token.
-    pub fn logout(&self, tok: &str) {
+    /// Forget a token (on every master, with tokens in Redis).
+    pub async fn logout(&self, tok: &str) {
+        if let Some(store) = &self.token_store
+            && !store.delete_token(tok).await
+        {
+            warn!(
+                "logout: Redis, which holds the tokens, cannot be asked; the token stays valid until it expires"
+            );
+        }
         lock(&self.tokens).remove(tok);
     }
 
@@ -171,9 +224,16 @@ impl Mofm {
             .map_err(|e| {
                 brine_master_core::CoreError::Bind(format!("API {api_host}:{api_port}: {e}"))
             })?;
+        let token_store = server
+            .core()
+            .cfg
+            .token_redis
+            .as_ref()
+            .map(brine_master_core::redis_cache::RedisReader::new);
         let shared = Arc::new(Shared {
             core: server.core(),
             tokens: Mutex::new(HashMap::new()),
+            token_store,
             root_token,
             eauth,
         });

@@ -14,6 +14,9 @@ use brine_test_support::{
 };
 use serde_json::{Value as Json, json};
 
+mod api_tier;
+mod job_cache_redis;
+
 struct Mofm {
     dir: tempfile::TempDir,
     ports: (u16, u16, u16),
@@ -174,7 +177,7 @@ fn wait_ping(m: &Mofm, id: &str, secs: u64) -> bool {
     })
 }
 
-fn users_file(dir: &Path) -> PathBuf {
+pub(crate) fn users_file(dir: &Path) -> PathBuf {
     let p = dir.join("users");
     std::fs::write(
         &p,

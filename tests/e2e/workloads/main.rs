@@ -159,6 +159,10 @@ fn run_workloads(version: &str) {
     let dir = tempfile::tempdir().unwrap();
     let tree = tree(dir.path());
     let out = dir.path().join("out");
+    // The minions share this machine: two of them creating `out` at once for their first file
+    // makes one fail with EEXIST inside Salt's file.managed (a race of the test's layout, not of
+    // the master that published the job).
+    std::fs::create_dir_all(&out).unwrap();
 
     // 1. A real salt-master serving the tree, and the brine minion on it.
     let salt = {
@@ -200,6 +204,7 @@ fn run_workloads(version: &str) {
     );
     assert_eq!(salt.written.len(), 9, "{:?}", salt.written.keys());
     std::fs::remove_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
 
     // 2. The same minion versions on mofm.
     let (addrs, publish, ret) = loopback(2);
@@ -324,6 +329,7 @@ fn run_workloads(version: &str) {
         assert!(mofm.log_count("refused") > 0, "{}", mofm.log_tail(30));
     }
     std::fs::remove_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
 
     // 3. The same minions below a brine syndic with its own roots (the same tree).
     let syndic = start_syndic_with(

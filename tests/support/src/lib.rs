@@ -16,13 +16,17 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod nginx;
 pub mod procs;
+pub mod redis;
 pub mod salt;
 pub mod sim;
 pub mod topology;
 
 pub use netns::Netns;
+pub use nginx::Nginx;
 pub use procs::{cpu_ticks_tree, proc_cpu_ticks, proc_tree, rss_tree_kb};
+pub use redis::RedisServer;
 pub use salt::{SaltMaster, SaltMinion, SaltPeer, SaltSyndic};
 pub use sim::{Answer, HostileMinion, SimMinion};
 pub use tempfile::TempDir;

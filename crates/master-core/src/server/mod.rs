@@ -210,6 +210,9 @@ pub struct MasterCore {
     /// Where returns go besides the cache (a syndic's upstream links); called by the driver.
     return_tap: std::sync::OnceLock<ReturnTap>,
     publish_port: u16,
+    /// Reads jobs back from the Redis job cache (`master_job_cache: redis`): jobs another
+    /// master published, or this one before a restart that lost its disk.
+    redis: Option<crate::redis_cache::RedisReader>,
 }
 
 /// A hook called with every return this master receives (not its own `find_job` answers).
@@ -399,18 +402,46 @@ impl MasterCore {
         .unwrap_or_default()
     }
 
-    /// A job as the API shows it ([`CoreState::job_view`]).
+    /// A job as the API shows it ([`CoreState::job_view`]), else from the Redis job cache.
     pub async fn job_view(&self, jid: &str) -> Option<JobView> {
-        let jid = jid.to_owned();
-        self.call(move |st, _| st.job_view(&jid)).await.flatten()
+        let j = jid.to_owned();
+        if let Some(v) = self.call(move |st, _| st.job_view(&j)).await.flatten() {
+            return Some(v);
+        }
+        self.redis_job(jid).await
+    }
+
+    /// A job only the Redis job cache has: final as far as this master knows.
+    async fn redis_job(&self, jid: &str) -> Option<JobView> {
+        let (load, returns) = self.redis.as_ref()?.job(jid).await?;
+        let missing = load
+            .get("minions")
+            .map(Value::str_items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| !returns.contains_key(id))
+            .map(|id| (id, Missing::NoResponse))
+            .collect();
+        Some((load, returns, Some(missing)))
     }
 
     /// What a client following `jid` has not seen after `since` ([`CoreState::job_since`]).
     pub async fn job_since(&self, jid: &str, since: usize) -> Option<JobSince> {
-        let jid = jid.to_owned();
-        self.call(move |st, _| st.job_since(&jid, since))
+        let j = jid.to_owned();
+        if let Some(s) = self
+            .call(move |st, _| st.job_since(&j, since))
             .await
             .flatten()
+        {
+            return Some(s);
+        }
+        let (load, returns, missing) = self.redis_job(jid).await?;
+        Some(JobSince {
+            load,
+            cursor: returns.len(),
+            new: returns.into_iter().collect(),
+            missing,
+        })
     }
 
     /// Wait until `jid` is final.
@@ -461,9 +492,20 @@ impl MasterCore {
             .unwrap_or_default()
     }
 
-    /// Stored jobs, oldest first.
+    /// Stored jobs, oldest first: this master's, and with the Redis job cache every master's.
     pub async fn list_jobs(&self) -> Vec<(String, Value)> {
-        self.call(|st, _| st.list_jobs()).await.unwrap_or_default()
+        let mut jobs: BTreeMap<String, Value> = self
+            .call(|st, _| st.list_jobs())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if let Some(r) = &self.redis {
+            for (jid, load) in r.list().await {
+                jobs.entry(jid).or_insert(load);
+            }
+        }
+        jobs.into_iter().collect()
     }
 }
 
@@ -578,6 +620,7 @@ impl Server {
             pillars.clone(),
         );
         let (tx, rx) = tokio::sync::mpsc::channel(CMD_QUEUE);
+        let cfg_redis = cfg.redis.clone();
         let shared = Arc::new(MasterCore {
             cfg,
             keys,
@@ -587,6 +630,7 @@ impl Server {
             jobs_changed: tokio::sync::Notify::new(),
             return_tap: std::sync::OnceLock::new(),
             publish_port: jp.port(),
+            redis: cfg_redis.as_ref().map(crate::redis_cache::RedisReader::new),
         });
         Ok(Self {
             shared,
@@ -676,6 +720,19 @@ impl Server {
                 }
             }));
         }
+        // The Redis job cache's writer (`master_job_cache: redis`): records the queue cannot
+        // take yet wait in `held`, in order; nothing on the driver's path waits on Redis.
+        let mut store = shared.cfg.redis.as_ref().map(|o| {
+            info!(redis = %o.describe(), "job cache: redis");
+            let ttl = shared.cfg.keep_jobs_seconds;
+            let (sink, task) =
+                crate::redis_cache::spawn_writer(o, &shared.cfg.cachedir, ttl, shared.bus.clone());
+            Store {
+                sink,
+                task,
+                held: std::collections::VecDeque::new(),
+            }
+        });
         // Publishing (AES, the RSA signature, the socket) runs beside the driver, in order.
         let (pub_tx, mut pub_rx) = tokio::sync::mpsc::unbounded_channel::<Transmit>();
         let publishing = tokio::spawn(async move {
@@ -734,6 +791,9 @@ impl Server {
                 state.handle_timeout(now);
             }
             drain(&shared, &mut state, &pub_tx);
+            if let Some(s) = store.as_mut() {
+                s.take(&mut state);
+            }
             for d in delivers.drain(..) {
                 d();
             }
@@ -760,6 +820,41 @@ impl Server {
         state.shutdown();
         drop(pub_tx);
         let _ = publishing.await;
+        if let Some(mut s) = store {
+            s.take(&mut state);
+            for r in s.held.drain(..) {
+                s.sink.send(r).await;
+            }
+            drop(s.sink);
+            // The writer puts what Redis does not take in its journal before it ends.
+            let limit = crate::redis_cache::WRITE_TIMEOUT * 3;
+            if tokio::time::timeout(limit, s.task).await.is_err() {
+                warn!("the Redis job cache's writer did not finish in time");
+            }
+        }
+    }
+}
+
+/// The Redis job cache's writer, from the driver's side.
+struct Store {
+    sink: crate::redis_cache::RedisSink,
+    task: tokio::task::JoinHandle<()>,
+    held: std::collections::VecDeque<crate::redis_cache::Record>,
+}
+
+impl Store {
+    /// Queue the state's records for the writer, in order; what the queue cannot take now
+    /// waits here for the next turn.
+    fn take(&mut self, state: &mut CoreState) {
+        while let Some(r) = state.poll_record() {
+            self.held.push_back(r);
+        }
+        while let Some(r) = self.held.pop_front() {
+            if let Err(r) = self.sink.offer(r) {
+                self.held.push_front(r);
+                break;
+            }
+        }
     }
 }
 

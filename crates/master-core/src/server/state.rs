@@ -7,7 +7,8 @@
 //! masters), [`CoreState::handle_timeout`] (the time came), [`CoreState::handle_housekeeping`]
 //! (once a second). Outputs, which the driver takes after every input in this order:
 //! [`CoreState::poll_transmit`] (job loads to publish), [`CoreState::poll_event`] (events for
-//! the bus, returns for the upstream side, "jobs changed" for waiters), then
+//! the bus, returns for the upstream side, "jobs changed" for waiters),
+//! [`CoreState::poll_record`] (writes for the Redis job cache), then
 //! [`CoreState::poll_timeout`] (when to call `handle_timeout` next). Queries (`job_view`,
 //! `running`...) take `&self` and answer at once.
 
@@ -33,6 +34,7 @@ use crate::jobs::Missing;
 use crate::keys::{KeyDir, KeyStore};
 use crate::lock;
 use crate::mine::DataCache;
+use crate::redis_cache::Record;
 use crate::requests::{Handled, MasterEvent, SyndicReport};
 use crate::targeting::{Fleet, expand_nodegroups, reach};
 use brine_proto::jid::start_time;
@@ -82,6 +84,8 @@ pub struct CoreState {
     forwarded_seen: crate::upstream::EventDedup,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CoreEvent>,
+    /// Writes for the Redis job cache (`master_job_cache: redis`), in order.
+    records: VecDeque<Record>,
     jobs_changed: bool,
     /// The book's next deadline, recomputed only when something that can move it earlier
     /// happened (`None` inside: nothing due).
@@ -130,6 +134,7 @@ impl CoreState {
             forwarded_seen: Default::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            records: VecDeque::new(),
             jobs_changed: false,
             book_due: None,
             settle_at: None,
@@ -152,6 +157,17 @@ impl CoreState {
             return Some(e);
         }
         std::mem::take(&mut self.jobs_changed).then_some(CoreEvent::JobsChanged)
+    }
+
+    /// The next write for the Redis job cache (only with `master_job_cache: redis`).
+    pub fn poll_record(&mut self) -> Option<Record> {
+        self.records.pop_front()
+    }
+
+    fn record(&mut self, r: Record) {
+        if self.cfg.redis.is_some() {
+            self.records.push_back(r);
+        }
     }
 
     /// When [`Self::handle_timeout`] should run next (`None`: nothing is due), as seen at
@@ -579,6 +595,10 @@ impl CoreState {
         if let Err(e) = self.cache.save_job(&jid, &load) {
             warn!(jid = %jid, error = %e, "job cache write failed");
         }
+        self.record(Record::Load {
+            jid: jid.clone(),
+            load: load.clone(),
+        });
         self.book.publish(
             &jid,
             load,
@@ -757,10 +777,14 @@ impl CoreState {
                 None => match self.adoptable(jid, &rep.load) {
                     Ok(load) => {
                         info!(syndic, jid = %jid, master_id = %load.get("master_id").and_then(brine_proto::Value::as_str).unwrap_or(""), "returns for a job another master published, taken from its syndic");
-                        if self.cache.job(jid).is_none()
-                            && let Err(e) = self.cache.save_job(jid, &load)
-                        {
-                            warn!(jid = %jid, error = %e, "job cache write failed");
+                        if self.cache.job(jid).is_none() {
+                            if let Err(e) = self.cache.save_job(jid, &load) {
+                                warn!(jid = %jid, error = %e, "job cache write failed");
+                            }
+                            self.record(Record::Load {
+                                jid: jid.clone(),
+                                load: load.clone(),
+                            });
                         }
                         load
                     }
@@ -903,6 +927,12 @@ impl CoreState {
         if let Err(e) = self.cache.add_return(&r.jid, &r.id, &data) {
             warn!(jid = %r.jid, minion_id = %r.id, error = %e, "job cache write failed");
         }
+        self.record(Record::Return {
+            jid: r.jid.clone(),
+            id: r.id.clone(),
+            fun: r.fun.as_str().unwrap_or_default().to_owned(),
+            data,
+        });
         true
     }
 
@@ -952,6 +982,16 @@ impl CoreState {
             warn!(jid = %jid, minion_id = %id, error = %e, "job cache write failed");
         }
         self.cache.close(&jid);
+        self.record(Record::Load {
+            jid: jid.clone(),
+            load: stored,
+        });
+        self.record(Record::Return {
+            jid: jid.clone(),
+            id: id.clone(),
+            fun: fun.clone(),
+            data,
+        });
         info!(jid = %jid, minion_id = %id, fun = %fun, "minion-initiated return stored");
         self.fire(format!("salt/job/{jid}/ret/{id}"), load);
     }

@@ -1,0 +1,740 @@
+//! `master_job_cache: redis`: jobs and returns written to Redis in the key layout of Salt's
+//! `redis` returner, so tools that read Salt's keys keep working, without ever holding up a
+//! publish or a return.
+//!
+//! Keys (as Salt's `salt/returners/redis_return.py` writes them; `ttl` is `keep_jobs_seconds`):
+//! - `load:<jid>`: the job's load as JSON (`SET ... EX ttl`);
+//! - `ret:<jid>`: a hash, minion id → its whole return as JSON (`HSET`, then `EXPIRE ttl`);
+//! - `<minion>:<fun>`: the jid of the minion's last return of `fun` (`SET ... EX ttl`);
+//! - `minions`: a set of every minion that returned (`SADD`).
+//!
+//! Salt also rewrites `load:<jid>` with each return's load (its `store_job` calls `save_load` for
+//! every return when the cache is not `local_cache`); brine writes the job's own load once.
+//!
+//! The state hands [`Record`]s to a [`RedisSink`]: a bounded queue drained by one writer task
+//! that pipelines them. While Redis is down or slower than [`WRITE_TIMEOUT`], records go to an
+//! on-disk journal (`cachedir/brine/redis-journal.jsonl`) and are replayed in order once Redis
+//! answers again; every key is idempotent, so a record written twice (a batch that reached Redis
+//! but whose answer was lost) leaves the same data. The writer fires
+//! `salt/brine/job_cache/degraded` and `salt/brine/job_cache/recovered` on the bus.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brine_daemon::config::{ConfigError, Options};
+use brine_proto::Value;
+use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::events::EventBus;
+use crate::json::{from_json, to_json};
+
+/// Records waiting for the writer; beyond this the state keeps them itself.
+pub const QUEUE: usize = 65_536;
+/// Records per pipelined write.
+const BATCH: usize = 512;
+/// A write or read that takes longer counts as Redis being unavailable.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an unavailable Redis is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Salt's `redis.*` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// `redis.host` (Salt's default: `salt`).
+    pub host: String,
+    /// `redis.port` (6379).
+    pub port: u16,
+    /// `redis.db` (0).
+    pub db: i64,
+    /// `redis.password`.
+    pub password: Option<String>,
+    /// `redis.unix_socket_path` (used instead of host and port when set).
+    pub unix_socket_path: Option<PathBuf>,
+}
+
+/// Option keys this module reads (flat `redis.host`, as Salt writes them, or nested `redis:`).
+pub const KNOWN_KEYS: &[&str] = &[
+    "master_job_cache",
+    "eauth_tokens",
+    "eauth_redis_host",
+    "eauth_redis_port",
+    "redis",
+    "redis.host",
+    "redis.port",
+    "redis.db",
+    "redis.password",
+    "redis.unix_socket_path",
+    "redis.cluster_mode",
+    "redis.cluster.startup_nodes",
+    "redis.cluster.skip_full_coverage_check",
+];
+
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    }
+}
+
+impl RedisOptions {
+    /// The Redis job cache's options, when `master_job_cache` is `redis` (`None` for the
+    /// embedded cache, `local_cache` in Salt's words).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for another job cache, Redis Cluster (not supported yet) or bad
+    /// values.
+    pub fn from_options(o: &Options) -> Result<Option<Self>, ConfigError> {
+        match o.string("master_job_cache")?.as_deref() {
+            None | Some("local_cache") => Ok(None),
+            Some("redis") => Self::read(o).map(Some),
+            Some(other) => Err(invalid(
+                "master_job_cache",
+                format!("{other:?}: brine serves local_cache and redis"),
+            )),
+        }
+    }
+
+    /// Where API tokens are kept when `eauth_tokens` is `rediscluster` (Salt's name) or
+    /// `redis`: the `redis.*` server, or `eauth_redis_host` and `eauth_redis_port` as Salt's
+    /// `rediscluster` token module reads them (`None`: tokens stay in this master's memory).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for another token store or bad values.
+    pub fn for_tokens(o: &Options) -> Result<Option<Self>, ConfigError> {
+        match o.string("eauth_tokens")?.as_deref() {
+            None | Some("localfs") => Ok(None),
+            Some("redis" | "rediscluster") => {
+                let mut r = Self::read(o)?;
+                if let Some(h) = o.string("eauth_redis_host")? {
+                    r.host = h;
+                    r.unix_socket_path = None;
+                }
+                if o.get("eauth_redis_port").is_some() {
+                    r.port = o.int("eauth_redis_port", 6379, 1..=65535)? as u16;
+                }
+                Ok(Some(r))
+            }
+            Some(other) => Err(invalid(
+                "eauth_tokens",
+                format!(
+                    "{other:?}: brine keeps tokens in memory (localfs) or in Redis (rediscluster, redis)"
+                ),
+            )),
+        }
+    }
+
+    /// Salt's `redis.*` options.
+    fn read(o: &Options) -> Result<Self, ConfigError> {
+        let nested = o.get("redis").and_then(Json::as_object);
+        let raw = |k: &str| -> Option<Json> {
+            o.get(&format!("redis.{k}"))
+                .cloned()
+                .or_else(|| nested.and_then(|n| n.get(k)).cloned())
+                .filter(|v| !v.is_null())
+        };
+        let text = |k: &str| -> Option<String> {
+            raw(k).map(|v| match v {
+                Json::String(s) => s,
+                other => other.to_string(),
+            })
+        };
+        let truthy = |k: &str| {
+            raw(k).is_some_and(|v| match v {
+                Json::Bool(b) => b,
+                Json::String(s) => {
+                    matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
+                }
+                Json::Number(n) => n.as_i64() != Some(0),
+                _ => false,
+            })
+        };
+        if truthy("cluster_mode") {
+            return Err(invalid(
+                "redis.cluster_mode",
+                "Redis Cluster is not supported by brine yet; point redis.host at one server"
+                    .into(),
+            ));
+        }
+        let port = match text("port") {
+            None => 6379,
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| invalid("redis.port", format!("{p:?} is not a port")))?,
+        };
+        let db = match text("db") {
+            None => 0,
+            Some(d) => d
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|d| *d >= 0)
+                .ok_or_else(|| invalid("redis.db", format!("{d:?} is not a database number")))?,
+        };
+        Ok(Self {
+            host: text("host").unwrap_or_else(|| "salt".into()),
+            port,
+            db,
+            password: text("password").filter(|p| !p.is_empty()),
+            unix_socket_path: text("unix_socket_path").map(PathBuf::from),
+        })
+    }
+
+    /// Where the cache is, for logs (no password).
+    pub fn describe(&self) -> String {
+        match &self.unix_socket_path {
+            Some(p) => format!("unix:{} db {}", p.display(), self.db),
+            None => format!("{}:{} db {}", self.host, self.port, self.db),
+        }
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        // Percent-encoded: a password may hold any character.
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        };
+        let url = match &self.unix_socket_path {
+            Some(p) => {
+                let mut u = format!("redis+unix://{}?db={}", p.display(), self.db);
+                if let Some(pw) = &self.password {
+                    u.push_str(&format!("&pass={}", enc(pw)));
+                }
+                u
+            }
+            None => {
+                let auth = self
+                    .password
+                    .as_ref()
+                    .map(|pw| format!(":{}@", enc(pw)))
+                    .unwrap_or_default();
+                let host = if self.host.contains(':') {
+                    format!("[{}]", self.host)
+                } else {
+                    self.host.clone()
+                };
+                format!("redis://{auth}{host}:{}/{}", self.port, self.db)
+            }
+        };
+        redis::Client::open(url)
+    }
+}
+
+/// One write for the job cache.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A job's load.
+    Load {
+        /// The job id.
+        jid: String,
+        /// Its load (function, arguments, target, user, minions, start time).
+        load: Value,
+    },
+    /// A minion's return.
+    Return {
+        /// The job id.
+        jid: String,
+        /// The minion.
+        id: String,
+        /// The function it ran.
+        fun: String,
+        /// The whole return (`return`, `retcode`, `success`, `fun`, `fun_args`...).
+        data: Value,
+    },
+}
+
+impl Record {
+    /// The journal's line for this record.
+    fn to_line(&self) -> Json {
+        match self {
+            Self::Load { jid, load } => json!({"load": jid, "data": to_json(load)}),
+            Self::Return { jid, id, fun, data } => {
+                json!({"ret": jid, "id": id, "fun": fun, "data": to_json(data)})
+            }
+        }
+    }
+
+    fn from_line(j: &Json) -> Option<Self> {
+        let s = |k: &str| j.get(k).and_then(Json::as_str).map(str::to_owned);
+        let data = from_json(j.get("data")?);
+        if let Some(jid) = s("load") {
+            return Some(Self::Load { jid, load: data });
+        }
+        Some(Self::Return {
+            jid: s("ret")?,
+            id: s("id")?,
+            fun: s("fun").unwrap_or_default(),
+            data,
+        })
+    }
+
+    fn add_to(&self, pipe: &mut redis::Pipeline, ttl: u64) {
+        let json = |v: &Value| serde_json::to_string(&to_json(v)).unwrap_or_default();
+        match self {
+            Self::Load { jid, load } => {
+                let key = format!("load:{jid}");
+                if ttl > 0 {
+                    pipe.set_ex(key, json(load), ttl).ignore();
+                } else {
+                    pipe.set(key, json(load)).ignore();
+                }
+            }
+            Self::Return { jid, id, fun, data } => {
+                let key = format!("ret:{jid}");
+                pipe.hset(&key, id, json(data)).ignore();
+                let last = format!("{id}:{fun}");
+                if ttl > 0 {
+                    pipe.expire(&key, i64::try_from(ttl).unwrap_or(i64::MAX))
+                        .ignore();
+                    pipe.set_ex(last, jid, ttl).ignore();
+                } else {
+                    pipe.set(last, jid).ignore();
+                }
+                pipe.sadd("minions", id).ignore();
+            }
+        }
+    }
+}
+
+/// Where the state hands its records: never waits.
+#[derive(Debug, Clone)]
+pub struct RedisSink {
+    tx: mpsc::Sender<Record>,
+}
+
+impl RedisSink {
+    /// Queue `r` for the writer; given back when the queue is full (the caller keeps it and
+    /// offers it again later).
+    ///
+    /// # Errors
+    /// The record, when the queue is full or the writer has stopped.
+    pub fn offer(&self, r: Record) -> Result<(), Record> {
+        self.tx.try_send(r).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+        })
+    }
+
+    /// Queue `r`, waiting for room (only when stopping: nothing may be left behind then).
+    pub async fn send(&self, r: Record) {
+        let _ = self.tx.send(r).await;
+    }
+}
+
+/// The on-disk journal of records Redis has not taken yet.
+struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    fn append(&self, records: &[Record]) {
+        let mut buf = Vec::new();
+        for r in records {
+            let _ = serde_json::to_writer(&mut buf, &r.to_line());
+            buf.push(b'\n');
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(&buf));
+        if let Err(e) = written {
+            // Nothing else can keep them: say how many were lost and why.
+            warn!(path = %self.path.display(), records = records.len(), error = %e, "job cache journal write failed; these records are lost");
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        std::fs::metadata(&self.path).map_or(true, |m| m.len() == 0)
+    }
+
+    fn read(&self) -> Vec<Record> {
+        let Ok(f) = std::fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        std::io::BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            // A torn last line (a crash mid-append) is skipped.
+            .filter_map(|l| serde_json::from_str::<Json>(&l).ok())
+            .filter_map(|j| Record::from_line(&j))
+            .collect()
+    }
+
+    fn clear(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %self.path.display(), error = %e, "cannot remove the replayed job cache journal");
+        }
+    }
+}
+
+/// The writer: takes records off the queue and pipelines them to Redis, or to the journal while
+/// Redis is unavailable.
+struct Writer {
+    opts: RedisOptions,
+    ttl: u64,
+    journal: Journal,
+    bus: EventBus,
+    conn: Option<redis::aio::MultiplexedConnection>,
+    degraded: bool,
+}
+
+impl Writer {
+    async fn connect(&mut self) -> Result<(), String> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let client = self.opts.client().map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(WRITE_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "connecting timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    async fn write(&mut self, records: &[Record]) -> Result<(), String> {
+        self.connect().await?;
+        for chunk in records.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for r in chunk {
+                r.add_to(&mut pipe, self.ttl);
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            let r = tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(conn)).await;
+            let failed = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {WRITE_TIMEOUT:?}")),
+            };
+            if let Some(e) = failed {
+                self.conn = None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn degrade(&mut self, why: &str) {
+        if self.degraded {
+            return;
+        }
+        self.degraded = true;
+        warn!(redis = %self.opts.describe(), reason = why, journal = %self.journal.path.display(), "job cache degraded: Redis is unavailable; records go to the journal until it is back");
+        self.bus.fire(
+            "salt/brine/job_cache/degraded",
+            Value::map()
+                .with("redis", self.opts.describe())
+                .with("reason", why)
+                .with("journal", self.journal.path.display().to_string()),
+        );
+    }
+
+    /// Replay the journal in order; `true` once it is empty and Redis took everything.
+    async fn recover(&mut self) -> bool {
+        let records = self.journal.read();
+        if let Err(e) = self.write(&records).await {
+            tracing::debug!(error = %e, "Redis still unavailable");
+            return false;
+        }
+        self.journal.clear();
+        if self.degraded {
+            self.degraded = false;
+            info!(redis = %self.opts.describe(), replayed = records.len(), "job cache recovered: journal replayed to Redis");
+            self.bus.fire(
+                "salt/brine/job_cache/recovered",
+                Value::map()
+                    .with("redis", self.opts.describe())
+                    .with("replayed", records.len() as u64),
+            );
+        }
+        true
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Record>) {
+        if !self.journal.is_empty() {
+            // Left from before a restart: replayed before anything newer.
+            self.degrade("records left in the journal from before a restart");
+        }
+        let mut retry = tokio::time::interval(RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = rx.recv() => {
+                    let Some(first) = r else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH * 8 {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.degraded {
+                        self.journal.append(&batch);
+                    } else if let Err(e) = self.write(&batch).await {
+                        self.degrade(&e);
+                        self.journal.append(&batch);
+                    }
+                }
+                _ = retry.tick(), if self.degraded => {
+                    self.recover().await;
+                }
+            }
+        }
+        // Stopping: what is still queued goes to Redis if it answers, else to the journal.
+        let mut rest = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            rest.push(r);
+        }
+        if !rest.is_empty() && (self.degraded || self.write(&rest).await.is_err()) {
+            self.journal.append(&rest);
+        }
+    }
+}
+
+/// Start the writer (a task on the current runtime) for `opts`, with its journal under
+/// `cachedir/brine`, keys expiring after `ttl` seconds (0: never). The task ends once every
+/// sink is dropped and what was queued is written (to Redis or the journal).
+pub fn spawn_writer(
+    opts: &RedisOptions,
+    cachedir: &Path,
+    ttl: u64,
+    bus: EventBus,
+) -> (RedisSink, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let dir = cachedir.join("brine");
+    let _ = std::fs::create_dir_all(&dir);
+    let w = Writer {
+        opts: opts.clone(),
+        ttl,
+        journal: Journal {
+            path: dir.join("redis-journal.jsonl"),
+        },
+        bus,
+        conn: None,
+        degraded: false,
+    };
+    (RedisSink { tx }, tokio::spawn(w.run(rx)))
+}
+
+/// Reads jobs back from Redis (another master's, or this one's after a restart), and keeps API
+/// tokens there when masters share them.
+#[derive(Debug)]
+pub struct RedisReader {
+    opts: RedisOptions,
+    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+impl RedisReader {
+    /// A reader for `opts` (connects on first use).
+    pub fn new(opts: &RedisOptions) -> Self {
+        Self {
+            opts: opts.clone(),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let mut c = self.conn.lock().await;
+        if c.is_none() {
+            let client = self.opts.client().ok()?;
+            let conn =
+                tokio::time::timeout(WRITE_TIMEOUT, client.get_multiplexed_async_connection())
+                    .await
+                    .ok()?
+                    .ok()?;
+            *c = Some(conn);
+        }
+        c.clone()
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(WRITE_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                warn!(redis = %self.opts.describe(), error = %e, "job cache read failed");
+                *self.conn.lock().await = None;
+                None
+            }
+            Err(_) => {
+                warn!(redis = %self.opts.describe(), "job cache read timed out");
+                *self.conn.lock().await = None;
+                None
+            }
+        }
+    }
+
+    /// A job's load and returns, if Redis has its load.
+    pub async fn job(&self, jid: &str) -> Option<(Value, BTreeMap<String, Value>)> {
+        let load: Option<String> = self
+            .query(redis::cmd("GET").arg(format!("load:{jid}")))
+            .await?;
+        let load = from_json(&serde_json::from_str::<Json>(&load?).ok()?);
+        let rets: BTreeMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(format!("ret:{jid}")))
+            .await
+            .unwrap_or_default();
+        let returns = rets
+            .into_iter()
+            .filter_map(|(id, r)| Some((id, from_json(&serde_json::from_str::<Json>(&r).ok()?))))
+            .collect();
+        Some((load, returns))
+    }
+
+    /// Store API token `tok` (Salt's `rediscluster` layout: the token is the key, its data
+    /// msgpack), expiring after `ttl` seconds. `false` when Redis did not take it.
+    pub async fn put_token(&self, tok: &str, data: &Value, ttl: u64) -> bool {
+        let bytes = brine_proto::codec::encode_wire(data);
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(tok)
+                .arg(bytes)
+                .arg("EX")
+                .arg(ttl.max(1)),
+        )
+        .await
+        .is_some()
+    }
+
+    /// API token `tok`'s data: `Ok(None)` when Redis does not have it, `Err` when Redis could
+    /// not be asked (the caller refuses the token: it may have been revoked elsewhere).
+    ///
+    /// # Errors
+    /// Redis unreachable or its answer unreadable.
+    pub async fn token(&self, tok: &str) -> Result<Option<Value>, ()> {
+        let raw: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(tok)).await.ok_or(())?;
+        match raw {
+            None => Ok(None),
+            Some(b) => brine_proto::codec::decode(&b).map(Some).map_err(|_| ()),
+        }
+    }
+
+    /// Forget API token `tok` everywhere. `false` when Redis could not be asked.
+    pub async fn delete_token(&self, tok: &str) -> bool {
+        self.query::<()>(redis::cmd("DEL").arg(tok)).await.is_some()
+    }
+
+    /// Every job Redis has a load for (`load:*`), by jid.
+    pub async fn list(&self) -> Vec<(String, Value)> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let Some((next, batch)): Option<(u64, Vec<String>)> = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("load:*")
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await
+            else {
+                return Vec::new();
+            };
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let Some(vals): Option<Vec<Option<String>>> =
+                self.query(redis::cmd("MGET").arg(chunk)).await
+            else {
+                continue;
+            };
+            for (k, v) in chunk.iter().zip(vals) {
+                let (Some(jid), Some(v)) = (k.strip_prefix("load:"), v) else {
+                    continue;
+                };
+                if let Ok(j) = serde_json::from_str::<Json>(&v) {
+                    out.push((jid.to_owned(), from_json(&j)));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_options_flat_or_nested() {
+        let o = Options::parse(
+            "master_job_cache: redis\nredis.host: 127.0.0.1\nredis.port: '7000'\nredis.db: 2\n",
+        )
+        .unwrap();
+        let r = RedisOptions::from_options(&o).unwrap().unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.db), ("127.0.0.1", 7000, 2));
+        let o =
+            Options::parse("master_job_cache: redis\nredis: {host: h, password: s3}\n").unwrap();
+        let r = RedisOptions::from_options(&o).unwrap().unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.password.as_deref()),
+            ("h", 6379, Some("s3"))
+        );
+        assert_eq!(
+            RedisOptions::from_options(&Options::parse("a: 1\n").unwrap()).unwrap(),
+            None
+        );
+        for bad in [
+            "master_job_cache: mysql\n",
+            "master_job_cache: redis\nredis.port: 0\n",
+            "master_job_cache: redis\nredis.cluster_mode: true\n",
+        ] {
+            assert!(
+                RedisOptions::from_options(&Options::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn journal_lines_round_trip_and_torn_lines_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal {
+            path: d.path().join("j.jsonl"),
+        };
+        let recs = vec![
+            Record::Load {
+                jid: "1".into(),
+                load: Value::map().with("fun", "test.ping"),
+            },
+            Record::Return {
+                jid: "1".into(),
+                id: "m".into(),
+                fun: "test.ping".into(),
+                data: Value::map().with("return", true),
+            },
+        ];
+        j.append(&recs);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&j.path)
+            .unwrap()
+            .write_all(b"{\"ret\": \"2\", \"id\"")
+            .unwrap();
+        assert_eq!(j.read(), recs);
+        j.clear();
+        assert!(j.is_empty());
+    }
+}

@@ -1,0 +1,293 @@
+//! `master_job_cache: redis` against a real `redis-server`: jobs and returns land in the keys
+//! Salt's redis returner uses; Redis killed or frozen in the middle of jobs holds up no publish
+//! and no return, and everything reaches Redis once it is back; a second master that shares
+//! only Redis shows the jobs the first one ran.
+
+use std::time::Duration;
+
+use brine_test_support::sim::{cached_key, sim_runtime};
+use brine_test_support::{RedisServer, SimMinion, subscribe, wait_for};
+use serde_json::{Value as Json, json};
+
+use super::{Mofm, wait_ping};
+
+fn root_token(m: &Mofm) -> String {
+    std::fs::read_to_string(m.root().join("var/cache/salt/master/brine/root_token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Publish `test.ping` to `tgt` and follow it until final; its jid and returns (by minion).
+pub(super) fn ping(m: &Mofm, token: &str, tgt: &str) -> (String, Json) {
+    let (st, r) = m.http(
+        "POST",
+        "/",
+        Some(token),
+        &json!([{"client": "local_async", "tgt": tgt, "fun": "test.ping"}]),
+    );
+    assert_eq!(st, 200, "{r}");
+    let jid = r["return"][0]["jid"].as_str().unwrap().to_owned();
+    let mut result = serde_json::Map::new();
+    let mut cursor = 0;
+    loop {
+        let (st, r) = m.http(
+            "GET",
+            &format!("/jobs/{jid}?since={cursor}&wait=20"),
+            Some(token),
+            &Json::Null,
+        );
+        assert_eq!(st, 200, "{r}");
+        let info = &r["info"][0];
+        for (id, v) in info["Result"].as_object().unwrap() {
+            result.insert(id.clone(), v["return"].clone());
+        }
+        cursor = info["Cursor"].as_u64().unwrap();
+        if info["Finished"] == json!(true) {
+            return (jid, Json::Object(result));
+        }
+    }
+}
+
+pub(super) fn redis_conf(r: &RedisServer) -> String {
+    format!(
+        "master_job_cache: redis\nredis.host: 127.0.0.1\nredis.port: {}\nkeep_jobs_seconds: 3600\n",
+        r.port
+    )
+}
+
+fn all_true(ids: &[String]) -> Json {
+    Json::Object(ids.iter().map(|id| (id.clone(), json!(true))).collect())
+}
+
+#[test]
+fn the_redis_job_cache_never_holds_up_a_job_and_loses_no_return() {
+    subscribe();
+    let mut redis = RedisServer::start();
+    let m = Mofm::start(&format!("auto_accept: True\n{}", redis_conf(&redis)));
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let (publish, ret, _) = m.ports;
+    let ids: Vec<String> = (0..3).map(|i| format!("rc{i}")).collect();
+    let _sims: Vec<SimMinion> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            rt.block_on(SimMinion::start(
+                &ctx,
+                id,
+                cached_key(i),
+                "127.0.0.1",
+                ret,
+                publish,
+                Duration::from_secs(30),
+            ))
+            .unwrap()
+        })
+        .collect();
+    for id in &ids {
+        assert!(wait_ping(&m, id, 30), "{id}: {}", m.log_tail());
+    }
+    let token = root_token(&m);
+    let events = brine_test_support::topology::sse_tags("127.0.0.1", m.ports.2, &token);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Redis up: the job and its returns are in Salt's keys.
+    let (jid, got) = ping(&m, &token, "rc*");
+    assert_eq!(got, all_true(&ids));
+    assert!(
+        wait_for(Duration::from_secs(10), || redis
+            .cli(&["HLEN", &format!("ret:{jid}")])
+            .trim()
+            == "3"),
+        "returns in ret:{jid}: {}",
+        redis.cli(&["HGETALL", &format!("ret:{jid}")])
+    );
+    let load: Json = serde_json::from_str(&redis.cli(&["GET", &format!("load:{jid}")])).unwrap();
+    assert_eq!(load["fun"], "test.ping", "{load}");
+    assert_eq!(load["jid"], jid.as_str(), "{load}");
+    let one: Json =
+        serde_json::from_str(&redis.cli(&["HGET", &format!("ret:{jid}"), "rc0"])).unwrap();
+    assert_eq!(
+        (&one["return"], &one["id"], &one["jid"], &one["fun"]),
+        (
+            &json!(true),
+            &json!("rc0"),
+            &json!(jid),
+            &json!("test.ping")
+        ),
+        "{one}"
+    );
+    assert_eq!(redis.cli(&["GET", "rc0:test.ping"]).trim(), jid);
+    let ttl: i64 = redis
+        .cli(&["TTL", &format!("ret:{jid}")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=3600).contains(&ttl),
+        "keep_jobs_seconds as the TTL: {ttl}"
+    );
+    let mut members: Vec<String> = redis
+        .cli(&["SMEMBERS", "minions"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    members.sort();
+    assert_eq!(members, ids);
+
+    // Redis killed: jobs run and return as before; the cache says it is degraded, and once
+    // Redis is back every record reaches it.
+    redis.stop();
+    let (down_jid, got) = ping(&m, &token, "rc*");
+    assert_eq!(got, all_true(&ids), "a job while Redis is down");
+    let tags = |t: &str| {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|x| x.as_str() == t)
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || tags(
+            "salt/brine/job_cache/degraded"
+        ) == 1),
+        "{}",
+        m.log_tail()
+    );
+    assert_eq!(m.brine_json(&["rc*", "test.ping"]), all_true(&ids));
+    redis.spawn();
+    assert!(
+        wait_for(Duration::from_secs(15), || tags(
+            "salt/brine/job_cache/recovered"
+        ) == 1),
+        "{}",
+        m.log_tail()
+    );
+    assert_eq!(
+        redis.cli(&["HLEN", &format!("ret:{down_jid}")]).trim(),
+        "3",
+        "returns of the job run while Redis was down"
+    );
+    assert!(
+        redis
+            .cli(&["GET", &format!("load:{down_jid}")])
+            .contains("test.ping")
+    );
+
+    // Redis frozen (no answers at all): the same.
+    redis.freeze();
+    let (frozen_jid, got) = ping(&m, &token, "rc*");
+    assert_eq!(got, all_true(&ids), "a job while Redis does not answer");
+    assert!(
+        wait_for(Duration::from_secs(10), || tags(
+            "salt/brine/job_cache/degraded"
+        ) == 2),
+        "{}",
+        m.log_tail()
+    );
+    redis.thaw();
+    assert!(
+        wait_for(Duration::from_secs(15), || tags(
+            "salt/brine/job_cache/recovered"
+        ) == 2),
+        "{}",
+        m.log_tail()
+    );
+    assert_eq!(
+        redis.cli(&["HLEN", &format!("ret:{frozen_jid}")]).trim(),
+        "3"
+    );
+
+    // A second master sharing only Redis shows the first one's jobs.
+    let other = Mofm::start(&redis_conf(&redis));
+    let other_token = root_token(&other);
+    let (st, r) = other.http(
+        "GET",
+        &format!("/jobs/{down_jid}"),
+        Some(&other_token),
+        &Json::Null,
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["return"][0], all_true(&ids), "{r}");
+    // (The first job went with the killed Redis, which kept nothing on disk.)
+    let out = other.brine_run(&["jobs.lookup_jid", &frozen_jid, "--out", "json"]);
+    let looked: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+    assert_eq!(looked, all_true(&ids), "{}", super::text(&out));
+    let out = other.brine_run(&["jobs.list_jobs", "--out", "json"]);
+    let listed: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+    for j in [&down_jid, &frozen_jid] {
+        assert!(listed.get(j.as_str()).is_some(), "{j} in {listed}");
+    }
+}
+
+/// `eauth_tokens: rediscluster`: a token issued by one master works on another that shares
+/// Redis, a logout on either ends it on both, and while Redis cannot be asked every token but
+/// the local root token is refused (a revocation elsewhere cannot be seen).
+#[test]
+fn masters_sharing_redis_share_tokens_and_fail_closed() {
+    subscribe();
+    let redis = RedisServer::start();
+    let users_dir = tempfile::tempdir().unwrap();
+    let users = super::users_file(users_dir.path());
+    let conf = format!(
+        "{}eauth_tokens: rediscluster\nexternal_auth:\n  file:\n    ^filename: {}\n    alice:\n      - '@jobs'\n",
+        redis_conf(&redis),
+        users.display()
+    );
+    let (a, b) = (Mofm::start(&conf), Mofm::start(&conf));
+    let login = |m: &Mofm| -> String {
+        let (st, r) = m.http(
+            "POST",
+            "/login",
+            None,
+            &json!({"username": "alice", "password": "wonderland", "eauth": "file"}),
+        );
+        assert_eq!(st, 200, "{r}");
+        r["return"][0]["token"].as_str().unwrap().to_owned()
+    };
+    let jobs = |m: &Mofm, tok: &str| m.http("GET", "/jobs", Some(tok), &Json::Null).0;
+    let tok = login(&a);
+    assert_eq!(jobs(&b, &tok), 200, "a token from one master on the other");
+    assert_eq!(jobs(&a, &tok), 200);
+    // Salt's layout: the token is the key.
+    assert_eq!(redis.cli(&["EXISTS", &tok]).trim(), "1");
+    b.http("POST", "/logout", Some(&tok), &Json::Null);
+    assert_eq!(jobs(&a, &tok), 401, "logged out on the other master");
+    let wrong = b.http(
+        "POST",
+        "/login",
+        None,
+        &json!({"username": "alice", "password": "nope", "eauth": "file"}),
+    );
+    assert_eq!(wrong.0, 401);
+    let tok = login(&b);
+    assert_eq!(jobs(&a, &tok), 200);
+    let mut redis = redis;
+    redis.stop();
+    assert_eq!(
+        jobs(&a, &tok),
+        401,
+        "fail closed while Redis cannot be asked"
+    );
+    assert_eq!(
+        a.http(
+            "POST",
+            "/login",
+            None,
+            &json!({"username": "alice", "password": "wonderland", "eauth": "file"})
+        )
+        .0,
+        401,
+        "no login while the token store is down"
+    );
+    assert_eq!(
+        jobs(&a, &root_token(&a)),
+        200,
+        "the local root token still works"
+    );
+    redis.spawn();
+    // A restarted Redis with no persistence lost the token: a new login works.
+    assert!(wait_for(Duration::from_secs(10), || jobs(&a, &login(&a)) == 200));
+}
