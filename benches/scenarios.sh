@@ -20,6 +20,8 @@
 # default).
 # BRINE_BIN_DIR=DIR runs the binaries in DIR instead of building (before/after runs), and
 # SCENARIO_OUT=DIR writes the JSON results there (default target/scenarios).
+# SCENARIO_MASTER_CONF="key: value..." adds those lines to every master file (e.g.
+# "master_job_cache: redis" and the redis.* options).
 # MOFM_ENV="VAR=value ..." starts the (i)-(iii) mofm with those variables (allocator experiments,
 # e.g. GLIBC_TUNABLES=glibc.malloc.arena_max=2).
 #
@@ -38,7 +40,7 @@ version=3007.17
 docs=1
 only="i ii iii iv v vi vii"
 fetch_sizes="1000 5000"
-extra_conf=""
+extra_conf="${SCENARIO_MASTER_CONF:-}"
 kinds="brine salt"
 report=0
 tier=50000
@@ -222,9 +224,10 @@ run_workload() {
   make_tree
   pub=$(free_port); ret=$(free_port)
   extra_conf="file_roots: {base: [$work/tree/salt]}
-pillar_roots: {base: [$work/tree/pillar]}"
+pillar_roots: {base: [$work/tree/pillar]}
+${SCENARIO_MASTER_CONF:-}"
   start_master "$kind" "$dir" "$pub" "$ret"
-  extra_conf=""
+  extra_conf="${SCENARIO_MASTER_CONF:-}"
   echo "== $kind, $n minions, workload $wl" >&2
   "$bin/brine-swarm" --master "127.0.0.1:$ret" --publish-port "$pub" -n "$n" \
     --prefix "wl-" --wait 900 --pids "$master_pid" --workload "$wl" --fetch 100 \

@@ -37,6 +37,9 @@ pub struct MasterConfig {
     /// `eauth_tokens: rediscluster` (or `redis`): API tokens kept in Redis, valid on every
     /// master that shares it.
     pub token_redis: Option<crate::redis_cache::RedisOptions>,
+    /// `brine_key_sync: redis` (brine's): key decisions shared with the masters that share the
+    /// `redis.*` server.
+    pub key_sync_redis: Option<crate::redis_cache::RedisOptions>,
     /// `nodegroups`: name → compound expression (lists are joined with `or`, as Salt does).
     pub nodegroups: BTreeMap<String, String>,
     /// The HTTP API address (`rest_cherrypy: {host, port}`; default 127.0.0.1:8000).
@@ -318,6 +321,7 @@ impl MasterConfig {
                 .collect(),
             redis: crate::redis_cache::RedisOptions::from_options(o)?,
             token_redis: crate::redis_cache::RedisOptions::for_tokens(o)?,
+            key_sync_redis: crate::redis_cache::RedisOptions::for_key_sync(o)?,
             files: crate::fileserver::FileServerConfig::from_options(o)?,
             pillar: crate::pillar::PillarConfig::from_options(o)?,
             raw: o.all().clone(),

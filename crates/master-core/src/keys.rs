@@ -49,7 +49,8 @@ pub enum KeyDir {
 }
 
 impl KeyDir {
-    fn name(self) -> &'static str {
+    /// The directory's name under the pki directory (`minions`, `minions_pre`...).
+    pub fn name(self) -> &'static str {
         match self {
             Self::Accepted => "minions",
             Self::Pending => "minions_pre",

@@ -22,6 +22,7 @@ pub mod jinja;
 pub mod jobcache;
 pub mod jobs;
 pub mod json;
+pub mod key_sync;
 pub mod keys;
 pub mod mine;
 pub mod pillar;

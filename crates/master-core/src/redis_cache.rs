@@ -62,6 +62,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "eauth_tokens",
     "eauth_redis_host",
     "eauth_redis_port",
+    "brine_key_sync",
     "redis",
     "redis.host",
     "redis.port",
@@ -123,6 +124,22 @@ impl RedisOptions {
                 format!(
                     "{other:?}: brine keeps tokens in memory (localfs) or in Redis (rediscluster, redis)"
                 ),
+            )),
+        }
+    }
+
+    /// The server key decisions are shared through with `brine_key_sync: redis` (brine's
+    /// extension): the `redis.*` one.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for another value or bad `redis.*` values.
+    pub fn for_key_sync(o: &Options) -> Result<Option<Self>, ConfigError> {
+        match o.string("brine_key_sync")?.as_deref() {
+            None | Some("off" | "False" | "false") => Ok(None),
+            Some("redis") => Self::read(o).map(Some),
+            Some(other) => Err(invalid(
+                "brine_key_sync",
+                format!("{other:?}: the only shared key store is redis"),
             )),
         }
     }
@@ -575,6 +592,25 @@ impl RedisReader {
                 warn!(redis = %self.opts.describe(), "job cache read timed out");
                 *self.conn.lock().await = None;
                 None
+            }
+        }
+    }
+
+    /// Run `cmd`: its answer, or `None` when Redis could not be asked.
+    pub async fn get<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        self.query(cmd).await
+    }
+
+    /// Run `pipe` (its answers ignored): `false` when Redis could not be asked.
+    pub async fn run(&self, pipe: &redis::Pipeline) -> bool {
+        let Some(mut conn) = self.conn().await else {
+            return false;
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => true,
+            _ => {
+                *self.conn.lock().await = None;
+                false
             }
         }
     }

@@ -291,3 +291,60 @@ fn masters_sharing_redis_share_tokens_and_fail_closed() {
     // A restarted Redis with no persistence lost the token: a new login works.
     assert!(wait_for(Duration::from_secs(10), || jobs(&a, &login(&a)) == 200));
 }
+
+/// `brine_key_sync: redis`: a key accepted, rejected or deleted with `brine-key` on one master
+/// takes effect in the other's pki directory (Salt's layout, no shared filesystem); a deletion
+/// there also asks for an AES rotation.
+#[test]
+fn key_decisions_reach_the_other_master_through_redis() {
+    subscribe();
+    let redis = RedisServer::start();
+    let conf = format!("{}brine_key_sync: redis\n", redis_conf(&redis));
+    let (a, b) = (Mofm::start(&conf), Mofm::start(&conf));
+    let pem = cached_key(7).public_key().to_pem_file();
+    let pki =
+        |m: &Mofm, sub: &str, id: &str| m.root().join("etc/salt/pki/master").join(sub).join(id);
+    // The minion asked both masters: pending on each.
+    for m in [&a, &b] {
+        for id in ["ks1", "ks2"] {
+            std::fs::write(pki(m, "minions_pre", id), &pem).unwrap();
+        }
+    }
+    let out = a.brine_key(&["-y", "-a", "ks1"]);
+    assert!(out.status.success(), "{}", super::text(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || b.key("minions", "ks1")
+            && !b.key("minions_pre", "ks1")),
+        "accepted on the other master: {}",
+        b.log_tail()
+    );
+    assert_eq!(
+        std::fs::read_to_string(pki(&b, "minions", "ks1")).unwrap(),
+        pem
+    );
+    let out = b.brine_key(&["-y", "-r", "ks2"]);
+    assert!(out.status.success(), "{}", super::text(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || a.key("minions_rejected", "ks2")
+            && !a.key("minions_pre", "ks2")),
+        "rejected on the other master: {}",
+        a.log_tail()
+    );
+    let dfn = a.root().join("var/cache/salt/master/.dfn");
+    let _ = std::fs::remove_file(&dfn);
+    let out = b.brine_key(&["-y", "-d", "ks1"]);
+    assert!(out.status.success(), "{}", super::text(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || !a.key("minions", "ks1")),
+        "deleted on the other master: {}",
+        a.log_tail()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || a.log().contains("AES key rotated")),
+        "the other master rotated its AES key after the deletion: {}",
+        a.log_tail()
+    );
+    // `brine-key -L` on each master agrees.
+    let list = |m: &Mofm| String::from_utf8_lossy(&m.brine_key(&["-L"]).stdout).into_owned();
+    assert_eq!(list(&a), list(&b));
+}

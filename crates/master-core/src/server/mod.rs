@@ -733,6 +733,20 @@ impl Server {
                 held: std::collections::VecDeque::new(),
             }
         });
+        // Key decisions shared with the other masters (`brine_key_sync: redis`).
+        let (key_sync_stop, key_sync_stopped) = tokio::sync::oneshot::channel::<()>();
+        let key_sync = shared.cfg.key_sync_redis.as_ref().map(|o| {
+            info!(redis = %o.describe(), "key decisions shared through Redis");
+            let ks = crate::key_sync::KeySync::new(
+                shared.keys.clone(),
+                crate::redis_cache::RedisReader::new(o),
+                shared.cfg.cachedir.clone(),
+                random_hex(6),
+            );
+            tokio::spawn(ks.run(async move {
+                let _ = key_sync_stopped.await;
+            }))
+        });
         // Publishing (AES, the RSA signature, the socket) runs beside the driver, in order.
         let (pub_tx, mut pub_rx) = tokio::sync::mpsc::unbounded_channel::<Transmit>();
         let publishing = tokio::spawn(async move {
@@ -820,6 +834,10 @@ impl Server {
         state.shutdown();
         drop(pub_tx);
         let _ = publishing.await;
+        let _ = key_sync_stop.send(());
+        if let Some(t) = key_sync {
+            let _ = tokio::time::timeout(crate::redis_cache::WRITE_TIMEOUT * 2, t).await;
+        }
         if let Some(mut s) = store {
             s.take(&mut state);
             for r in s.held.drain(..) {
