@@ -463,6 +463,11 @@ impl Writer {
 
     /// Replay the journal in order; `true` once it is empty and Redis took everything.
     async fn recover(&mut self) -> bool {
+        // Only a Redis that answers is worth reading the journal for.
+        if let Err(e) = self.connect().await {
+            tracing::debug!(error = %e, "Redis still unavailable");
+            return false;
+        }
         let records = self.journal.read();
         if let Err(e) = self.write(&records).await {
             tracing::debug!(error = %e, "Redis still unavailable");
