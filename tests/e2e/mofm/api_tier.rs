@@ -4,14 +4,13 @@
 //! published up through the survivor.
 
 use std::process::Command;
-use std::time::Duration;
 
-use brine_test_support::sim::{cached_key, sim_runtime};
+use brine_test_support::sim::sim_runtime;
 use brine_test_support::{Nginx, RedisServer, SimMinion, free_port, subscribe, workspace_bin};
 use serde_json::{Value as Json, json};
 
 use super::job_cache_redis::redis_conf;
-use super::{Mofm, text, users_file, wait_ping};
+use super::{Mofm, attach_sims, http_to as http, text, users_file};
 
 /// The shipped site file, pointed at `apis` and listening on `port`.
 fn site(apis: [u16; 2], port: u16) -> String {
@@ -41,27 +40,10 @@ fn two_mofm_behind_nginx_keep_serving_when_one_is_killed() {
     let rt = sim_runtime();
     let ctx = brine_transport::Context::new();
     let ids: Vec<String> = (0..3).map(|i| format!("tier{i}")).collect();
-    let mut sims: Vec<SimMinion> = Vec::new();
-    for m in [&a, &b] {
-        let (publish, ret, _) = m.ports;
-        for (i, id) in ids.iter().enumerate() {
-            sims.push(
-                rt.block_on(SimMinion::start(
-                    &ctx,
-                    id,
-                    cached_key(i),
-                    "127.0.0.1",
-                    ret,
-                    publish,
-                    Duration::from_secs(30),
-                ))
-                .unwrap(),
-            );
-        }
-        for id in &ids {
-            assert!(wait_ping(m, id, 30), "{id}: {}", m.log_tail());
-        }
-    }
+    let sims: Vec<SimMinion> = [&a, &b]
+        .into_iter()
+        .flat_map(|m| attach_sims(m, &rt, &ctx, &ids))
+        .collect();
     let port = free_port();
     let nginx = Nginx::start(&site([a.ports.2, b.ports.2], port), port);
     let url = format!("http://127.0.0.1:{port}");
@@ -140,26 +122,4 @@ fn two_mofm_behind_nginx_keep_serving_when_one_is_killed() {
     let got: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
     assert_eq!(got, all_true, "{}", text(&out));
     drop(sims);
-}
-
-/// One HTTP/1.1 request to 127.0.0.1:`port`: status and JSON body.
-fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &Json) -> (u16, Json) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = body.to_string();
-    let tok = token
-        .map(|t| format!("X-Auth-Token: {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{tok}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1);
-    (status, serde_json::from_str(body).unwrap_or(Json::Null))
 }

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use brine_test_support::sim::{cached_key, sim_runtime};
-use brine_test_support::{RedisServer, SimMinion, subscribe, wait_for};
+use brine_test_support::{RedisServer, subscribe, wait_for};
 use serde_json::{Value as Json, json};
 
-use super::{Mofm, wait_ping};
+use super::{Mofm, attach_sims};
 
 fn root_token(m: &Mofm) -> String {
     std::fs::read_to_string(m.root().join("var/cache/salt/master/brine/root_token"))
@@ -67,27 +67,8 @@ fn the_redis_job_cache_never_holds_up_a_job_and_loses_no_return() {
     let m = Mofm::start(&format!("auto_accept: True\n{}", redis_conf(&redis)));
     let rt = sim_runtime();
     let ctx = brine_transport::Context::new();
-    let (publish, ret, _) = m.ports;
     let ids: Vec<String> = (0..3).map(|i| format!("rc{i}")).collect();
-    let _sims: Vec<SimMinion> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            rt.block_on(SimMinion::start(
-                &ctx,
-                id,
-                cached_key(i),
-                "127.0.0.1",
-                ret,
-                publish,
-                Duration::from_secs(30),
-            ))
-            .unwrap()
-        })
-        .collect();
-    for id in &ids {
-        assert!(wait_ping(&m, id, 30), "{id}: {}", m.log_tail());
-    }
+    let _sims = attach_sims(&m, &rt, &ctx, &ids);
     let token = root_token(&m);
     let events = brine_test_support::topology::sse_tags("127.0.0.1", m.ports.2, &token);
     std::thread::sleep(Duration::from_millis(300));
@@ -340,7 +321,9 @@ fn key_decisions_reach_the_other_master_through_redis() {
         a.log_tail()
     );
     assert!(
-        wait_for(Duration::from_secs(5), || a.log().contains("AES key rotated")),
+        wait_for(Duration::from_secs(5), || a
+            .log()
+            .contains("AES key rotated")),
         "the other master rotated its AES key after the deletion: {}",
         a.log_tail()
     );

@@ -134,30 +134,66 @@ impl Mofm {
     }
 
     fn http(&self, method: &str, path: &str, token: Option<&str>, body: &Json) -> (u16, Json) {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.ports.2)).unwrap();
-        let body = body.to_string();
-        let tok = token
-            .map(|t| format!("X-Auth-Token: {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{tok}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1);
-        (status, serde_json::from_str(body).unwrap_or(Json::Null))
+        http_to(self.ports.2, method, path, token, body)
     }
 
     fn job_count(&self) -> usize {
         let d = self.root().join("var/cache/salt/master/brine/jobs");
         std::fs::read_dir(d).map_or(0, Iterator::count)
     }
+}
+
+/// Simulated minions `ids` (key `i` for the i-th) attached to `m`, each answering test.ping
+/// before this returns.
+fn attach_sims(
+    m: &Mofm,
+    rt: &tokio::runtime::Runtime,
+    ctx: &brine_transport::Context,
+    ids: &[String],
+) -> Vec<SimMinion> {
+    let (publish, ret, _) = m.ports;
+    let sims = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            rt.block_on(SimMinion::start(
+                ctx,
+                id,
+                cached_key(i),
+                "127.0.0.1",
+                ret,
+                publish,
+                Duration::from_secs(30),
+            ))
+            .unwrap()
+        })
+        .collect();
+    for id in ids {
+        assert!(wait_ping(m, id, 30), "{id}: {}", m.log_tail());
+    }
+    sims
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` (`Connection: close`): status and JSON body.
+fn http_to(port: u16, method: &str, path: &str, token: Option<&str>, body: &Json) -> (u16, Json) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.to_string();
+    let tok = token
+        .map(|t| format!("X-Auth-Token: {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{tok}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1);
+    (status, serde_json::from_str(body).unwrap_or(Json::Null))
 }
 
 fn text(o: &Output) -> String {
@@ -674,27 +710,8 @@ fn following_a_job_moves_each_return_once() {
     let m = Mofm::start("auto_accept: True");
     let rt = sim_runtime();
     let ctx = brine_transport::Context::new();
-    let (publish, ret, _) = m.ports;
     let ids: Vec<String> = (0..12).map(|i| format!("follow{i:02}")).collect();
-    let _sims: Vec<SimMinion> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            rt.block_on(SimMinion::start(
-                &ctx,
-                id,
-                cached_key(i),
-                "127.0.0.1",
-                ret,
-                publish,
-                Duration::from_secs(30),
-            ))
-            .unwrap()
-        })
-        .collect();
-    for id in &ids {
-        assert!(wait_ping(&m, id, 30), "{id}: {}", m.log_tail());
-    }
+    let _sims = attach_sims(&m, &rt, &ctx, &ids);
     let token =
         std::fs::read_to_string(m.root().join("var/cache/salt/master/brine/root_token")).unwrap();
     let token = token.trim();
