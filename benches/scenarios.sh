@@ -63,6 +63,11 @@ while [ $# -gt 0 ]; do
 done
 peer="${BRINE_SALT_PEERS:-$HOME/.cache/brine/salt-peers}/$version/bin"
 [ -x "$peer/salt-master" ] || { echo "no salt-master $version: scripts/salt-peer.sh $version" >&2; exit 2; }
+# Salt's redis returner (master_job_cache: redis) needs redis-py in the peer's venv.
+case " $kinds ${SCENARIO_MASTER_CONF:-}" in
+  *salt*redis*)
+    "$peer/python" -c 'import redis' 2>/dev/null || "$peer/python" -m pip install -q redis ;;
+esac
 ulimit -n 20000
 # BRINE_BIN_DIR: run the binaries of another build (an older commit's, for before/after runs).
 if [ -n "${BRINE_BIN_DIR:-}" ]; then

@@ -86,12 +86,27 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
     Ok((h.trim_matches(['[', ']']).to_owned(), p))
 }
 
+/// Why the API could not be reached or logged in to (the text is for the user).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub String);
+
+impl From<ConnectError> for String {
+    fn from(e: ConnectError) -> Self {
+        e.0
+    }
+}
+
 impl Api {
     /// Resolve from the arguments and the local master config in `config_dir`.
     ///
     /// # Errors
-    /// A message for the user.
-    pub fn connect(a: &ConnectArgs) -> Result<Self, String> {
+    /// [`ConnectError`]: no address, no token, a refused login.
+    pub fn connect(a: &ConnectArgs) -> Result<Self, ConnectError> {
+        Self::resolve(a).map_err(ConnectError)
+    }
+
+    fn resolve(a: &ConnectArgs) -> Result<Self, String> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let token = a.token.clone().or_else(|| env("BRINE_TOKEN"));
         // The local master's config, read once, when the API address or the root token is

@@ -3,16 +3,25 @@
 
 use serde_json::Value as Json;
 
+/// An outputter brine does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown outputter {0:?} (nested, json, yaml, txt, raw, quiet)")]
+pub struct UnknownOutputter(pub String);
+
+impl From<UnknownOutputter> for String {
+    fn from(e: UnknownOutputter) -> Self {
+        e.to_string()
+    }
+}
+
 /// An outputter name, checked.
 ///
 /// # Errors
-/// A message listing the known ones.
-pub fn check(name: &str) -> Result<(), String> {
+/// [`UnknownOutputter`], which lists the known ones.
+pub fn check(name: &str) -> Result<(), UnknownOutputter> {
     match name {
         "nested" | "json" | "yaml" | "txt" | "text" | "raw" | "quiet" | "no_return" => Ok(()),
-        other => Err(format!(
-            "unknown outputter {other:?} (nested, json, yaml, txt, raw, quiet)"
-        )),
+        other => Err(UnknownOutputter(other.to_owned())),
     }
 }
 

@@ -15,12 +15,17 @@ pub fn filter_for(level: &str) -> Option<&'static str> {
     })
 }
 
+/// A log level Salt does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid log level {0:?}")]
+pub struct InvalidLogLevel(pub String);
+
 /// Install the global subscriber (stderr).
 ///
 /// # Errors
-/// A message if `level` is not a Salt log level.
-pub fn init(level: &str) -> Result<(), String> {
-    let directive = filter_for(level).ok_or_else(|| format!("invalid log level {level:?}"))?;
+/// [`InvalidLogLevel`] if `level` is not a Salt log level.
+pub fn init(level: &str) -> Result<(), InvalidLogLevel> {
+    let directive = filter_for(level).ok_or_else(|| InvalidLogLevel(level.to_owned()))?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BRINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directive));
     let _ = tracing_subscriber::fmt()

@@ -66,16 +66,36 @@ impl std::fmt::Debug for MasterHandle {
     }
 }
 
+/// Why a request to the master failed (its text goes into the job's return).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MasterError {
+    /// No answer, or an answer that could not be opened.
+    #[error("the master did not answer: {0}")]
+    NoAnswer(String),
+    /// The master did not compile the pillar.
+    #[error("pillar not compiled by the master: {0}")]
+    Pillar(String),
+}
+
+impl From<MasterError> for String {
+    fn from(e: MasterError) -> Self {
+        e.to_string()
+    }
+}
+
 /// How long one request to the master may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl MasterHandle {
-    /// Send a request load; `Err` carries a message for the job's return.
-    pub async fn request(&self, load: Value) -> Result<Value, String> {
+    /// Send a request load.
+    ///
+    /// # Errors
+    /// [`MasterError::NoAnswer`], whose text goes into the job's return.
+    pub async fn request(&self, load: Value) -> Result<Value, MasterError> {
         self.chan
             .send(&load, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| format!("the master did not answer: {e}"))
+            .map_err(|e| MasterError::NoAnswer(e.to_string()))
     }
 
     /// Compile this minion's pillar on the master (`_pillar`, `ver` 2: the reply is encrypted
@@ -85,7 +105,7 @@ impl MasterHandle {
         grains: &Value,
         pillarenv: Option<&str>,
         saltenv: Option<&str>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, MasterError> {
         let env = |v: Option<&str>| v.map_or(Value::Nil, Value::str);
         let load = Value::map()
             .with("cmd", "_pillar")
@@ -99,7 +119,7 @@ impl MasterHandle {
         self.chan
             .pillar(&load, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| format!("pillar not compiled by the master: {e}"))
+            .map_err(|e| MasterError::Pillar(e.to_string()))
     }
 
     /// The saltenv a function uses when none is given.

@@ -56,6 +56,7 @@ async fn source(ctx: &JobCtx) -> Result<std::sync::Arc<Value>, String> {
     m.fetch_pillar(&ctx.grains, pillarenv.as_deref(), saltenv.as_deref())
         .await
         .map(std::sync::Arc::new)
+        .map_err(String::from)
 }
 
 /// `pillar.item KEY...`: `{key: value}`, `default` (`""`) for missing keys.
