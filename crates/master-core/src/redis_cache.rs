@@ -211,6 +211,15 @@ impl RedisOptions {
         }
     }
 
+    /// A connection, or why there is none (refused, no answer within [`WRITE_TIMEOUT`]).
+    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let client = self.client().map_err(|e| e.to_string())?;
+        tokio::time::timeout(WRITE_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "connecting timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+
     fn client(&self) -> redis::RedisResult<redis::Client> {
         // Percent-encoded: a password may hold any character.
         let enc = |s: &str| -> String {
@@ -415,12 +424,7 @@ impl Writer {
         if self.conn.is_some() {
             return Ok(());
         }
-        let client = self.opts.client().map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(WRITE_TIMEOUT, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| "connecting timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        self.conn = Some(conn);
+        self.conn = Some(self.opts.connect().await?);
         Ok(())
     }
 
@@ -573,13 +577,7 @@ impl RedisReader {
     async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
         let mut c = self.conn.lock().await;
         if c.is_none() {
-            let client = self.opts.client().ok()?;
-            let conn =
-                tokio::time::timeout(WRITE_TIMEOUT, client.get_multiplexed_async_connection())
-                    .await
-                    .ok()?
-                    .ok()?;
-            *c = Some(conn);
+            *c = Some(self.opts.connect().await.ok()?);
         }
         c.clone()
     }
