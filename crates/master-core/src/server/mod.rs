@@ -82,6 +82,32 @@ pub struct JobSince {
     pub missing: Option<BTreeMap<String, Missing>>,
 }
 
+impl JobSince {
+    /// Everything of a job read from a store (its order of arrival is not kept there).
+    pub(crate) fn whole((load, returns, missing): JobView) -> Self {
+        Self {
+            load,
+            cursor: returns.len(),
+            new: returns.into_iter().collect(),
+            missing,
+        }
+    }
+}
+
+/// A stored job as the API shows it: final, and every expected minion without a return
+/// missing (no response).
+pub(crate) fn stored_view(load: Value, returns: BTreeMap<String, Value>) -> JobView {
+    let missing = load
+        .get("minions")
+        .map(Value::str_items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| !returns.contains_key(id))
+        .map(|id| (id, Missing::NoResponse))
+        .collect();
+    (load, returns, Some(missing))
+}
+
 /// A publish request from the API.
 #[derive(Debug, Clone)]
 pub struct PublishSpec {
@@ -414,15 +440,7 @@ impl MasterCore {
     /// A job only the Redis job cache has: final as far as this master knows.
     async fn redis_job(&self, jid: &str) -> Option<JobView> {
         let (load, returns) = self.redis.as_ref()?.job(jid).await?;
-        let missing = load
-            .get("minions")
-            .map(Value::str_items)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|id| !returns.contains_key(id))
-            .map(|id| (id, Missing::NoResponse))
-            .collect();
-        Some((load, returns, Some(missing)))
+        Some(stored_view(load, returns))
     }
 
     /// What a client following `jid` has not seen after `since` ([`CoreState::job_since`]).
@@ -435,13 +453,7 @@ impl MasterCore {
         {
             return Some(s);
         }
-        let (load, returns, missing) = self.redis_job(jid).await?;
-        Some(JobSince {
-            load,
-            cursor: returns.len(),
-            new: returns.into_iter().collect(),
-            missing,
-        })
+        self.redis_job(jid).await.map(JobSince::whole)
     }
 
     /// Wait until `jid` is final.

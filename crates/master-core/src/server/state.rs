@@ -30,7 +30,6 @@ use super::{
 use crate::config::MasterConfig;
 use crate::events::unix_micros;
 use crate::jobcache::JobCache;
-use crate::jobs::Missing;
 use crate::keys::{KeyDir, KeyStore};
 use crate::lock;
 use crate::mine::DataCache;
@@ -374,18 +373,7 @@ impl CoreState {
         }
         let load = self.cache.job(jid)?;
         let returns = self.cache.returns(jid);
-        let missing = load
-            .get("minions")
-            .and_then(Value::as_array)
-            .map(|m| {
-                m.iter()
-                    .filter_map(Value::as_str)
-                    .filter(|id| !returns.contains_key(*id))
-                    .map(|id| (id.to_owned(), Missing::NoResponse))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some((load, returns, Some(missing)))
+        Some(super::stored_view(load, returns))
     }
 
     /// The returns of `jid` after the first `since` (in the order they arrived) and the count
@@ -396,13 +384,7 @@ impl CoreState {
         if let Some(j) = self.book.since(jid, since) {
             return Some(j);
         }
-        let (load, returns, missing) = self.job_view(jid)?;
-        Some(JobSince {
-            load,
-            cursor: returns.len(),
-            new: returns.into_iter().collect(),
-            missing,
-        })
+        self.job_view(jid).map(JobSince::whole)
     }
 
     /// Running jobs (not final yet), newest last.
