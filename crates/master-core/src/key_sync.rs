@@ -57,9 +57,8 @@ fn snapshot(keys: &KeyStore) -> Known {
         (KeyDir::Accepted, "accepted"),
         (KeyDir::Rejected, "rejected"),
     ] {
-        let dir = keys.dir().join(d.name());
         for id in keys.list(d) {
-            if let Ok(pem) = std::fs::read_to_string(dir.join(&id)) {
+            if let Ok(Some(pem)) = keys.read(d, &id) {
                 out.insert(id, (state, pem));
             }
         }
@@ -211,12 +210,7 @@ impl KeySync {
         pem: Option<&str>,
         before: Option<&'static str>,
     ) -> Result<(), String> {
-        let remove = |d: KeyDir| -> Result<(), String> {
-            match std::fs::remove_file(self.keys.dir().join(d.name()).join(id)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-                _ => Ok(()),
-            }
-        };
+        let remove = |d: KeyDir| self.keys.remove(d, id).map_err(|e| e.to_string());
         if !brine_proto::auth::valid_minion_id(id) {
             return Err("not a valid minion id".into());
         }

@@ -49,8 +49,7 @@ pub enum KeyDir {
 }
 
 impl KeyDir {
-    /// The directory's name under the pki directory (`minions`, `minions_pre`...).
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Accepted => "minions",
             Self::Pending => "minions_pre",
@@ -127,7 +126,11 @@ impl KeyStore {
         Ok(self.dir.join(d.name()).join(id))
     }
 
-    fn read(&self, d: KeyDir, id: &str) -> Result<Option<String>, KeyError> {
+    /// The key `id` holds in directory `d` (`None`: no such file).
+    ///
+    /// # Errors
+    /// [`KeyError`] for an invalid id or a read failure.
+    pub fn read(&self, d: KeyDir, id: &str) -> Result<Option<String>, KeyError> {
         let p = self.path(d, id)?;
         match std::fs::read_to_string(&p) {
             Ok(s) => Ok(Some(s)),
@@ -205,15 +208,21 @@ impl KeyStore {
             KeyAction::WriteRejected(pem) => self.write(KeyDir::Rejected, id, pem),
             KeyAction::WriteDenied(pem) => self.write(KeyDir::Denied, id, pem),
             KeyAction::MovePendingToRejected => self.moved(KeyDir::Pending, KeyDir::Rejected, id),
-            KeyAction::RemovePending => {
-                let p = self.path(KeyDir::Pending, id)?;
-                match std::fs::remove_file(&p) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(KeyError::Io { path: p, source: e })
-                    }
-                    _ => Ok(()),
-                }
+            KeyAction::RemovePending => self.remove(KeyDir::Pending, id),
+        }
+    }
+
+    /// Remove `id`'s key from directory `d` (absent already is fine).
+    ///
+    /// # Errors
+    /// [`KeyError`] for an invalid id or a removal failure.
+    pub fn remove(&self, d: KeyDir, id: &str) -> Result<(), KeyError> {
+        let p = self.path(d, id)?;
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(KeyError::Io { path: p, source: e })
             }
+            _ => Ok(()),
         }
     }
 
