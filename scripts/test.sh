@@ -8,10 +8,12 @@ scripts/salt-peer.sh all
 if ! { [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || command -v ip >/dev/null 2>&1; }; then
   apt-get update -qq && apt-get install -y -qq iproute2
 fi
-# The Redis job cache's tests run Debian's redis-server on loopback ports of their own.
+# The Redis job cache's tests run Debian's redis-server (and redis-sentinel) on loopback ports
+# of their own.
 # The API tier's test runs Debian's nginx in front of two mofm.
 missing=""
 { [ -x /usr/bin/redis-server ] && [ -x /usr/bin/redis-cli ]; } || missing="$missing redis-server"
+[ -x /usr/bin/redis-sentinel ] || missing="$missing redis-sentinel"
 [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
 if [ -n "$missing" ]; then
   apt-get update -qq && apt-get install -y -qq $missing

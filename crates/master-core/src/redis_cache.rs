@@ -38,6 +38,8 @@ pub const QUEUE: usize = 65_536;
 const BATCH: usize = 512;
 /// A write or read that takes longer counts as Redis being unavailable.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a write waits for replicas' acknowledgements (`WAIT`), in milliseconds.
+const WAIT_MS: u64 = 500;
 /// How often an unavailable Redis is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -54,6 +56,35 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// `redis.unix_socket_path` (used instead of host and port when set).
     pub unix_socket_path: Option<PathBuf>,
+    /// One server, the primary a Sentinel names, or a Redis Cluster.
+    pub topology: Topology,
+    /// Replicas that must acknowledge each job cache write (`WAIT`) before it counts as stored
+    /// (`redis.wait_replicas`, brine's extension; 1 with Sentinel, else 0). Writes fewer
+    /// replicas took stay in the journal, so a failover cannot lose what was acknowledged. A
+    /// primary with fewer replicas connected than this is asked for all of them (a promoted
+    /// replica that is alone is not waited on forever).
+    pub wait_replicas: u32,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server: `redis.host`/`redis.port` or `redis.unix_socket_path`.
+    Server,
+    /// Whatever server the Sentinels name the primary of `service`
+    /// (`redis.sentinel.service_name`, `redis.sentinel.nodes`: brine's extension, Salt has
+    /// none). Asked again after every failure, so a failover is followed.
+    Sentinel {
+        /// The service (Sentinel's `monitor` name).
+        service: String,
+        /// The Sentinels, `(host, port)`.
+        nodes: Vec<(String, u16)>,
+    },
+    /// A Redis Cluster (`redis.cluster_mode`, `redis.cluster.startup_nodes`, as Salt has them).
+    Cluster {
+        /// Nodes to learn the cluster's layout from, `(host, port)`.
+        nodes: Vec<(String, u16)>,
+    },
 }
 
 /// Option keys this module reads (flat `redis.host`, as Salt writes them, or nested `redis:`).
@@ -72,6 +103,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "redis.cluster_mode",
     "redis.cluster.startup_nodes",
     "redis.cluster.skip_full_coverage_check",
+    "redis.sentinel",
+    "redis.sentinel.service_name",
+    "redis.sentinel.nodes",
+    "redis.wait_replicas",
 ];
 
 fn invalid(key: &str, message: String) -> ConfigError {
@@ -169,13 +204,36 @@ impl RedisOptions {
                 _ => false,
             })
         };
-        if truthy("cluster_mode") {
-            return Err(invalid(
-                "redis.cluster_mode",
-                "Redis Cluster is not supported by brine yet; point redis.host at one server"
-                    .into(),
-            ));
-        }
+        // `redis.cluster.startup_nodes` flat, or `startup_nodes` under a `cluster:` map.
+        let sub = |group: &str, k: &str| -> Option<Json> {
+            raw(&format!("{group}.{k}"))
+                .or_else(|| raw(group).and_then(|g| g.get(k).cloned()))
+                .filter(|v| !v.is_null())
+        };
+        let cluster = truthy("cluster_mode");
+        let sentinel = sub("sentinel", "service_name").map(|v| match v {
+            Json::String(s) => s,
+            other => other.to_string(),
+        });
+        let topology = match (cluster, sentinel) {
+            (true, Some(_)) => {
+                return Err(invalid(
+                    "redis.sentinel.service_name",
+                    "Redis Cluster and Sentinel exclude each other; set one".into(),
+                ));
+            }
+            (true, None) => Topology::Cluster {
+                nodes: node_list(
+                    "redis.cluster.startup_nodes",
+                    sub("cluster", "startup_nodes"),
+                )?,
+            },
+            (false, Some(service)) => Topology::Sentinel {
+                service,
+                nodes: node_list("redis.sentinel.nodes", sub("sentinel", "nodes"))?,
+            },
+            (false, None) => Topology::Server,
+        };
         let port = match text("port") {
             None => 6379,
             Some(p) => p
@@ -194,27 +252,98 @@ impl RedisOptions {
                 .filter(|d| *d >= 0)
                 .ok_or_else(|| invalid("redis.db", format!("{d:?} is not a database number")))?,
         };
+        if db != 0 && matches!(topology, Topology::Cluster { .. }) {
+            return Err(invalid(
+                "redis.db",
+                format!("{db}: a Redis Cluster has only database 0"),
+            ));
+        }
+        let wait_replicas = match text("wait_replicas") {
+            None => u32::from(matches!(topology, Topology::Sentinel { .. })),
+            Some(n) => n.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    "redis.wait_replicas",
+                    format!("{n:?} is not a number of replicas"),
+                )
+            })?,
+        };
+        if wait_replicas > 0 && matches!(topology, Topology::Cluster { .. }) {
+            return Err(invalid(
+                "redis.wait_replicas",
+                "not with a Redis Cluster (each write may go to another primary)".into(),
+            ));
+        }
         Ok(Self {
             host: text("host").unwrap_or_else(|| "salt".into()),
             port,
             db,
             password: text("password").filter(|p| !p.is_empty()),
             unix_socket_path: text("unix_socket_path").map(PathBuf::from),
+            topology,
+            wait_replicas,
         })
     }
 
     /// Where the cache is, for logs (no password).
     pub fn describe(&self) -> String {
-        match &self.unix_socket_path {
-            Some(p) => format!("unix:{} db {}", p.display(), self.db),
-            None => format!("{}:{} db {}", self.host, self.port, self.db),
+        let list = |nodes: &[(String, u16)]| {
+            nodes
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match (&self.topology, &self.unix_socket_path) {
+            (Topology::Cluster { nodes }, _) => format!("cluster {}", list(nodes)),
+            (Topology::Sentinel { service, nodes }, _) => {
+                format!("sentinel {service} via {} db {}", list(nodes), self.db)
+            }
+            (Topology::Server, Some(p)) => format!("unix:{} db {}", p.display(), self.db),
+            (Topology::Server, None) => format!("{}:{} db {}", self.host, self.port, self.db),
         }
     }
 
-    /// A connection, or why there is none (refused, no answer within [`WRITE_TIMEOUT`]).
-    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        let client = self.client().map_err(|e| e.to_string())?;
-        tokio::time::timeout(WRITE_TIMEOUT, client.get_multiplexed_async_connection())
+    /// A connection, or why there is none (refused, no answer within [`WRITE_TIMEOUT`]). With
+    /// Sentinel, the Sentinels are asked which server is the primary now.
+    async fn connect(&self) -> Result<Conn, String> {
+        // The crate's own response timeout (500 ms) would call a slow Redis unavailable sooner
+        // than the writer does.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(WRITE_TIMEOUT));
+        let open = async {
+            match &self.topology {
+                Topology::Server => self
+                    .client()?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Conn::Node),
+                Topology::Sentinel { service, nodes } => {
+                    let mut info = redis::RedisConnectionInfo::default().set_db(self.db);
+                    if let Some(pw) = &self.password {
+                        info = info.set_password(pw);
+                    }
+                    let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                        .set_redis_connection_info(info);
+                    redis::sentinel::SentinelClient::build(
+                        nodes.clone(),
+                        service.clone(),
+                        Some(node),
+                        redis::sentinel::SentinelServerType::Master,
+                    )?
+                    .get_async_connection_with_config(&config)
+                    .await
+                    .map(Conn::Node)
+                }
+                Topology::Cluster { nodes } => {
+                    let mut b = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                        .response_timeout(WRITE_TIMEOUT);
+                    if let Some(pw) = &self.password {
+                        b = b.password(pw.clone());
+                    }
+                    b.build()?.get_async_connection().await.map(Conn::Cluster)
+                }
+            }
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, open)
             .await
             .map_err(|_| "connecting timed out".to_owned())?
             .map_err(|e| e.to_string())
@@ -257,6 +386,187 @@ impl RedisOptions {
         };
         redis::Client::open(url)
     }
+}
+
+/// `(host, port)` pairs from a list of `{host: h, port: p}` maps (Salt's form for
+/// `redis.cluster.startup_nodes`) or `"h:p"` strings.
+fn node_list(key: &str, v: Option<Json>) -> Result<Vec<(String, u16)>, ConfigError> {
+    let bad = |why: String| invalid(key, why);
+    let Some(Json::Array(items)) = v else {
+        return Err(bad("a list of {host, port} nodes is required".into()));
+    };
+    let port = |p: &Json| -> Option<u16> {
+        match p {
+            Json::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Json::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+        .filter(|p| *p > 0)
+    };
+    let nodes = items
+        .iter()
+        .map(|item| {
+            match item {
+                Json::Object(m) => {
+                    let host = m.get("host").and_then(Json::as_str);
+                    let p = m.get("port").map_or(Some(6379), port);
+                    host.zip(p).map(|(h, p)| (h.to_owned(), p))
+                }
+                Json::String(s) => s.rsplit_once(':').and_then(|(h, p)| {
+                    Some((h.trim_matches(['[', ']']).to_owned(), port(&json!(p))?))
+                }),
+                _ => None,
+            }
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| {
+                bad(format!(
+                    "{item}: a node is {{host: ..., port: ...}} or \"host:port\""
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if nodes.is_empty() {
+        return Err(bad("the list of nodes is empty".into()));
+    }
+    Ok(nodes)
+}
+
+/// A connection to wherever the data is: one server (also the primary a Sentinel named), or a
+/// cluster, which routes each key to its node.
+#[derive(Clone)]
+enum Conn {
+    Node(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Node(_) => "Conn::Node",
+            Self::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Run `pipe`, its answers ignored. A cluster refuses a pipeline whose keys live in other
+    /// slots, so there the commands go one after another, in order.
+    async fn run(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Self::Node(c) => pipe.query_async::<()>(c).await,
+            Self::Cluster(c) => {
+                for cmd in pipe.cmd_iter() {
+                    cmd.query_async::<redis::Value>(c).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every key matching `pattern`, by `SCAN` (on each primary of a cluster).
+    async fn scan(&mut self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        let scan = |cursor: u64| {
+            let mut c = redis::cmd("SCAN");
+            c.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            c
+        };
+        let mut keys = Vec::new();
+        match self {
+            Self::Node(c) => {
+                let mut cursor = 0;
+                loop {
+                    let (next, batch): (u64, Vec<String>) = scan(cursor).query_async(c).await?;
+                    keys.extend(batch);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            Self::Cluster(c) => {
+                for (host, port) in primaries(c).await? {
+                    let mut cursor = 0;
+                    loop {
+                        let at = redis::cluster_routing::RoutingInfo::SingleNode(
+                            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                                host: host.clone(),
+                                port,
+                            },
+                        );
+                        let (next, batch): (u64, Vec<String>) =
+                            redis::from_redis_value(c.route_command(scan(cursor), at).await?)?;
+                        keys.extend(batch);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// A cluster's primaries, from `CLUSTER SLOTS` (`[[first, last, [host, port, ...], ...], ...]`).
+async fn primaries(
+    c: &mut redis::cluster_async::ClusterConnection,
+) -> redis::RedisResult<Vec<(String, u16)>> {
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    let mut out: Vec<(String, u16)> = Vec::new();
+    for range in slots {
+        let Some(primary) = range.into_iter().nth(2) else {
+            continue;
+        };
+        let node: Vec<redis::Value> = redis::from_redis_value(primary)?;
+        let mut it = node.into_iter();
+        let (Some(h), Some(p)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let addr = (
+            redis::from_redis_value::<String>(h)?,
+            redis::from_redis_value::<u16>(p)?,
+        );
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    Ok(out)
 }
 
 /// One write for the job cache.
@@ -307,31 +617,126 @@ impl Record {
         })
     }
 
-    fn add_to(&self, pipe: &mut redis::Pipeline, ttl: u64) {
+    /// The commands that store this record, each with the one key it writes.
+    fn commands(&self, ttl: u64) -> Vec<(String, redis::Cmd)> {
         let json = |v: &Value| serde_json::to_string(&to_json(v)).unwrap_or_default();
-        match self {
-            Self::Load { jid, load } => {
-                let key = format!("load:{jid}");
-                if ttl > 0 {
-                    pipe.set_ex(key, json(load), ttl).ignore();
-                } else {
-                    pipe.set(key, json(load)).ignore();
-                }
+        let set = |key: &str, value: &str| {
+            let mut c = redis::cmd("SET");
+            c.arg(key).arg(value);
+            if ttl > 0 {
+                c.arg("EX").arg(ttl);
             }
+            (key.to_owned(), c)
+        };
+        match self {
+            Self::Load { jid, load } => vec![set(&format!("load:{jid}"), &json(load))],
             Self::Return { jid, id, fun, data } => {
                 let key = format!("ret:{jid}");
-                pipe.hset(&key, id, json(data)).ignore();
-                let last = format!("{id}:{fun}");
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&key).arg(id).arg(json(data));
+                let mut out = vec![(key.clone(), hset)];
                 if ttl > 0 {
-                    pipe.expire(&key, i64::try_from(ttl).unwrap_or(i64::MAX))
-                        .ignore();
-                    pipe.set_ex(last, jid, ttl).ignore();
-                } else {
-                    pipe.set(last, jid).ignore();
+                    let mut exp = redis::cmd("EXPIRE");
+                    exp.arg(&key).arg(ttl);
+                    out.push((key, exp));
                 }
-                pipe.sadd("minions", id).ignore();
+                out.push(set(&format!("{id}:{fun}"), jid));
+                let mut sadd = redis::cmd("SADD");
+                sadd.arg("minions").arg(id);
+                out.push(("minions".to_owned(), sadd));
+                out
             }
         }
+    }
+}
+
+/// Store `records` over `conn`: one pipeline on a server, followed by `WAIT wait` when
+/// replicas must acknowledge; on a cluster, one pipeline per key (a cluster refuses pipelines
+/// across slots), all in flight at once.
+async fn store(conn: &Conn, records: &[Record], ttl: u64, wait: u32) -> Result<(), String> {
+    match conn {
+        Conn::Node(c) => {
+            let mut pipe = redis::pipe();
+            if wait > 0 {
+                // ROLE names the replicas connected now: a primary left without replicas (its
+                // only replica was promoted, say) cannot be asked for more acknowledgements
+                // than it has, or the cache would stay degraded until an operator adds one.
+                pipe.cmd("ROLE");
+            }
+            for r in records {
+                for (_, cmd) in r.commands(ttl) {
+                    pipe.add_command(cmd).ignore();
+                }
+            }
+            let mut c = c.clone();
+            if wait == 0 {
+                return pipe
+                    .query_async::<()>(&mut c)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            let (role,): (redis::Value,) =
+                pipe.query_async(&mut c).await.map_err(|e| e.to_string())?;
+            let required = wait.min(connected_replicas(&role)?);
+            if required == 0 {
+                return Ok(());
+            }
+            let acked: u32 = redis::cmd("WAIT")
+                .arg(required)
+                .arg(WAIT_MS)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            if acked < required {
+                return Err(format!(
+                    "{acked} of the {required} replicas required acknowledged the writes"
+                ));
+            }
+            Ok(())
+        }
+        Conn::Cluster(c) => {
+            let mut by_key: BTreeMap<String, redis::Pipeline> = BTreeMap::new();
+            for r in records {
+                for (key, cmd) in r.commands(ttl) {
+                    by_key
+                        .entry(key)
+                        .or_insert_with(redis::pipe)
+                        .add_command(cmd)
+                        .ignore();
+                }
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for pipe in by_key.into_values() {
+                let mut c = c.clone();
+                set.spawn(async move { pipe.query_async::<()>(&mut c).await });
+            }
+            while let Some(r) = set.join_next().await {
+                r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How many replicas a primary's `ROLE` reply lists; an error when the server is not a primary
+/// (a demoted primary refuses writes anyway, this names why).
+fn connected_replicas(role: &redis::Value) -> Result<u32, String> {
+    let redis::Value::Array(parts) = role else {
+        return Err(format!("unexpected ROLE reply {role:?}"));
+    };
+    let name = match parts.first() {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        other => return Err(format!("unexpected ROLE reply {other:?}")),
+    };
+    if name != "master" {
+        return Err(format!("the server is a {name}, not the primary"));
+    }
+    match parts.get(2) {
+        Some(redis::Value::Array(replicas)) => {
+            Ok(u32::try_from(replicas.len()).unwrap_or(u32::MAX))
+        }
+        other => Err(format!("unexpected ROLE reply {other:?}")),
     }
 }
 
@@ -415,7 +820,7 @@ struct Writer {
     ttl: u64,
     journal: Journal,
     bus: EventBus,
-    conn: Option<redis::aio::MultiplexedConnection>,
+    conn: Option<Conn>,
     degraded: bool,
 }
 
@@ -431,15 +836,15 @@ impl Writer {
     async fn write(&mut self, records: &[Record]) -> Result<(), String> {
         self.connect().await?;
         for chunk in records.chunks(BATCH) {
-            let mut pipe = redis::pipe();
-            for r in chunk {
-                r.add_to(&mut pipe, self.ttl);
-            }
-            let conn = self.conn.as_mut().expect("connected above");
-            let r = tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(conn)).await;
+            let conn = self.conn.as_ref().expect("connected above");
+            let r = tokio::time::timeout(
+                WRITE_TIMEOUT,
+                store(conn, chunk, self.ttl, self.opts.wait_replicas),
+            )
+            .await;
             let failed = match r {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
+                Ok(Err(e)) => Some(e),
                 Err(_) => Some(format!("no answer within {WRITE_TIMEOUT:?}")),
             };
             if let Some(e) = failed {
@@ -562,7 +967,7 @@ pub fn spawn_writer(
 #[derive(Debug)]
 pub struct RedisReader {
     opts: RedisOptions,
-    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
 impl RedisReader {
@@ -574,7 +979,7 @@ impl RedisReader {
         }
     }
 
-    async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+    async fn conn(&self) -> Option<Conn> {
         let mut c = self.conn.lock().await;
         if c.is_none() {
             *c = Some(self.opts.connect().await.ok()?);
@@ -609,7 +1014,7 @@ impl RedisReader {
         let Some(mut conn) = self.conn().await else {
             return false;
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, conn.run(pipe)).await {
             Ok(Ok(())) => true,
             _ => {
                 *self.conn.lock().await = None;
@@ -670,28 +1075,22 @@ impl RedisReader {
 
     /// Every job Redis has a load for (`load:*`), by jid.
     pub async fn list(&self) -> Vec<(String, Value)> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let Some((next, batch)): Option<(u64, Vec<String>)> = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg("load:*")
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await
-            else {
+        let Some(mut conn) = self.conn().await else {
+            return Vec::new();
+        };
+        let keys = match tokio::time::timeout(WRITE_TIMEOUT * 5, conn.scan("load:*")).await {
+            Ok(Ok(keys)) => keys,
+            Ok(Err(e)) => {
+                warn!(redis = %self.opts.describe(), error = %e, "listing the job cache failed");
+                *self.conn.lock().await = None;
                 return Vec::new();
-            };
-            keys.extend(batch);
-            if next == 0 {
-                break;
             }
-            cursor = next;
-        }
+            Err(_) => {
+                warn!(redis = %self.opts.describe(), "listing the job cache timed out");
+                *self.conn.lock().await = None;
+                return Vec::new();
+            }
+        };
         let mut out = Vec::new();
         for chunk in keys.chunks(500) {
             let Some(vals): Option<Vec<Option<String>>> =
@@ -735,10 +1134,49 @@ mod tests {
             RedisOptions::from_options(&Options::parse("a: 1\n").unwrap()).unwrap(),
             None
         );
+        // Salt's cluster form, and brine's Sentinel form (maps or "host:port").
+        let o = Options::parse(
+            "master_job_cache: redis\nredis.cluster_mode: true\nredis.cluster.startup_nodes:\n  - host: a\n    port: 7000\n  - host: b\n    port: '7001'\n",
+        )
+        .unwrap();
+        let r = RedisOptions::from_options(&o).unwrap().unwrap();
+        assert_eq!(
+            r.topology,
+            Topology::Cluster {
+                nodes: vec![("a".into(), 7000), ("b".into(), 7001)]
+            }
+        );
+        assert_eq!(r.wait_replicas, 0);
+        let o = Options::parse(
+            "master_job_cache: redis\nredis:\n  sentinel:\n    service_name: mymaster\n    nodes: ['s1:26379', {host: s2}]\n",
+        )
+        .unwrap();
+        let r = RedisOptions::from_options(&o).unwrap().unwrap();
+        assert_eq!(
+            r.topology,
+            Topology::Sentinel {
+                service: "mymaster".into(),
+                nodes: vec![("s1".into(), 26379), ("s2".into(), 6379)]
+            }
+        );
+        assert_eq!(
+            r.wait_replicas, 1,
+            "Sentinel waits for one replica by default"
+        );
+        assert!(
+            r.describe()
+                .contains("sentinel mymaster via s1:26379,s2:6379")
+        );
         for bad in [
             "master_job_cache: mysql\n",
             "master_job_cache: redis\nredis.port: 0\n",
+            // Cluster without nodes, with a database, with WAIT; both cluster and Sentinel.
             "master_job_cache: redis\nredis.cluster_mode: true\n",
+            "master_job_cache: redis\nredis.cluster_mode: true\nredis.db: 1\nredis.cluster.startup_nodes: ['a:1']\n",
+            "master_job_cache: redis\nredis.cluster_mode: true\nredis.wait_replicas: 1\nredis.cluster.startup_nodes: ['a:1']\n",
+            "master_job_cache: redis\nredis.cluster_mode: true\nredis.cluster.startup_nodes: ['a:1']\nredis.sentinel.service_name: m\n",
+            "master_job_cache: redis\nredis.sentinel.service_name: m\nredis.sentinel.nodes: ['s1:0']\n",
+            "master_job_cache: redis\nredis.sentinel.service_name: m\nredis.sentinel.nodes: [3]\n",
         ] {
             assert!(
                 RedisOptions::from_options(&Options::parse(bad).unwrap()).is_err(),

@@ -331,3 +331,197 @@ fn key_decisions_reach_the_other_master_through_redis() {
     let list = |m: &Mofm| String::from_utf8_lossy(&m.brine_key(&["-L"]).stdout).into_owned();
     assert_eq!(list(&a), list(&b));
 }
+
+fn tags_in(events: &std::sync::Mutex<Vec<String>>, tag: &str) -> usize {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|x| x.as_str() == tag)
+        .count()
+}
+
+/// `redis.cluster_mode` with Salt's `redis.cluster.startup_nodes`, against a real three-node
+/// Redis Cluster: the returns land in Salt's keys (spread over the nodes' slots), a second
+/// master sharing only the cluster lists and reads the job (`SCAN` on every primary), and key
+/// decisions travel through it too.
+#[test]
+fn a_redis_cluster_holds_the_job_cache_and_key_decisions() {
+    subscribe();
+    let cluster = brine_test_support::RedisCluster::start();
+    let nodes: String = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("  - host: 127.0.0.1\n    port: {}\n", n.port))
+        .collect();
+    let conf = format!(
+        "master_job_cache: redis\nredis.cluster_mode: true\nredis.cluster.startup_nodes:\n{nodes}keep_jobs_seconds: 3600\nbrine_key_sync: redis\n"
+    );
+    let m = Mofm::start(&format!("auto_accept: True\n{conf}"));
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let ids: Vec<String> = (0..3).map(|i| format!("cl{i}")).collect();
+    let _sims = attach_sims(&m, &rt, &ctx, &ids);
+    let token = root_token(&m);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut jids = Vec::new();
+    for _ in 0..3 {
+        let (jid, got) = ping(&m, &token, "cl*");
+        assert_eq!(got, all_true(&ids));
+        jids.push(jid);
+    }
+    for jid in &jids {
+        assert!(
+            wait_for(Duration::from_secs(10), || cluster
+                .cli(&["HLEN", &format!("ret:{jid}")])
+                .trim()
+                == "3"),
+            "returns of {jid} in the cluster: {}",
+            m.log_tail()
+        );
+        assert!(
+            cluster
+                .cli(&["GET", &format!("load:{jid}")])
+                .contains("test.ping")
+        );
+    }
+    assert_eq!(cluster.cli(&["SCARD", "minions"]).trim(), "3");
+    // The keys are spread: more than one node holds some of them.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["DBSIZE"]).trim() != "0")
+        .count();
+    assert!(holding >= 2, "keys on {holding} of 3 nodes");
+
+    let other = Mofm::start(&conf);
+    let other_token = root_token(&other);
+    let (st, r) = other.http(
+        "GET",
+        &format!("/jobs/{}", jids[0]),
+        Some(&other_token),
+        &Json::Null,
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["return"][0], all_true(&ids), "{r}");
+    let out = other.brine_run(&["jobs.list_jobs", "--out", "json"]);
+    let listed: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+    for j in &jids {
+        assert!(listed.get(j.as_str()).is_some(), "{j} in {listed}");
+    }
+
+    // Key decisions through the cluster (their hash and version live in different slots).
+    let pem = cached_key(9).public_key().to_pem_file();
+    for mm in [&m, &other] {
+        std::fs::write(mm.root().join("etc/salt/pki/master/minions_pre/clk"), &pem).unwrap();
+    }
+    let out = other.brine_key(&["-y", "-a", "clk"]);
+    assert!(out.status.success(), "{}", super::text(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || m.key("minions", "clk")),
+        "accepted on the other master through the cluster: {}",
+        m.log_tail()
+    );
+}
+
+/// `redis.sentinel.*` (brine's extension): the job cache follows the primary a real
+/// `redis-sentinel` names. The primary is killed in the middle of jobs: jobs go on returning
+/// everything, and after the failover every return of every job is on the new primary — the
+/// writes acknowledged before the kill had reached the replica (`WAIT`), the rest waited in the
+/// journal.
+#[test]
+fn a_sentinel_failover_of_the_redis_primary_loses_no_return() {
+    subscribe();
+    let mut primary = RedisServer::start();
+    let p = primary.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &p]);
+    assert!(
+        wait_for(Duration::from_secs(15), || replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")),
+        "the replica did not sync"
+    );
+    let sentinel = brine_test_support::RedisSentinel::start(primary.port);
+    assert!(
+        wait_for(Duration::from_secs(20), || sentinel
+            .cli(&[
+                "SENTINEL",
+                "replicas",
+                brine_test_support::RedisSentinel::SERVICE
+            ])
+            .contains(&replica.port.to_string())),
+        "the sentinel did not find the replica: {}",
+        sentinel.log()
+    );
+    let m = Mofm::start(&format!(
+        "auto_accept: True\nmaster_job_cache: redis\nredis.sentinel.service_name: {}\nredis.sentinel.nodes: ['127.0.0.1:{}']\nkeep_jobs_seconds: 3600\n",
+        brine_test_support::RedisSentinel::SERVICE,
+        sentinel.port
+    ));
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let ids: Vec<String> = (0..3).map(|i| format!("sn{i}")).collect();
+    let _sims = attach_sims(&m, &rt, &ctx, &ids);
+    let token = root_token(&m);
+    let events = brine_test_support::topology::sse_tags("127.0.0.1", m.ports.2, &token);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut jids = Vec::new();
+    let (jid, got) = ping(&m, &token, "sn*");
+    assert_eq!(got, all_true(&ids));
+    assert!(
+        wait_for(Duration::from_secs(10), || primary
+            .cli(&["HLEN", &format!("ret:{jid}")])
+            .trim()
+            == "3"),
+        "{}",
+        m.log_tail()
+    );
+    jids.push(jid);
+    primary.stop();
+    // During the failover and after it.
+    for _ in 0..3 {
+        let (jid, got) = ping(&m, &token, "sn*");
+        assert_eq!(got, all_true(&ids), "a job while the primary is gone");
+        jids.push(jid);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || sentinel.primary_port()
+            == replica.port),
+        "no failover: {}",
+        sentinel.log()
+    );
+    let (jid, got) = ping(&m, &token, "sn*");
+    assert_eq!(got, all_true(&ids));
+    jids.push(jid);
+    for jid in &jids {
+        assert!(
+            wait_for(Duration::from_secs(20), || replica
+                .cli(&["HLEN", &format!("ret:{jid}")])
+                .trim()
+                == "3"
+                && replica
+                    .cli(&["GET", &format!("load:{jid}")])
+                    .contains("test.ping")),
+            "every return of {jid} on the new primary: {}",
+            m.log_tail()
+        );
+    }
+    assert!(
+        tags_in(&events, "salt/brine/job_cache/degraded") >= 1,
+        "the outage was announced"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || tags_in(
+            &events,
+            "salt/brine/job_cache/recovered"
+        ) == tags_in(
+            &events,
+            "salt/brine/job_cache/degraded"
+        )),
+        "and its end: {} degraded, {} recovered; {}",
+        tags_in(&events, "salt/brine/job_cache/degraded"),
+        tags_in(&events, "salt/brine/job_cache/recovered"),
+        m.log_tail()
+    );
+}

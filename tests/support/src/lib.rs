@@ -26,7 +26,7 @@ pub mod topology;
 pub use netns::Netns;
 pub use nginx::Nginx;
 pub use procs::{cpu_ticks_tree, proc_cpu_ticks, proc_tree, rss_tree_kb};
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisSentinel, RedisServer};
 pub use salt::{SaltMaster, SaltMinion, SaltPeer, SaltSyndic};
 pub use sim::{Answer, HostileMinion, SimMinion};
 pub use tempfile::TempDir;

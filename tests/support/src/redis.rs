@@ -15,6 +15,7 @@ pub struct RedisServer {
     pub port: u16,
     daemon: Option<Daemon>,
     starts: usize,
+    extra: Vec<String>,
 }
 
 /// `redis-server` and `redis-cli`, or a panic that says how to install them.
@@ -26,7 +27,7 @@ fn binary(name: &str) -> PathBuf {
         }
     }
     panic!(
-        "{name} is not installed: `apt-get install -y redis-server` (scripts/test.sh installs it)"
+        "{name} is not installed: `apt-get install -y redis-server redis-sentinel` (scripts/test.sh installs them)"
     );
 }
 
@@ -36,11 +37,21 @@ impl RedisServer {
     /// # Panics
     /// If `redis-server` is missing or does not answer within 10 s.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start one on a free port with more `redis-server` arguments (`--replicaof ...`,
+    /// `--cluster-enabled yes`...).
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut r = Self {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
             daemon: None,
             starts: 0,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         r.spawn();
         r
@@ -62,7 +73,8 @@ impl RedisServer {
             "no",
             "--dir",
         ])
-        .arg(self.dir.path());
+        .arg(self.dir.path())
+        .args(&self.extra);
         self.starts += 1;
         let log = self.dir.path().join(format!("redis-{}.log", self.starts));
         self.daemon = Some(Daemon::spawn(cmd, "redis-server", &log));
@@ -104,5 +116,137 @@ impl RedisServer {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+}
+
+/// Three `redis-server`s made one Redis Cluster (`redis-cli --cluster create`, no replicas).
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes; each serves a third of the slots.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Start three nodes and join them.
+    ///
+    /// # Panics
+    /// If a node does not start or the cluster is not `ok` within 20 s.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new(binary("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = Self { nodes };
+        assert!(
+            wait_for(Duration::from_secs(20), || c.nodes.iter().all(|n| n
+                .cli(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok"))),
+            "the Redis Cluster did not become ok"
+        );
+        c
+    }
+
+    /// `redis-cli -c` (following redirections) against the first node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.nodes[0].cli(&[&["-c"][..], args].concat())
+    }
+}
+
+/// A real `redis-sentinel` (Debian's package) on a free loopback port watching one primary as
+/// service `brine`, quick to fail over (down after 1 s).
+#[derive(Debug)]
+pub struct RedisSentinel {
+    dir: tempfile::TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _daemon: Daemon,
+}
+
+impl RedisSentinel {
+    /// The service name it monitors.
+    pub const SERVICE: &str = "brine";
+
+    /// Start one watching the primary on `primary_port` (quorum 1).
+    ///
+    /// # Panics
+    /// If `redis-sentinel` is missing or does not answer within 10 s.
+    pub fn start(primary_port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {s} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {s} 1000\n\
+                 sentinel failover-timeout {s} 5000\n\
+                 sentinel parallel-syncs {s} 1\n",
+                dir = dir.path().display(),
+                s = Self::SERVICE,
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut cmd = Command::new(binary("redis-sentinel"));
+        cmd.arg(&conf);
+        let daemon = Daemon::spawn(cmd, "redis-sentinel", &dir.path().join("sentinel.log"));
+        let s = Self {
+            dir,
+            port,
+            _daemon: daemon,
+        };
+        assert!(
+            wait_for(Duration::from_secs(10), || s.cli(&["PING"]).trim()
+                == "PONG"),
+            "redis-sentinel did not answer on port {port}"
+        );
+        s
+    }
+
+    /// The port of the primary it names now (0 when it names none).
+    pub fn primary_port(&self) -> u16 {
+        self.cli(&["SENTINEL", "get-master-addr-by-name", Self::SERVICE])
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `redis-cli -p PORT --raw ARGS...` against the Sentinel.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new(binary("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Its log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
     }
 }
