@@ -89,6 +89,9 @@ pub struct MasterConfig {
     pub order_masters: bool,
     /// `syndic_wait`: the longest a job waits for a syndic that has not reported yet.
     pub syndic_wait: u64,
+    /// `unique_jid`: jids end in `_<pid>`, as Salt's, so masters that publish into one job
+    /// cache (MoMs sharing Redis) cannot hand out the same jid in the same microsecond.
+    pub unique_jid: bool,
     /// Keys brine does not implement (warned about at start).
     pub unknown_keys: Vec<String>,
     /// The file server (`file_roots`, `file_ignore_*`, `hash_type`, ...).
@@ -182,6 +185,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "job_cache",
     "order_masters",
     "syndic_wait",
+    "unique_jid",
     "master_id",
     "syndic_master",
     "syndic_master_port",
@@ -313,6 +317,7 @@ impl MasterConfig {
             id: o.string("id")?,
             order_masters: o.bool("order_masters", false)?,
             syndic_wait: o.int("syndic_wait", 5, 0..=3600)? as u64,
+            unique_jid: o.bool("unique_jid", false)?,
             zmq_backlog: o.int("zmq_backlog", 4096, 1..=65_535)? as i32,
             unknown_keys: o
                 .unknown_keys(KNOWN_KEYS)

@@ -59,10 +59,9 @@ struct Job {
     first_ask: Instant,
     /// After this, still-running minions are reported as timed out.
     deadline: Option<Instant>,
-    /// Syndics that have not reported this job's minions yet, and until when to wait for them
-    /// (`syndic_wait`).
-    waiting_syndics: BTreeSet<String>,
-    hold_until: Option<Instant>,
+    /// Syndics that have not reported this job's minions yet, each with the instant until
+    /// which the job waits for it (`syndic_wait`, or longer for a syndic known alive).
+    waiting_syndics: BTreeMap<String, Instant>,
 }
 
 /// Tracks every running job of a master.
@@ -123,26 +122,34 @@ impl JobTracker {
                 asked: HashMap::new(),
                 first_ask: later(now, timeout),
                 deadline: deadline.map(|d| later(now, d)),
-                waiting_syndics: BTreeSet::new(),
-                hold_until: None,
+                waiting_syndics: BTreeMap::new(),
             },
         );
     }
 
     /// The job went to `syndics` too: it is not final until each reported the minions below it
-    /// that the job targets, or `syndic_wait` passed.
+    /// that the job targets, or `wait` passed (`syndic_wait`). Given again for a syndic, the
+    /// later instant stands.
     pub fn handle_syndics(
         &mut self,
         jid: &str,
         syndics: impl IntoIterator<Item = String>,
         now: Instant,
-        syndic_wait: Duration,
+        wait: Duration,
     ) {
         if let Some(job) = self.jobs.get_mut(jid) {
-            job.waiting_syndics.extend(syndics);
-            if !job.waiting_syndics.is_empty() {
-                job.hold_until = Some(later(now, syndic_wait));
+            let until = later(now, wait);
+            for s in syndics {
+                let e = job.waiting_syndics.entry(s).or_insert(until);
+                *e = (*e).max(until);
             }
+        }
+    }
+
+    /// `syndic` is gone (its heartbeat stopped): no job waits for its report any longer.
+    pub fn handle_syndic_lost(&mut self, syndic: &str) {
+        for job in self.jobs.values_mut() {
+            job.waiting_syndics.remove(syndic);
         }
     }
 
@@ -167,7 +174,7 @@ impl JobTracker {
     pub fn waiting_on_syndics(&self, jid: &str, now: Instant) -> Option<bool> {
         self.jobs
             .get(jid)
-            .map(|j| !j.waiting_syndics.is_empty() && j.hold_until.is_some_and(|h| now < h))
+            .map(|j| j.waiting_syndics.values().any(|h| now < *h))
     }
 
     /// Whether `id` still runs `jid`: expected, not returned, not given up on, job not final.
@@ -253,7 +260,7 @@ impl JobTracker {
                 .expected
                 .iter()
                 .all(|id| job.returned.contains(id) || job.missing.contains_key(id));
-            let held = !job.waiting_syndics.is_empty() && job.hold_until.is_some_and(|h| now < h);
+            let held = job.waiting_syndics.values().any(|h| now < *h);
             let expired = job.deadline.is_some_and(|d| now >= d);
             if (!settled || held) && !expired {
                 return true;
@@ -291,7 +298,12 @@ impl JobTracker {
                             && self.connected.contains(*id)
                     })
                     .map(|(_, a)| a.0);
-                let hold = j.hold_until.filter(|h| *h > now);
+                let hold = j
+                    .waiting_syndics
+                    .values()
+                    .copied()
+                    .filter(|h| *h > now)
+                    .min();
                 first.into_iter().chain(asks).chain(j.deadline).chain(hold)
             })
             .min()
@@ -435,6 +447,31 @@ mod tests {
         jt.handle_syndics("k", ["s1".to_owned()], t0, Duration::from_secs(5));
         assert!(jt.poll_done(t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(jt.poll_done(t0 + Duration::from_secs(5)).len(), 1);
+        // A syndic known alive is waited for longer than one that is not; once it is lost,
+        // nothing holds the job.
+        jt.handle_published("l", Vec::<String>::new(), t0, Duration::from_secs(5), None);
+        jt.handle_syndics(
+            "l",
+            ["s1", "s2"].map(String::from),
+            t0,
+            Duration::from_secs(5),
+        );
+        jt.handle_syndics("l", ["s2".to_owned()], t0, Duration::from_secs(20));
+        jt.handle_syndics("l", ["s2".to_owned()], t0, Duration::from_secs(1));
+        assert_eq!(
+            jt.poll_timeout(t0 + Duration::from_secs(1)),
+            Some(t0 + Duration::from_secs(5))
+        );
+        assert!(
+            jt.poll_done(t0 + Duration::from_secs(6)).is_empty(),
+            "s2 holds it"
+        );
+        assert_eq!(
+            jt.poll_timeout(t0 + Duration::from_secs(6)),
+            Some(t0 + Duration::from_secs(20))
+        );
+        jt.handle_syndic_lost("s2");
+        assert_eq!(jt.poll_done(t0 + Duration::from_secs(7)).len(), 1);
     }
 
     #[test]

@@ -60,9 +60,9 @@ pub struct RedisOptions {
     pub topology: Topology,
     /// Replicas that must acknowledge each job cache write (`WAIT`) before it counts as stored
     /// (`redis.wait_replicas`, brine's extension; 1 with Sentinel, else 0). Writes fewer
-    /// replicas took stay in the journal, so a failover cannot lose what was acknowledged. A
-    /// primary with fewer replicas connected than this is asked for all of them (a promoted
-    /// replica that is alone is not waited on forever).
+    /// replicas took stay in the journal (the cache counts as degraded), so a failover cannot
+    /// lose what was acknowledged; a promoted replica left alone keeps the cache degraded until
+    /// a replica joins it again.
     pub wait_replicas: u32,
 }
 
@@ -657,16 +657,13 @@ async fn store(conn: &Conn, records: &[Record], ttl: u64, wait: u32) -> Result<(
     match conn {
         Conn::Node(c) => {
             let mut pipe = redis::pipe();
-            if wait > 0 {
-                // ROLE names the replicas connected now: a primary left without replicas (its
-                // only replica was promoted, say) cannot be asked for more acknowledgements
-                // than it has, or the cache would stay degraded until an operator adds one.
-                pipe.cmd("ROLE");
-            }
             for r in records {
                 for (_, cmd) in r.commands(ttl) {
                     pipe.add_command(cmd).ignore();
                 }
+            }
+            if wait > 0 {
+                pipe.cmd("WAIT").arg(wait).arg(WAIT_MS);
             }
             let mut c = c.clone();
             if wait == 0 {
@@ -675,21 +672,10 @@ async fn store(conn: &Conn, records: &[Record], ttl: u64, wait: u32) -> Result<(
                     .await
                     .map_err(|e| e.to_string());
             }
-            let (role,): (redis::Value,) =
-                pipe.query_async(&mut c).await.map_err(|e| e.to_string())?;
-            let required = wait.min(connected_replicas(&role)?);
-            if required == 0 {
-                return Ok(());
-            }
-            let acked: u32 = redis::cmd("WAIT")
-                .arg(required)
-                .arg(WAIT_MS)
-                .query_async(&mut c)
-                .await
-                .map_err(|e| e.to_string())?;
-            if acked < required {
+            let (acked,): (u32,) = pipe.query_async(&mut c).await.map_err(|e| e.to_string())?;
+            if acked < wait {
                 return Err(format!(
-                    "{acked} of the {required} replicas required acknowledged the writes"
+                    "{acked} of the {wait} replicas required acknowledged the writes"
                 ));
             }
             Ok(())
@@ -715,28 +701,6 @@ async fn store(conn: &Conn, records: &[Record], ttl: u64, wait: u32) -> Result<(
             }
             Ok(())
         }
-    }
-}
-
-/// How many replicas a primary's `ROLE` reply lists; an error when the server is not a primary
-/// (a demoted primary refuses writes anyway, this names why).
-fn connected_replicas(role: &redis::Value) -> Result<u32, String> {
-    let redis::Value::Array(parts) = role else {
-        return Err(format!("unexpected ROLE reply {role:?}"));
-    };
-    let name = match parts.first() {
-        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(redis::Value::SimpleString(s)) => s.clone(),
-        other => return Err(format!("unexpected ROLE reply {other:?}")),
-    };
-    if name != "master" {
-        return Err(format!("the server is a {name}, not the primary"));
-    }
-    match parts.get(2) {
-        Some(redis::Value::Array(replicas)) => {
-            Ok(u32::try_from(replicas.len()).unwrap_or(u32::MAX))
-        }
-        other => Err(format!("unexpected ROLE reply {other:?}")),
     }
 }
 

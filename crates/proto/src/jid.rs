@@ -55,14 +55,34 @@ impl fmt::Display for Jid {
 #[derive(Debug, Clone, Default)]
 pub struct JidGenerator {
     last_micros: u64,
+    suffix: Option<String>,
 }
 
 impl JidGenerator {
+    /// A generator whose jids end in `_<suffix>` (Salt's `unique_jid` uses the process id).
+    ///
+    /// # Panics
+    /// If `suffix` is empty or not ASCII alphanumeric (it would not parse as a jid).
+    pub fn with_suffix(suffix: &str) -> Self {
+        assert!(
+            !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "a jid suffix is ASCII letters and digits"
+        );
+        Self {
+            last_micros: 0,
+            suffix: Some(suffix.to_owned()),
+        }
+    }
+
     /// The next jid for the wall-clock time `unix_micros`.
     pub fn next_jid(&mut self, unix_micros: u64) -> Jid {
         let t = unix_micros.max(self.last_micros + 1);
         self.last_micros = t;
-        Jid::from_unix_micros(t)
+        let jid = Jid::from_unix_micros(t);
+        match &self.suffix {
+            Some(s) => Jid(format!("{}_{s}", jid.0)),
+            None => jid,
+        }
     }
 }
 
@@ -159,5 +179,9 @@ mod tests {
         let b = g.next_jid(1_000_000);
         let c = g.next_jid(999_999);
         assert!(a < b && b < c);
+        let mut u = JidGenerator::with_suffix("4242");
+        let j = u.next_jid(1_795_744_610_747_396);
+        assert_eq!(j.as_str(), "20261127015650747396_4242");
+        assert_eq!(Jid::parse(j.as_str()), Some(j));
     }
 }

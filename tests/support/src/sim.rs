@@ -69,6 +69,9 @@ impl Default for SimOptions {
     }
 }
 
+/// The jids whose returns a simulated minion's master acknowledged.
+pub type Acked = Arc<std::sync::Mutex<Vec<String>>>;
+
 /// A running simulated minion. Dropping it stops it.
 #[derive(Debug)]
 pub struct SimMinion {
@@ -78,6 +81,8 @@ pub struct SimMinion {
     pub answered: Arc<AtomicUsize>,
     /// Publishes that failed a check (bad signature, replayed serial, undecryptable).
     pub rejected: Arc<AtomicUsize>,
+    /// The jid of each acknowledged return, in order (a jid twice if acknowledged twice).
+    pub acked: Acked,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -142,14 +147,14 @@ impl SimMinion {
         )?;
         let answered = Arc::new(AtomicUsize::new(0));
         let rejected = Arc::new(AtomicUsize::new(0));
+        let acked = Acked::default();
         let task = tokio::spawn(respond(
             id.to_owned(),
             sub,
             req,
             session,
             creds,
-            answered.clone(),
-            rejected.clone(),
+            (answered.clone(), rejected.clone(), acked.clone()),
             opts,
         ));
         // Give the subscription time to reach the publisher (ZeroMQ's slow joiner).
@@ -158,6 +163,7 @@ impl SimMinion {
             id: id.to_owned(),
             answered,
             rejected,
+            acked,
             task,
         })
     }
@@ -165,6 +171,14 @@ impl SimMinion {
     /// Jobs answered so far.
     pub fn answered(&self) -> usize {
         self.answered.load(Ordering::Relaxed)
+    }
+
+    /// The jids whose returns were acknowledged so far (one entry per acknowledged copy).
+    pub fn acked_jids(&self) -> Vec<String> {
+        self.acked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -248,15 +262,13 @@ async fn execute(fun: &str, args: &[Value]) -> (Value, i64, bool) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn respond(
     id: String,
     mut sub: Subscriber,
     req: ReqClient,
     session: MinionSession,
     creds: Box<Credentials>,
-    answered: Arc<AtomicUsize>,
-    rejected: Arc<AtomicUsize>,
+    (answered, rejected, acked): (Arc<AtomicUsize>, Arc<AtomicUsize>, Acked),
     opts: SimOptions,
 ) {
     let req = Arc::new(tokio::sync::Mutex::new(req));
@@ -284,8 +296,13 @@ async fn respond(
         if !opts.answer_find_job && job.fun_name() == Some("saltutil.find_job") {
             continue;
         }
-        let (id, req, session, answered) =
-            (id.clone(), req.clone(), session.clone(), answered.clone());
+        let (id, req, session, answered, acked) = (
+            id.clone(),
+            req.clone(),
+            session.clone(),
+            answered.clone(),
+            acked.clone(),
+        );
         tokio::spawn(async move {
             let fun = job.fun_name().unwrap_or_default().to_owned();
             let args = job.arg.as_array().unwrap_or_default().to_vec();
@@ -317,6 +334,10 @@ async fn respond(
                     {
                         if session.open_reply(&reply, &sealed.nonce).is_ok() {
                             answered.fetch_add(1, Ordering::Relaxed);
+                            acked
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(load.jid.clone());
                         }
                         break;
                     }

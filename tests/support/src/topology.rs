@@ -104,6 +104,13 @@ impl Node {
         }
     }
 
+    /// Send `sig` (`-STOP`, `-CONT`, `-TERM`...) to the daemon's process group.
+    pub fn signal(&self, sig: &str) {
+        if let Some(d) = &self.daemon {
+            d.signal_group(sig);
+        }
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Daemon::pid)

@@ -66,6 +66,24 @@ impl JobBook {
         }
     }
 
+    /// `syndics` are known alive (brine syndics whose heartbeat is fresh): `jid` waits for
+    /// their reports up to `wait` from `now` rather than `syndic_wait`.
+    pub(super) fn wait_for_live_syndics(
+        &mut self,
+        jid: &str,
+        syndics: &[String],
+        wait: Duration,
+        now: Instant,
+    ) {
+        self.tracker
+            .handle_syndics(jid, syndics.iter().cloned(), now, wait);
+    }
+
+    /// `syndic`'s heartbeat stopped: no job waits for its report any longer.
+    pub(super) fn syndic_lost(&mut self, syndic: &str) {
+        self.tracker.handle_syndic_lost(syndic);
+    }
+
     /// A job published (or relayed) now: `minions` expected, `syndics` to wait for up to
     /// `syndic_wait`, silent minions asked about after `timeout`.
     #[allow(clippy::too_many_arguments)]

@@ -736,6 +736,11 @@ impl Server {
         // take yet wait in `held`, in order; nothing on the driver's path waits on Redis.
         let mut store = shared.cfg.redis.as_ref().map(|o| {
             info!(redis = %o.describe(), "job cache: redis");
+            if !shared.cfg.unique_jid {
+                warn!(
+                    "masters that share a Redis job cache can hand out the same jid in the same microsecond; set unique_jid: True on each of them"
+                );
+            }
             let ttl = shared.cfg.keep_jobs_seconds;
             let (sink, task) =
                 crate::redis_cache::spawn_writer(o, &shared.cfg.cachedir, ttl, shared.bus.clone());

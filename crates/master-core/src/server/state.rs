@@ -118,6 +118,11 @@ impl CoreState {
         let syndics = super::watch::ids_in(&cfg.cachedir.join("syndics"));
         let resource_managers = super::watch::ids_in(&resources_dir(&cfg.cachedir));
         let key_snapshot = key_states(&keys);
+        let jidgen = if cfg.unique_jid {
+            JidGenerator::with_suffix(&std::process::id().to_string())
+        } else {
+            JidGenerator::default()
+        };
         Self {
             book: JobBook::new(Duration::from_secs(cfg.gather_job_timeout)),
             cfg,
@@ -125,7 +130,7 @@ impl CoreState {
             grains,
             pillars,
             cache,
-            jidgen: JidGenerator::default(),
+            jidgen,
             syndics,
             resource_managers,
             syndic_beats: HashMap::new(),
@@ -282,6 +287,11 @@ impl CoreState {
     pub fn handle_housekeeping(&mut self, now: Instant) {
         self.rounds += 1;
         let n = self.rounds;
+        for (syndic, beat) in &self.syndic_beats {
+            if now.saturating_duration_since(*beat) >= SYNDIC_HEARTBEAT_STALE {
+                self.book.syndic_lost(syndic);
+            }
+        }
         // The book at least once a second (and the job cache flushed).
         self.handle_timeout(now);
         if n.is_multiple_of(2) {
@@ -590,6 +600,19 @@ impl CoreState {
             Duration::from_secs(self.cfg.syndic_wait),
             now,
         );
+        // A brine syndic whose heartbeat is fresh is alive, only slow (a busy or briefly
+        // stopped host): the job waits for its report up to the job's timeout, not just
+        // `syndic_wait`, or the minions below it would be left out of a job they run. Its
+        // heartbeat going stale ends the wait ([`Self::handle_housekeeping`]).
+        let alive: Vec<String> = syndics
+            .iter()
+            .filter(|s| self.syndic_beats.contains_key(*s))
+            .cloned()
+            .collect();
+        if !alive.is_empty() {
+            let wait = Duration::from_secs(timeout_secs.max(self.cfg.syndic_wait));
+            self.book.wait_for_live_syndics(&jid, &alive, wait, now);
+        }
         // The next wake-up may be earlier now (this job's first ask).
         self.book_changed();
         self.transmits.push_back(Transmit {
