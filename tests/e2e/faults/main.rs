@@ -167,12 +167,21 @@ impl Tier {
         let sims: Vec<SimMinion> = rt.block_on(async {
             let mut set = Vec::new();
             for (k, id) in ids.iter().enumerate() {
-                let host = addrs[2 + k % 3].clone();
+                // Each minion lists the three syndics, starting with its own (Salt's
+                // `master_type: failover` with `random_master: False`).
+                let masters: Vec<String> = (0..3).map(|o| addrs[2 + (k + o) % 3].clone()).collect();
                 let (ctx, id, key) = (ctx.clone(), id.clone(), keys[k].clone());
                 set.push(tokio::spawn(async move {
-                    SimMinion::start(&ctx, &id, key, &host, ret, publish, Duration::from_secs(60))
-                        .await
-                        .expect("a simulated minion attaches")
+                    SimMinion::start_failover(
+                        &ctx,
+                        &id,
+                        key,
+                        &masters,
+                        (ret, publish),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .expect("a simulated minion attaches")
                 }));
             }
             let mut out = Vec::new();
@@ -371,6 +380,7 @@ enum Fault {
     Kill9Mom(usize),
     StopMom(usize),
     StopSyndic(usize),
+    Kill9Syndic(usize),
     StopRedis,
     /// kill -9 of the primary on this port.
     FailoverRedis(u16),
@@ -382,6 +392,10 @@ impl Fault {
             Self::Kill9Mom(i) => format!("kill -9 mom-{i}, restarted after {}s", FAULT.as_secs()),
             Self::StopMom(i) => format!("SIGSTOP mom-{i} for {}s", FAULT.as_secs()),
             Self::StopSyndic(j) => format!("SIGSTOP syndic-{j} for {}s", FAULT.as_secs()),
+            Self::Kill9Syndic(j) => format!(
+                "kill -9 syndic-{j} (its minions fail over), restarted after {}s",
+                FAULT.as_secs()
+            ),
             Self::StopRedis => format!(
                 "SIGSTOP the Redis primary for {}s (Sentinel fails over)",
                 FAULT.as_secs()
@@ -398,6 +412,7 @@ impl Fault {
             Self::Kill9Mom(i) => t.moms[*i].kill9(),
             Self::StopMom(i) => t.moms[*i].signal("-STOP"),
             Self::StopSyndic(j) => t.syndics[*j].signal("-STOP"),
+            Self::Kill9Syndic(j) => t.syndics[*j].kill9(),
             Self::StopRedis => t.primary_server().freeze(),
             Self::FailoverRedis(killed) => {
                 let port = t.redis_primary();
@@ -419,6 +434,10 @@ impl Fault {
             }
             Self::StopMom(i) => t.moms[*i].signal("-CONT"),
             Self::StopSyndic(j) => t.syndics[*j].signal("-CONT"),
+            Self::Kill9Syndic(j) => {
+                t.syndics[*j].spawn();
+                t.syndics[*j].wait_port(t.ports.1);
+            }
             Self::StopRedis => {
                 t.primary.thaw();
                 t.replica.thaw();
@@ -540,6 +559,7 @@ fn fault_table() {
         Fault::Kill9Mom(0),
         Fault::StopMom(1),
         Fault::StopSyndic(0),
+        Fault::Kill9Syndic(1),
         Fault::StopRedis,
         Fault::FailoverRedis(0),
     ];

@@ -296,54 +296,257 @@ async fn respond(
         if !opts.answer_find_job && job.fun_name() == Some("saltutil.find_job") {
             continue;
         }
-        let (id, req, session, answered, acked) = (
-            id.clone(),
-            req.clone(),
-            session.clone(),
-            answered.clone(),
-            acked.clone(),
-        );
-        tokio::spawn(async move {
-            let fun = job.fun_name().unwrap_or_default().to_owned();
-            let args = job.arg.as_array().unwrap_or_default().to_vec();
-            let (ret, retcode, success) = execute(&fun, &args).await;
-            let load = ReturnLoad {
-                id: id.clone(),
-                success,
-                ret,
-                retcode,
-                jid: job.jid.clone(),
-                fun: job.fun.clone(),
-                fun_args: job.arg.clone(),
-                user: job.user.clone(),
-                out: None,
-                stamp: Some(iso_stamp(unix_micros())),
-                extra: vec![],
-            };
-            let mut req = req.lock().await;
-            for _ in 0..opts.copies {
-                let sealed = session.seal(
-                    load.to_value(),
-                    (unix_micros() / 1_000_000) as i64,
-                    &mut Rng,
-                );
-                for _ in 0..3 {
-                    if let Ok(reply) = req
-                        .request(sealed.frame.clone(), Duration::from_secs(10))
-                        .await
-                    {
-                        if session.open_reply(&reply, &sealed.nonce).is_ok() {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                            acked
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .push(load.jid.clone());
-                        }
-                        break;
+        answer(job, &id, &req, &session, (&answered, &acked), opts.copies);
+    }
+}
+
+/// Run `job` and send its return (`copies` times) over `req`, in a task of its own; each
+/// acknowledged copy counts in `answered` and `acked`.
+fn answer(
+    job: brine_proto::loads::JobLoad,
+    id: &str,
+    req: &Arc<tokio::sync::Mutex<ReqClient>>,
+    session: &MinionSession,
+    (answered, acked): (&Arc<AtomicUsize>, &Acked),
+    copies: usize,
+) {
+    let (id, req, session, answered, acked) = (
+        id.to_owned(),
+        req.clone(),
+        session.clone(),
+        answered.clone(),
+        acked.clone(),
+    );
+    tokio::spawn(async move {
+        let fun = job.fun_name().unwrap_or_default().to_owned();
+        let args = job.arg.as_array().unwrap_or_default().to_vec();
+        let (ret, retcode, success) = execute(&fun, &args).await;
+        let load = ReturnLoad {
+            id: id.clone(),
+            success,
+            ret,
+            retcode,
+            jid: job.jid.clone(),
+            fun: job.fun.clone(),
+            fun_args: job.arg.clone(),
+            user: job.user.clone(),
+            out: None,
+            stamp: Some(iso_stamp(unix_micros())),
+            extra: vec![],
+        };
+        let mut req = req.lock().await;
+        for _ in 0..copies {
+            let sealed = session.seal(
+                load.to_value(),
+                (unix_micros() / 1_000_000) as i64,
+                &mut Rng,
+            );
+            for _ in 0..3 {
+                if let Ok(reply) = req
+                    .request(sealed.frame.clone(), Duration::from_secs(10))
+                    .await
+                {
+                    if session.open_reply(&reply, &sealed.nonce).is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        acked
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(load.jid.clone());
                     }
+                    break;
                 }
             }
+        }
+    });
+}
+
+/// A simulated minion's link to one master.
+struct Attached {
+    host: String,
+    req: Arc<tokio::sync::Mutex<ReqClient>>,
+    sub: Subscriber,
+    creds: Box<Credentials>,
+    session: MinionSession,
+}
+
+/// Authenticate `me` to the master at `host` (within `deadline`) and subscribe to its feed.
+async fn attach(
+    ctx: &Context,
+    me: &MinionIdentity,
+    host: &str,
+    (ret_port, publish_port): (u16, u16),
+    deadline: Duration,
+) -> Result<Attached, SimError> {
+    let mut req = ReqClient::new(ctx, &tcp_endpoint(host, ret_port), SocketOptions::default());
+    let creds = authenticate(me, &mut req, deadline).await?;
+    let session = MinionSession::new(
+        me.clone(),
+        creds.session.clone(),
+        Default::default(),
+        Default::default(),
+    );
+    let sub = Subscriber::connect(
+        ctx,
+        &tcp_endpoint(host, publish_port),
+        &[b""],
+        &SocketOptions::default(),
+    )?;
+    Ok(Attached {
+        host: host.to_owned(),
+        req: Arc::new(tokio::sync::Mutex::new(req)),
+        sub,
+        creds,
+        session,
+    })
+}
+
+/// Whether something accepts TCP connections on `host:port` within a second (Salt's
+/// `master_alive_interval` check looks at the connection the same way).
+async fn alive(host: &str, port: u16) -> bool {
+    let Ok(addr) = format!("{host}:{port}").parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Why a simulated minion left its master.
+enum Leave {
+    /// A publish did not decrypt: re-authenticate to the same master, then decode it again.
+    Rekey(Vec<u8>),
+    /// The master stopped accepting connections: fail over to the next one.
+    Gone,
+}
+
+/// Answer jobs from `link`'s master until it must be left; `pending` is a publish to decode
+/// first (the one that asked for a re-authentication).
+async fn serve(
+    id: &str,
+    link: &mut Attached,
+    ports: (u16, u16),
+    pending: Option<Vec<u8>>,
+    (answered, rejected, acked): (&Arc<AtomicUsize>, &Arc<AtomicUsize>, &Acked),
+) -> Leave {
+    let grains = Value::map().with("id", id).with("os", "Debian");
+    let mut decoder = PublishDecoder::new(id);
+    decoder.verify_with = Some(link.creds.master_pub.clone());
+    let mut probe = tokio::time::interval(Duration::from_secs(2));
+    let mut misses = 0;
+    let mut next = pending;
+    loop {
+        let frame = match next.take() {
+            Some(f) => f,
+            None => tokio::select! {
+                r = link.sub.recv() => match r {
+                    Ok(mut frames) => match frames.pop() {
+                        Some(f) => f,
+                        None => continue,
+                    },
+                    Err(_) => return Leave::Gone,
+                },
+                _ = probe.tick() => {
+                    if alive(&link.host, ports.0).await {
+                        misses = 0;
+                    } else {
+                        misses += 1;
+                        if misses >= 2 {
+                            return Leave::Gone;
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        match decoder.decode(&frame, &link.creds.aes, &grains, &Value::Nil) {
+            Feed::Job(job) => answer(*job, id, &link.req, &link.session, (answered, acked), 1),
+            Feed::Rekey(payload) => return Leave::Rekey(payload),
+            Feed::Skip(why) => {
+                if why.is_rejection() {
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl SimMinion {
+    /// A simulated minion with Salt's `master_type: failover`: it attaches to the first of
+    /// `masters` that accepts it, re-authenticates when a publish does not decrypt (the master
+    /// restarted with a new AES key), and moves to the next master when its master stops
+    /// accepting connections (checked every 2 s, two misses in a row).
+    ///
+    /// # Errors
+    /// [`SimError`] if no master accepts it within `auth_deadline`.
+    pub async fn start_failover(
+        ctx: &Context,
+        id: &str,
+        key: PrivateKey,
+        masters: &[String],
+        ports: (u16, u16),
+        auth_deadline: Duration,
+    ) -> Result<Self, SimError> {
+        let me = MinionIdentity::new(id, key)?;
+        let until = Instant::now() + auth_deadline;
+        let mut idx = 0;
+        let link = loop {
+            match attach(ctx, &me, &masters[idx], ports, Duration::from_secs(10)).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() > until => return Err(e),
+                Err(_) => {
+                    idx = (idx + 1) % masters.len();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let answered = Arc::new(AtomicUsize::new(0));
+        let rejected = Arc::new(AtomicUsize::new(0));
+        let acked = Acked::default();
+        let counters = (answered.clone(), rejected.clone(), acked.clone());
+        let (ctx, masters, name) = (ctx.clone(), masters.to_vec(), id.to_owned());
+        let task = tokio::spawn(async move {
+            let mut link = link;
+            let mut pending = None;
+            loop {
+                let leave = serve(
+                    &name,
+                    &mut link,
+                    ports,
+                    pending.take(),
+                    (&counters.0, &counters.1, &counters.2),
+                )
+                .await;
+                if let Leave::Rekey(frame) = leave
+                    && let Ok(l) =
+                        attach(&ctx, &me, &masters[idx], ports, Duration::from_secs(10)).await
+                {
+                    link = l;
+                    pending = Some(frame);
+                    continue;
+                }
+                // Gone (or the re-authentication failed): the next master that accepts.
+                link = loop {
+                    idx = (idx + 1) % masters.len();
+                    if let Ok(l) =
+                        attach(&ctx, &me, &masters[idx], ports, Duration::from_secs(5)).await
+                    {
+                        break l;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                };
+            }
         });
+        // Give the subscription time to reach the publisher (ZeroMQ's slow joiner).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Self {
+            id: id.to_owned(),
+            answered,
+            rejected,
+            acked,
+            task,
+        })
     }
 }
 
