@@ -146,6 +146,27 @@ impl JobCache {
         out
     }
 
+    /// Jobs whose load or returns changed at or after `since` (file modification times),
+    /// oldest first.
+    pub fn changed_since(&self, since: std::time::SystemTime) -> Vec<String> {
+        let changed = |dir: &Path| {
+            ["load.json", "returns.jsonl"].iter().any(|f| {
+                std::fs::metadata(dir.join(f))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= since)
+            })
+        };
+        let mut jids: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| Jid::parse(n).is_some() && changed(&self.dir.join(n)))
+            .collect();
+        jids.sort();
+        jids
+    }
+
     /// Every stored job with a load, oldest first.
     pub fn list(&self) -> Vec<(String, Value)> {
         let mut jids: Vec<String> = std::fs::read_dir(&self.dir)

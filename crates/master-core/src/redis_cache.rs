@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use brine_daemon::config::{ConfigError, Options};
 use brine_proto::Value;
@@ -786,6 +786,8 @@ struct Writer {
     bus: EventBus,
     conn: Option<Conn>,
     degraded: bool,
+    /// [`SYNCED`]'s path, and when it was last written.
+    synced: (PathBuf, Option<Instant>),
 }
 
 impl Writer {
@@ -860,6 +862,25 @@ impl Writer {
         true
     }
 
+    /// Note that every record received up to `upto` is in Redis (at most once a second).
+    fn note_synced(&mut self, upto: std::time::SystemTime) {
+        if self
+            .synced
+            .1
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.synced.1 = Some(Instant::now());
+        let micros = upto
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let tmp = self.synced.0.with_extension("tmp");
+        if std::fs::write(&tmp, micros.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.synced.0);
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Record>) {
         if !self.journal.is_empty() {
             // Left from before a restart: replayed before anything newer.
@@ -871,6 +892,7 @@ impl Writer {
             tokio::select! {
                 r = rx.recv() => {
                     let Some(first) = r else { break };
+                    let received = std::time::SystemTime::now();
                     let mut batch = vec![first];
                     while batch.len() < BATCH * 8 {
                         match rx.try_recv() {
@@ -883,10 +905,15 @@ impl Writer {
                     } else if let Err(e) = self.write(&batch).await {
                         self.degrade(&e);
                         self.journal.append(&batch);
+                    } else if rx.is_empty() {
+                        self.note_synced(received);
                     }
                 }
                 _ = retry.tick(), if self.degraded => {
-                    self.recover().await;
+                    let tried = std::time::SystemTime::now();
+                    if self.recover().await && rx.is_empty() {
+                        self.note_synced(tried);
+                    }
                 }
             }
         }
@@ -899,6 +926,19 @@ impl Writer {
             self.journal.append(&rest);
         }
     }
+}
+
+/// The file under `cachedir/brine` where the writer notes when everything offered to it had
+/// reached Redis.
+const SYNCED: &str = "redis-synced";
+
+/// Until when (as noted by the last run's writer) every record offered to it had reached Redis;
+/// `None` if never noted. After a `kill -9`, jobs the embedded cache changed after this may be
+/// missing from Redis ([`crate::server::CoreState::resync_redis`]).
+pub fn synced_until(cachedir: &Path) -> Option<std::time::SystemTime> {
+    let text = std::fs::read_to_string(cachedir.join("brine").join(SYNCED)).ok()?;
+    let micros: u64 = text.trim().parse().ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_micros(micros))
 }
 
 /// Start the writer (a task on the current runtime) for `opts`, with its journal under
@@ -922,6 +962,7 @@ pub fn spawn_writer(
         bus,
         conn: None,
         degraded: false,
+        synced: (dir.join(SYNCED), None),
     };
     (RedisSink { tx }, tokio::spawn(w.run(rx)))
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brine_test_support::sim::{cached_keys, sim_runtime};
-use brine_test_support::topology::{Node, loopback};
+use brine_test_support::topology::{Node, loopback, start_syndic};
 use brine_test_support::{
     RedisSentinel, RedisServer, SimMinion, repo_root, subscribe, wait_for, workspace_bin,
 };
@@ -38,8 +38,9 @@ const FAULT: Duration = Duration::from_secs(6);
 #[derive(Debug, Clone)]
 struct Job {
     jid: String,
-    /// Minions the CLI printed `true` for.
-    cli: BTreeSet<String>,
+    /// Minions the CLI printed `true` for; `None` when it printed no result at all (it lost
+    /// the MoM it was talking to).
+    cli: Option<BTreeSet<String>>,
 }
 
 /// The tier: Redis (primary, replica, Sentinel), two MoMs, three syndics, the simulated minions.
@@ -89,23 +90,7 @@ impl Tier {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_owned();
-        let primary = RedisServer::start();
-        let p = primary.port.to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &p]);
-        assert!(
-            wait_for(Duration::from_secs(15), || replica
-                .cli(&["INFO", "replication"])
-                .contains("master_link_status:up")),
-            "the replica did not sync"
-        );
-        let sentinel = RedisSentinel::start(primary.port);
-        assert!(
-            wait_for(Duration::from_secs(20), || sentinel
-                .cli(&["SENTINEL", "replicas", RedisSentinel::SERVICE])
-                .contains(&replica.port.to_string())),
-            "the sentinel did not find the replica: {}",
-            sentinel.log()
-        );
+        let (primary, replica, sentinel) = RedisSentinel::start_replicated();
         let (addrs, publish, ret) = loopback(5);
         let moms: Vec<Node> = (0..2)
             .map(|i| {
@@ -124,31 +109,19 @@ impl Tier {
                 n
             })
             .collect();
+        // Each syndic lists both MoMs.
+        let moms_list = format!("{}, {}", addrs[0], addrs[1]);
         let syndics: Vec<Node> = (0..3)
             .map(|j| {
-                let addr = &addrs[2 + j];
-                let master = format!(
-                    "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
-                     auto_accept: True\npki_dir: /syndic-{j}/pki\ncachedir: /syndic-{j}/cache\n\
-                     gather_job_timeout: 3\nsyndic_master: [{}, {}]\nsyndic_master_port: {ret}\n",
-                    addrs[0],
-                    addrs[1],
-                    root = root.display()
-                );
-                let minion = format!(
-                    "id: syndic-{j}\nroot_dir: {root}\npki_dir: /syndic-{j}/minion-pki\n\
-                     cachedir: /syndic-{j}/minion-cache\n",
-                    root = root.display()
-                );
-                let n = Node::start(
-                    "syndic",
-                    &format!("syndic-{j}"),
-                    addr,
-                    &root.join(format!("syndic-{j}/etc")),
-                    &[("master", master), ("minion", minion)],
-                );
-                n.wait_port(ret);
-                n
+                let name = format!("syndic-{j}");
+                start_syndic(
+                    &root,
+                    &name,
+                    &name,
+                    &addrs[2 + j],
+                    &moms_list,
+                    (publish, ret),
+                )
             })
             .collect();
         assert!(
@@ -228,7 +201,7 @@ impl Tier {
         let whole = wait_for(limit, || {
             self.moms
                 .iter()
-                .all(|m| run_job(&m.etc, 5).is_some_and(|j| j.cli == all))
+                .all(|m| run_job(&m.etc, 5).is_some_and(|j| j.cli.as_ref() == Some(&all)))
         });
         whole.then(|| t0.elapsed())
     }
@@ -309,15 +282,12 @@ fn run_job(etc: &Path, t: u64) -> Option<Job> {
     let (first, rest) = text.split_once('\n')?;
     let jid = first.strip_prefix("jid: ")?.trim().to_owned();
     let v: Json = serde_json::from_str(rest).unwrap_or(Json::Null);
-    let cli = v
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(_, r)| **r == Json::Bool(true))
-                .map(|(id, _)| id.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let cli = v.as_object().map(|m| {
+        m.iter()
+            .filter(|(_, r)| **r == Json::Bool(true))
+            .map(|(id, _)| id.clone())
+            .collect()
+    });
     Some(Job { jid, cli })
 }
 
@@ -372,6 +342,8 @@ struct Row {
     lost: usize,
     twice: usize,
     cli_incomplete: usize,
+    /// Jobs whose CLI printed no result: the MoM it talked to died under it.
+    cli_cut_off: usize,
     whole_after: Option<Duration>,
 }
 
@@ -482,7 +454,11 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
     wait_for(Duration::from_secs(30), || lost(t) == 0);
     let all: BTreeSet<String> = t.ids.iter().cloned().collect();
     for j in &jobs {
-        let missing: Vec<&String> = all.difference(&j.cli).collect();
+        let Some(cli) = &j.cli else {
+            eprintln!("{}: the CLI of {} printed no result", fault.name(), j.jid);
+            continue;
+        };
+        let missing: Vec<&String> = all.difference(cli).collect();
         if !missing.is_empty() {
             eprintln!(
                 "{}: the CLI missed {} minions of {} ({:?}...)",
@@ -509,9 +485,10 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
                 .unwrap_or_default()
                 .into_iter()
                 .collect();
-            returned == all && j.cli != all
+            returned == all && j.cli.as_ref().is_some_and(|c| *c != all)
         })
         .count();
+    let cli_cut_off = jobs.iter().filter(|j| j.cli.is_none()).count();
     Row {
         fault: fault.name(),
         jobs: jobs.len(),
@@ -522,6 +499,7 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
         lost: lost(t),
         twice: jobs.iter().map(|j| t.recorded_twice(&j.jid)).sum(),
         cli_incomplete,
+        cli_cut_off,
         whole_after,
     }
 }
@@ -530,18 +508,19 @@ fn table(rows: &[Row], minions: usize) -> String {
     let mut s = format!(
         "Two mofm (Redis job cache through a Sentinel, shared tokens), three brine syndics, \
          {minions} simulated minions, `brine '*' test.ping` from both MoMs in a loop.\n\n\
-         | fault | jobs | returns | lost | recorded twice | CLI incomplete | whole again after |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n"
+         | fault | jobs | returns | lost | recorded twice | CLI incomplete | CLI cut off | whole again after |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.fault,
             r.jobs,
             r.returns,
             r.lost,
             r.twice,
             r.cli_incomplete,
+            r.cli_cut_off,
             r.whole_after.map_or_else(
                 || "not within 90 s".to_owned(),
                 |d| format!("{:.1} s", d.as_secs_f64())

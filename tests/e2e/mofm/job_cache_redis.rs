@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use brine_test_support::sim::{cached_key, sim_runtime};
-use brine_test_support::{RedisServer, subscribe, wait_for};
+use brine_test_support::{RedisSentinel, RedisServer, subscribe, wait_for};
 use serde_json::{Value as Json, json};
 
 use super::{Mofm, attach_sims};
@@ -432,30 +432,10 @@ fn a_redis_cluster_holds_the_job_cache_and_key_decisions() {
 #[test]
 fn a_sentinel_failover_of_the_redis_primary_loses_no_return() {
     subscribe();
-    let mut primary = RedisServer::start();
-    let p = primary.port.to_string();
-    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &p]);
-    assert!(
-        wait_for(Duration::from_secs(15), || replica
-            .cli(&["INFO", "replication"])
-            .contains("master_link_status:up")),
-        "the replica did not sync"
-    );
-    let sentinel = brine_test_support::RedisSentinel::start(primary.port);
-    assert!(
-        wait_for(Duration::from_secs(20), || sentinel
-            .cli(&[
-                "SENTINEL",
-                "replicas",
-                brine_test_support::RedisSentinel::SERVICE
-            ])
-            .contains(&replica.port.to_string())),
-        "the sentinel did not find the replica: {}",
-        sentinel.log()
-    );
+    let (mut primary, replica, sentinel) = RedisSentinel::start_replicated();
     let m = Mofm::start(&format!(
         "auto_accept: True\nmaster_job_cache: redis\nredis.sentinel.service_name: {}\nredis.sentinel.nodes: ['127.0.0.1:{}']\nkeep_jobs_seconds: 3600\n",
-        brine_test_support::RedisSentinel::SERVICE,
+        RedisSentinel::SERVICE,
         sentinel.port
     ));
     let rt = sim_runtime();

@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use crate::{Daemon, free_port, wait_for};
 
+/// `redis-cli -p PORT --raw ARGS...` on 127.0.0.1: its output ("" when nothing answers).
+fn cli(port: u16, args: &[&str]) -> String {
+    Command::new(binary("redis-cli"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// A running (or stopped) `redis-server`.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -110,12 +120,7 @@ impl RedisServer {
 
     /// `redis-cli -p PORT --raw ARGS...`: its output ("" when the server is down).
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new(binary("redis-cli"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        cli(self.port, args)
     }
 }
 
@@ -237,12 +242,32 @@ impl RedisSentinel {
 
     /// `redis-cli -p PORT --raw ARGS...` against the Sentinel.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new(binary("redis-cli"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        cli(self.port, args)
+    }
+
+    /// A primary, a replica that has synced with it, and a Sentinel that watches both.
+    ///
+    /// # Panics
+    /// If the replica does not sync or the Sentinel does not find it (with its log).
+    pub fn start_replicated() -> (RedisServer, RedisServer, Self) {
+        let primary = RedisServer::start();
+        let p = primary.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &p]);
+        assert!(
+            wait_for(Duration::from_secs(15), || replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")),
+            "the replica did not sync"
+        );
+        let sentinel = Self::start(primary.port);
+        assert!(
+            wait_for(Duration::from_secs(20), || sentinel
+                .cli(&["SENTINEL", "replicas", Self::SERVICE])
+                .contains(&replica.port.to_string())),
+            "the sentinel did not find the replica: {}",
+            sentinel.log()
+        );
+        (primary, replica, sentinel)
     }
 
     /// Its log so far (for failure messages).

@@ -131,29 +131,13 @@ impl SimMinion {
         opts: SimOptions,
     ) -> Result<Self, SimError> {
         let me = MinionIdentity::new(id, key)?;
-        let mut req = ReqClient::new(ctx, &tcp_endpoint(host, ret_port), SocketOptions::default());
-        let creds = authenticate(&me, &mut req, auth_deadline).await?;
-        let session = MinionSession::new(
-            me,
-            creds.session.clone(),
-            Default::default(),
-            Default::default(),
-        );
-        let sub = Subscriber::connect(
-            ctx,
-            &tcp_endpoint(host, publish_port),
-            &[b""],
-            &SocketOptions::default(),
-        )?;
+        let link = attach(ctx, &me, host, (ret_port, publish_port), auth_deadline).await?;
         let answered = Arc::new(AtomicUsize::new(0));
         let rejected = Arc::new(AtomicUsize::new(0));
         let acked = Acked::default();
         let task = tokio::spawn(respond(
             id.to_owned(),
-            sub,
-            req,
-            session,
-            creds,
+            link,
             (answered.clone(), rejected.clone(), acked.clone()),
             opts,
         ));
@@ -264,14 +248,17 @@ async fn execute(fun: &str, args: &[Value]) -> (Value, i64, bool) {
 
 async fn respond(
     id: String,
-    mut sub: Subscriber,
-    req: ReqClient,
-    session: MinionSession,
-    creds: Box<Credentials>,
+    link: Attached,
     (answered, rejected, acked): (Arc<AtomicUsize>, Arc<AtomicUsize>, Acked),
     opts: SimOptions,
 ) {
-    let req = Arc::new(tokio::sync::Mutex::new(req));
+    let Attached {
+        mut sub,
+        req,
+        session,
+        creds,
+        ..
+    } = link;
     let grains = Value::map().with("id", id.as_str()).with("os", "Debian");
     // Every publish must carry the master's signature (brine masters sign them all).
     let mut decoder = PublishDecoder::new(&id);

@@ -203,8 +203,9 @@ pub fn sse_tags(
     seen
 }
 
-/// Start a brine syndic `id` on `addr` below the master of masters at `mom` (both on the
-/// ports `(publish, ret)`), auto-accepting its own minions, with its files under `root/<dir>`
+/// Start a brine syndic `id` on `addr` below the master of masters at `mom` (several as
+/// `"a, b"`; all on the ports `(publish, ret)`), auto-accepting its own minions, with its files
+/// under `root/<dir>`
 /// (`etc/master`, `etc/minion`, pki and cache); returns once its ret port answers.
 pub fn start_syndic(
     root: &Path,

@@ -301,6 +301,20 @@ impl MasterCore {
         rx.await.ok()
     }
 
+    /// Hand `f` to the driver without waiting for it to run; `after` runs once the driver has
+    /// taken the outputs of the turn `f` ran in and put the job cache on disk.
+    async fn tell_then(
+        &self,
+        f: impl FnOnce(&mut CoreState, Instant) + Send + 'static,
+        after: impl FnOnce() + Send + 'static,
+    ) {
+        let cmd: Cmd = Box::new(move |st, now| {
+            f(st, now);
+            Box::new(after)
+        });
+        let _ = self.tx.send(cmd).await;
+    }
+
     /// Hand `f` to the driver without waiting for it to run.
     async fn tell(&self, f: impl FnOnce(&mut CoreState, Instant) + Send + 'static) {
         let cmd: Cmd = Box::new(move |st, now| {
@@ -705,13 +719,19 @@ impl Server {
                 while let Some(req) = rx.recv().await {
                     let peer = String::from_utf8_lossy(&req.peer).into_owned();
                     let mut h = handler.handle(&req.payload, &peer);
-                    if replier
-                        .reply(&req, std::mem::take(&mut h.reply))
-                        .await
-                        .is_err()
+                    // A return (a minion's or a syndic's batch) is acknowledged only once the
+                    // driver has taken it and put it on disk: a master killed right after the
+                    // acknowledgement must not lose what the sender now forgets.
+                    let carries =
+                        !h.returns.is_empty() || h.syndic.is_some() || h.minion_job.is_some();
+                    let mut reply = Some(std::mem::take(&mut h.reply));
+                    if !carries
+                        && let Some(r) = reply.take()
+                        && replier.reply(&req, r).await.is_err()
                     {
                         return;
                     }
+
                     // The caches the mine and targeting read; the rest is the driver's.
                     if let Some((id, p)) = h.pillar.take() {
                         lock(&pillars).insert(id, p);
@@ -719,13 +739,22 @@ impl Server {
                     if let Some((id, g)) = h.grains.take() {
                         lock(&shared.grains).insert(id, g);
                     }
-                    if h.returns.is_empty()
-                        && h.events.is_empty()
-                        && h.syndic.is_none()
-                        && h.minion_job.is_none()
-                        && h.resources.is_none()
-                        && h.minion.is_none()
-                    {
+                    if carries {
+                        let replier = replier.clone();
+                        shared
+                            .tell_then(
+                                move |st, now| st.handle_request(h, now),
+                                move || {
+                                    tokio::spawn(async move {
+                                        let _ =
+                                            replier.reply(&req, reply.unwrap_or_default()).await;
+                                    });
+                                },
+                            )
+                            .await;
+                        continue;
+                    }
+                    if h.events.is_empty() && h.resources.is_none() && h.minion.is_none() {
                         continue;
                     }
                     shared.tell(move |st, now| st.handle_request(h, now)).await;
@@ -734,6 +763,20 @@ impl Server {
         }
         // The Redis job cache's writer (`master_job_cache: redis`): records the queue cannot
         // take yet wait in `held`, in order; nothing on the driver's path waits on Redis.
+        if shared.cfg.redis.is_some()
+            && let Some(upto) = crate::redis_cache::synced_until(&shared.cfg.cachedir)
+        {
+            // Records offered just before the last run ended may have waited in the driver a
+            // moment longer: a margin.
+            let since = upto - Duration::from_secs(10);
+            let n = state.resync_redis(since);
+            if n > 0 {
+                info!(
+                    jobs = n,
+                    "jobs changed after Redis was last known complete offered to it again"
+                );
+            }
+        }
         let mut store = shared.cfg.redis.as_ref().map(|o| {
             info!(redis = %o.describe(), "job cache: redis");
             if !shared.cfg.unique_jid {
@@ -824,6 +867,10 @@ impl Server {
             drain(&shared, &mut state, &pub_tx);
             if let Some(s) = store.as_mut() {
                 s.take(&mut state);
+            }
+            if !delivers.is_empty() {
+                // Returns reach the disk before their senders hear they were stored.
+                state.persist();
             }
             for d in delivers.drain(..) {
                 d();

@@ -316,6 +316,51 @@ impl CoreState {
         self.cache.flush();
     }
 
+    /// Put what the requests handled so far brought on disk (the job cache's buffered
+    /// returns), before their senders are told they were stored: a `kill -9` right after the
+    /// acknowledgement then loses nothing.
+    pub fn persist(&mut self) {
+        self.cache.flush();
+    }
+
+    /// Offer the Redis job cache again every job the embedded cache changed since `since`
+    /// (its load and returns): what a `kill -9` caught between the acknowledgement and the
+    /// Redis writer. Writes are idempotent, so a record written before is only written again.
+    /// Returns how many jobs.
+    pub fn resync_redis(&mut self, since: std::time::SystemTime) -> usize {
+        if self.cfg.redis.is_none() {
+            return 0;
+        }
+        let jids = self.cache.changed_since(since);
+        for jid in &jids {
+            let Some(load) = self.cache.job(jid) else {
+                continue;
+            };
+            let fun = load
+                .get("fun")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            self.record(Record::Load {
+                jid: jid.clone(),
+                load,
+            });
+            for (id, data) in self.cache.returns(jid) {
+                let fun = data
+                    .get("fun")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| fun.clone(), str::to_owned);
+                self.record(Record::Return {
+                    jid: jid.clone(),
+                    id,
+                    fun,
+                    data,
+                });
+            }
+        }
+        jids.len()
+    }
+
     // ---- queries ----
 
     /// Accepted minion ids.
