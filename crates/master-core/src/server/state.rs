@@ -1168,6 +1168,45 @@ mod tests {
     }
 
     #[test]
+    fn persisted_returns_are_offered_to_redis_again_after_a_crash() {
+        let redis = "master_job_cache: redis\nredis.host: 127.0.0.1\n";
+        let (dir, mut st) = state(&["a", "b"], redis);
+        let t0 = Instant::now();
+        let p = st.publish(spec("*"), "root", None, t0).unwrap();
+        st.handle_request(returns(vec![ret(&p.jid, "a", Value::Bool(true))]), t0);
+        st.persist();
+        let before = std::iter::from_fn(|| st.poll_record()).count();
+        assert_eq!(before, 2, "the load and a's return");
+        // The process dies with those records still in memory; the next one starts over the
+        // same job cache.
+        drop(st);
+        let cfg_dir = dir.path().display().to_string();
+        let opts = format!(
+            "root_dir: {cfg_dir}\npki_dir: {cfg_dir}/pki\ncachedir: {cfg_dir}/cache\n{redis}"
+        );
+        let cfg = MasterConfig::from_options(&brine_daemon::config::Options::parse(&opts).unwrap())
+            .unwrap();
+        let keys = KeyStore::open(&cfg.pki_dir).unwrap();
+        let cache = JobCache::open(&dir.path().join("jobs"), Duration::from_secs(3600)).unwrap();
+        let mut st = CoreState::new(cfg, keys, cache, DataCache::default(), DataCache::default());
+        let later = std::time::SystemTime::now() + Duration::from_secs(60);
+        assert_eq!(
+            st.resync_redis(later),
+            0,
+            "nothing changed after a later mark"
+        );
+        let since = std::time::SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(st.resync_redis(since), 1);
+        let again: Vec<Record> = std::iter::from_fn(|| st.poll_record()).collect();
+        assert!(matches!(&again[0], Record::Load { jid, .. } if *jid == p.jid));
+        assert!(matches!(
+            &again[1],
+            Record::Return { jid, id, fun, .. } if *jid == p.jid && id == "a" && fun == "test.ping"
+        ));
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
     fn a_publish_goes_out_once_and_its_returns_finish_it() {
         let (_dir, mut st) = state(&["a", "b"], "");
         let t0 = Instant::now();
