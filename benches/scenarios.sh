@@ -20,6 +20,9 @@
 # default).
 # BRINE_BIN_DIR=DIR runs the binaries in DIR instead of building (before/after runs), and
 # SCENARIO_OUT=DIR writes the JSON results there (default target/scenarios).
+# SCENARIO_KEEP=1 keeps the work directory with the daemons' logs.
+# SCENARIO_REDIS_SAMPLE="HOST PORT" samples the Redis job cache during (i)'s rounds
+# (benches/redis_sampler.py -> KIND-N.redis.jsonl; benches/redis_fanout.sh uses it).
 # SCENARIO_MASTER_CONF="key: value..." adds those lines to every master file (e.g.
 # "master_job_cache: redis" and the redis.* options).
 # MOFM_ENV="VAR=value ..." starts the (i)-(iii) mofm with those variables (allocator experiments,
@@ -57,7 +60,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift 2 ;;
     --salt) version="$2"; shift 2 ;;
     --no-docs) docs=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -97,7 +100,8 @@ stop_groups() {
 }
 cleanup() {
   stop_groups $master_pid "${pids[@]}"
-  rm -rf "$work"
+  # SCENARIO_KEEP=1 keeps the run's work directory (the daemons' logs) and says where.
+  if [ -n "${SCENARIO_KEEP:-}" ]; then echo "kept: $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 want() { case " $only " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -162,9 +166,20 @@ run() {
   pub=$(free_port); ret=$(free_port)
   start_master "$kind" "$dir" "$pub" "$ret"
   echo "== $kind, $n minions" >&2
+  local sampler=""
+  if [ -n "${SCENARIO_REDIS_SAMPLE:-}" ]; then
+    # shellcheck disable=SC2086 # "HOST PORT"
+    python3 benches/redis_sampler.py $SCENARIO_REDIS_SAMPLE "$out/$kind-$n.redis.jsonl" &
+    sampler=$!
+  fi
   "$bin/brine-swarm" --master "127.0.0.1:$ret" --publish-port "$pub" -n "$n" \
     --prefix "sc-" --wait 900 --rounds "$rounds" --pids "$master_pid" \
     --publish "$cli '*' test.ping --out quiet -t 120" --json > "$out/$kind-$n.json"
+  if [ -n "$sampler" ]; then
+    # Returns still on their way (a slow Redis) get SCENARIO_REDIS_SETTLE seconds (10).
+    sleep "${SCENARIO_REDIS_SETTLE:-10}"
+    kill -TERM "$sampler"; wait "$sampler" || true
+  fi
   stop_master
 }
 

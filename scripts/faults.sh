@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The fault suite (tests/e2e/faults): two mofm sharing a Redis job cache through a Sentinel,
-# three brine syndics, simulated minions, a steady `brine '*' test.ping` load; one fault at a
-# time (kill -9, SIGSTOP, Sentinel failover) on a MoM, a syndic and Redis. Prints the table of
-# lost / twice-recorded returns, CLI-incomplete jobs and recovery times, and writes it into
-# docs/reliability.md. BRINE_FAULTS_ONLY=<text> runs only the faults whose name contains it.
+# three brine syndics, each daemon in a network namespace of its own on a test bridge,
+# simulated minions, a steady `brine '*' test.ping` load; one fault at a time (kill -9,
+# SIGSTOP, partition, Sentinel failover, no Redis at all) on a MoM, a syndic and Redis. Prints
+# the table of lost / twice-recorded returns, CLI-incomplete jobs and recovery times, and writes
+# it into docs/reliability.md. Needs root (ip netns). BRINE_FAULTS_ONLY=<text> runs only the
+# faults whose name contains it; BRINE_FAULTS_MINIONS=N simulates N minions (300);
+# BRINE_FAULTS_REAL=N adds N real salt-minions 3007 (0); BRINE_FAULTS_KEEP=1 keeps the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=""

@@ -34,6 +34,13 @@ pub struct MasterConfig {
     pub keep_jobs_seconds: u64,
     /// `master_job_cache: redis` and Salt's `redis.*` options (`None`: the embedded cache).
     pub redis: Option<crate::redis_cache::RedisOptions>,
+    /// `event_return: redis`: the Redis the master's events are appended to (`None`: not kept).
+    pub event_return_redis: Option<crate::redis_cache::RedisOptions>,
+    /// `event_return_whitelist`: only events whose tag matches one of these globs are kept
+    /// (empty: all).
+    pub event_return_whitelist: Vec<String>,
+    /// `event_return_blacklist`: events whose tag matches one of these globs are not kept.
+    pub event_return_blacklist: Vec<String>,
     /// `eauth_tokens: rediscluster` (or `redis`): API tokens kept in Redis, valid on every
     /// master that shares it.
     pub token_redis: Option<crate::redis_cache::RedisOptions>,
@@ -326,6 +333,9 @@ impl MasterConfig {
                 .collect(),
             redis: crate::redis_cache::RedisOptions::from_options(o)?,
             token_redis: crate::redis_cache::RedisOptions::for_tokens(o)?,
+            event_return_redis: crate::redis_cache::RedisOptions::for_event_return(o)?,
+            event_return_whitelist: o.string_list("event_return_whitelist")?.unwrap_or_default(),
+            event_return_blacklist: o.string_list("event_return_blacklist")?.unwrap_or_default(),
             key_sync_redis: crate::redis_cache::RedisOptions::for_key_sync(o)?,
             files: crate::fileserver::FileServerConfig::from_options(o)?,
             pillar: crate::pillar::PillarConfig::from_options(o)?,

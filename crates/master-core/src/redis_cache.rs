@@ -17,6 +17,12 @@
 //! answers again; every key is idempotent, so a record written twice (a batch that reached Redis
 //! but whose answer was lost) leaves the same data. The writer fires
 //! `salt/brine/job_cache/degraded` and `salt/brine/job_cache/recovered` on the bus.
+//!
+//! `event_return: redis` (Salt's redis returner has no `event_return`, so the layout is
+//! brine's): every event of the master's bus is appended to the stream
+//! `salt:events:<master>` (`XADD`, fields `tag` and `data` as JSON, capped near
+//! [`EVENT_STREAM_MAX`] entries) by a second writer of the same kind, with its own journal.
+//! Entry ids are given when the event is taken, so a replay writes each entry once.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
@@ -90,6 +96,11 @@ pub enum Topology {
 /// Option keys this module reads (flat `redis.host`, as Salt writes them, or nested `redis:`).
 pub const KNOWN_KEYS: &[&str] = &[
     "master_job_cache",
+    "event_return",
+    "event_return_whitelist",
+    "event_return_blacklist",
+    "event_return_queue",
+    "event_return_queue_max_seconds",
     "eauth_tokens",
     "eauth_redis_host",
     "eauth_redis_port",
@@ -132,6 +143,46 @@ impl RedisOptions {
                 format!("{other:?}: brine serves local_cache and redis"),
             )),
         }
+    }
+
+    /// The Redis that `event_return: redis` writes the master's events to (the `redis.*`
+    /// server; `None` without `event_return`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a returner brine does not have, or bad `redis.*` values.
+    pub fn for_event_return(o: &Options) -> Result<Option<Self>, ConfigError> {
+        let names: Vec<String> = match o.get("event_return") {
+            None | Some(Json::Null) => Vec::new(),
+            Some(Json::String(s)) => s
+                .split(',')
+                .map(|x| x.trim().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect(),
+            Some(Json::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect(),
+            Some(other) => {
+                return Err(invalid(
+                    "event_return",
+                    format!("{other}: a returner name or a list of them"),
+                ));
+            }
+        };
+        if let Some(other) = names.iter().find(|n| n.as_str() != "redis") {
+            return Err(invalid(
+                "event_return",
+                format!("{other:?}: brine returns events to redis only"),
+            ));
+        }
+        if names.is_empty() {
+            return Ok(None);
+        }
+        Self::read(o).map(Some)
     }
 
     /// Where API tokens are kept when `eauth_tokens` is `rediscluster` (Salt's name) or
@@ -590,7 +641,27 @@ pub enum Record {
         /// The whole return (`return`, `retcode`, `success`, `fun`, `fun_args`...).
         data: Value,
     },
+    /// An event of the master's bus (`event_return: redis`).
+    Event {
+        /// The stream it goes to (`salt:events:<master>`).
+        stream: String,
+        /// Its entry id in the stream (`<unix ms>-<n>`, given once when the event is taken,
+        /// so a replay writes the same entry or nothing).
+        entry: String,
+        /// The event's tag.
+        tag: String,
+        /// Its data.
+        data: Value,
+    },
 }
+
+/// Entries kept per event stream (`XADD ... MAXLEN ~`).
+pub const EVENT_STREAM_MAX: u64 = 100_000;
+
+/// `XADD` that writes an entry once: a replayed entry (its id not above the stream's last)
+/// is refused by Redis, and the refusal is swallowed so the rest of the pipeline goes on.
+const XADD_ONCE: &str = "redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], \
+                         'tag', ARGV[3], 'data', ARGV[4]) return 0";
 
 impl Record {
     /// The journal's line for this record.
@@ -600,6 +671,12 @@ impl Record {
             Self::Return { jid, id, fun, data } => {
                 json!({"ret": jid, "id": id, "fun": fun, "data": to_json(data)})
             }
+            Self::Event {
+                stream,
+                entry,
+                tag,
+                data,
+            } => json!({"event": tag, "stream": stream, "entry": entry, "data": to_json(data)}),
         }
     }
 
@@ -608,6 +685,14 @@ impl Record {
         let data = from_json(j.get("data")?);
         if let Some(jid) = s("load") {
             return Some(Self::Load { jid, load: data });
+        }
+        if let Some(tag) = s("event") {
+            return Some(Self::Event {
+                stream: s("stream")?,
+                entry: s("entry")?,
+                tag,
+                data,
+            });
         }
         Some(Self::Return {
             jid: s("ret")?,
@@ -645,6 +730,22 @@ impl Record {
                 sadd.arg("minions").arg(id);
                 out.push(("minions".to_owned(), sadd));
                 out
+            }
+            Self::Event {
+                stream,
+                entry,
+                tag,
+                data,
+            } => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(XADD_ONCE)
+                    .arg(1)
+                    .arg(stream)
+                    .arg(EVENT_STREAM_MAX)
+                    .arg(entry)
+                    .arg(tag)
+                    .arg(json(data));
+                vec![(stream.clone(), c)]
             }
         }
     }
@@ -786,8 +887,10 @@ struct Writer {
     bus: EventBus,
     conn: Option<Conn>,
     degraded: bool,
-    /// [`SYNCED`]'s path, and when it was last written.
-    synced: (PathBuf, Option<Instant>),
+    /// [`SYNCED`]'s path, and when it was last written (the job cache's writer only).
+    synced: Option<(PathBuf, Option<Instant>)>,
+    /// What it writes, for logs and its events' tags (`job_cache`, `event_return`).
+    what: &'static str,
 }
 
 impl Writer {
@@ -826,9 +929,9 @@ impl Writer {
             return;
         }
         self.degraded = true;
-        warn!(redis = %self.opts.describe(), reason = why, journal = %self.journal.path.display(), "job cache degraded: Redis is unavailable; records go to the journal until it is back");
+        warn!(writer = self.what, redis = %self.opts.describe(), reason = why, journal = %self.journal.path.display(), "Redis writer degraded: Redis is unavailable; records go to the journal until it is back");
         self.bus.fire(
-            "salt/brine/job_cache/degraded",
+            format!("salt/brine/{}/degraded", self.what),
             Value::map()
                 .with("redis", self.opts.describe())
                 .with("reason", why)
@@ -851,9 +954,9 @@ impl Writer {
         self.journal.clear();
         if self.degraded {
             self.degraded = false;
-            info!(redis = %self.opts.describe(), replayed = records.len(), "job cache recovered: journal replayed to Redis");
+            info!(writer = self.what, redis = %self.opts.describe(), replayed = records.len(), "Redis writer recovered: journal replayed to Redis");
             self.bus.fire(
-                "salt/brine/job_cache/recovered",
+                format!("salt/brine/{}/recovered", self.what),
                 Value::map()
                     .with("redis", self.opts.describe())
                     .with("replayed", records.len() as u64),
@@ -864,20 +967,19 @@ impl Writer {
 
     /// Note that every record received up to `upto` is in Redis (at most once a second).
     fn note_synced(&mut self, upto: std::time::SystemTime) {
-        if self
-            .synced
-            .1
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
+        let Some((path, last)) = &mut self.synced else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
-        self.synced.1 = Some(Instant::now());
+        *last = Some(Instant::now());
         let micros = upto
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
-        let tmp = self.synced.0.with_extension("tmp");
+        let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, micros.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.synced.0);
+            let _ = std::fs::rename(&tmp, &*path);
         }
     }
 
@@ -950,6 +1052,37 @@ pub fn spawn_writer(
     ttl: u64,
     bus: EventBus,
 ) -> (RedisSink, tokio::task::JoinHandle<()>) {
+    spawn(opts, cachedir, ttl, bus, "job_cache", "redis-journal.jsonl")
+}
+
+/// Start the writer of `event_return: redis` for `opts`: like [`spawn_writer`], with its own
+/// queue and journal (`cachedir/brine/redis-events-journal.jsonl`), so events never hold up
+/// the job cache; it fires `salt/brine/event_return/degraded` and `.../recovered`.
+pub fn spawn_event_writer(
+    opts: &RedisOptions,
+    cachedir: &Path,
+    bus: EventBus,
+) -> (RedisSink, tokio::task::JoinHandle<()>) {
+    spawn(
+        opts,
+        cachedir,
+        0,
+        bus,
+        "event_return",
+        "redis-events-journal.jsonl",
+    )
+}
+
+/// A writer for `what` with its journal `cachedir/brine/<journal>`; the job cache's also notes
+/// how far Redis is complete ([`SYNCED`]).
+fn spawn(
+    opts: &RedisOptions,
+    cachedir: &Path,
+    ttl: u64,
+    bus: EventBus,
+    what: &'static str,
+    journal: &str,
+) -> (RedisSink, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let dir = cachedir.join("brine");
     let _ = std::fs::create_dir_all(&dir);
@@ -957,12 +1090,13 @@ pub fn spawn_writer(
         opts: opts.clone(),
         ttl,
         journal: Journal {
-            path: dir.join("redis-journal.jsonl"),
+            path: dir.join(journal),
         },
         bus,
         conn: None,
         degraded: false,
-        synced: (dir.join(SYNCED), None),
+        synced: (what == "job_cache").then(|| (dir.join(SYNCED), None)),
+        what,
     };
     (RedisSink { tx }, tokio::spawn(w.run(rx)))
 }

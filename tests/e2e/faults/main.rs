@@ -23,14 +23,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brine_test_support::sim::{cached_keys, sim_runtime};
-use brine_test_support::topology::{Node, loopback, start_syndic};
+use brine_test_support::topology::{Node, start_syndic_on};
 use brine_test_support::{
-    RedisSentinel, RedisServer, SimMinion, repo_root, subscribe, wait_for, workspace_bin,
+    Lan, LanHost, RedisSentinel, RedisServer, SaltMinion, SaltPeer, SimMinion, free_port,
+    repo_root, subscribe, wait_for, workspace_bin,
 };
 use serde_json::Value as Json;
 
-/// Simulated minions below each syndic.
-const SIMS_PER_SYNDIC: usize = 100;
+/// Simulated minions in all (spread over the three syndics); `BRINE_FAULTS_MINIONS` overrides.
+const MINIONS: usize = 300;
+/// Real salt-minions (3007) in the mix, failing over between the syndics as the simulated ones
+/// (`BRINE_FAULTS_REAL`; none by default until the failover below is understood: see
+/// docs/reliability.md).
+const REAL_MINIONS: usize = 0;
 /// How long a fault lasts before it is healed.
 const FAULT: Duration = Duration::from_secs(6);
 
@@ -41,9 +46,14 @@ struct Job {
     /// Minions the CLI printed `true` for; `None` when it printed no result at all (it lost
     /// the MoM it was talking to).
     cli: Option<BTreeSet<String>>,
+    /// The end of what the CLI wrote to stderr (why it printed no result).
+    stderr: String,
 }
 
 /// The tier: Redis (primary, replica, Sentinel), two MoMs, three syndics, the simulated minions.
+/// Every daemon but the Sentinel runs on a host of its own on a test LAN (a network namespace
+/// on a bridge), so any of them can be partitioned; the minions, the Sentinel and the CLI run
+/// here and reach them through the bridge.
 struct Tier {
     root: PathBuf,
     primary: RedisServer,
@@ -52,10 +62,16 @@ struct Tier {
     moms: Vec<Node>,
     syndics: Vec<Node>,
     sims: Vec<SimMinion>,
+    /// Real salt-minions (`master_type: failover` over the three syndics).
+    real: Vec<SaltMinion>,
+    /// Every minion id, simulated and real.
     ids: Vec<String>,
     ports: (u16, u16),
     _rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
+    /// Hosts: 0 and 1 Redis, 2 and 3 the MoMs, 4 to 6 the syndics (dropped after the daemons).
+    hosts: Vec<LanHost>,
+    _lan: Lan,
 }
 
 fn mofm_conf(
@@ -64,45 +80,43 @@ fn mofm_conf(
     addr: &str,
     (publish, ret): (u16, u16),
     api: u16,
-    sentinel: u16,
+    sentinel: &str,
 ) -> String {
     format!(
         "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
          rest_cherrypy: {{host: {addr}, port: {api}}}\nauto_accept: True\norder_masters: True\n\
          gather_job_timeout: 3\npki_dir: /mom-pki\ncachedir: /mom-{i}/cache\nmaster_id: mom-{i}\n\
          master_job_cache: redis\nredis.sentinel.service_name: {svc}\n\
-         redis.sentinel.nodes: ['127.0.0.1:{sentinel}']\neauth_tokens: rediscluster\n\
+         redis.sentinel.nodes: ['{sentinel}']\neauth_tokens: rediscluster\n\
          keep_jobs_seconds: 3600\nunique_jid: True\n",
         root = root.display(),
         svc = RedisSentinel::SERVICE,
     )
 }
 
-fn free_port_on(addr: &str) -> u16 {
-    std::net::TcpListener::bind((addr, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 impl Tier {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_owned();
-        let (primary, replica, sentinel) = RedisSentinel::start_replicated();
-        let (addrs, publish, ret) = loopback(5);
+        let lan = Lan::create();
+        let hosts: Vec<LanHost> = (0..7).map(|i| lan.host(i)).collect();
+        let (primary, replica, sentinel) =
+            RedisSentinel::start_replicated_on(Some((&hosts[0], &hosts[1], &lan.gateway)));
+        let sentinel_addr = format!("{}:{}", lan.gateway, sentinel.port);
+        let (publish, ret) = (free_port(), free_port());
         let moms: Vec<Node> = (0..2)
             .map(|i| {
-                let api = free_port_on(&addrs[i]);
-                let n = Node::start(
+                let h = &hosts[2 + i];
+                let api = free_port();
+                let n = Node::start_on(
+                    Some(h),
                     "mofm",
                     &format!("mom-{i}"),
-                    &addrs[i],
+                    &h.addr,
                     &root.join(format!("mom-{i}/etc")),
                     &[(
                         "master",
-                        mofm_conf(&root, i, &addrs[i], (publish, ret), api, sentinel.port),
+                        mofm_conf(&root, i, &h.addr, (publish, ret), api, &sentinel_addr),
                     )],
                 );
                 n.wait_port(api);
@@ -110,17 +124,20 @@ impl Tier {
             })
             .collect();
         // Each syndic lists both MoMs.
-        let moms_list = format!("{}, {}", addrs[0], addrs[1]);
+        let moms_list = format!("{}, {}", hosts[2].addr, hosts[3].addr);
         let syndics: Vec<Node> = (0..3)
             .map(|j| {
                 let name = format!("syndic-{j}");
-                start_syndic(
+                let h = &hosts[4 + j];
+                start_syndic_on(
+                    Some(h),
                     &root,
                     &name,
                     &name,
-                    &addrs[2 + j],
+                    &h.addr,
                     &moms_list,
                     (publish, ret),
+                    "",
                 )
             })
             .collect();
@@ -134,7 +151,10 @@ impl Tier {
         );
         let rt = sim_runtime();
         let ctx = brine_transport::Context::new();
-        let n = 3 * SIMS_PER_SYNDIC;
+        let n = std::env::var("BRINE_FAULTS_MINIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MINIONS);
         let keys = cached_keys(n);
         let ids: Vec<String> = (0..n).map(|k| format!("f{k:04}")).collect();
         let sims: Vec<SimMinion> = rt.block_on(async {
@@ -142,7 +162,9 @@ impl Tier {
             for (k, id) in ids.iter().enumerate() {
                 // Each minion lists the three syndics, starting with its own (Salt's
                 // `master_type: failover` with `random_master: False`).
-                let masters: Vec<String> = (0..3).map(|o| addrs[2 + (k + o) % 3].clone()).collect();
+                let masters: Vec<String> = (0..3)
+                    .map(|o| hosts[4 + (k + o) % 3].addr.clone())
+                    .collect();
                 let (ctx, id, key) = (ctx.clone(), id.clone(), keys[k].clone());
                 set.push(tokio::spawn(async move {
                     SimMinion::start_failover(
@@ -163,6 +185,31 @@ impl Tier {
             }
             out
         });
+        // Real salt-minions, each listing the three syndics from a different one.
+        let n_real = std::env::var("BRINE_FAULTS_REAL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(REAL_MINIONS);
+        let peer = (n_real > 0).then(|| SaltPeer::get("3007.17"));
+        let real: Vec<SaltMinion> = (0..n_real)
+            .map(|k| {
+                let list: Vec<&str> = (0..3)
+                    .map(|o| hosts[4 + (k + o) % 3].addr.as_str())
+                    .collect();
+                SaltMinion::start_conf(
+                    peer.as_ref().expect("peer"),
+                    &format!("real-{k}"),
+                    &format!(
+                        "master: [{}]\nmaster_type: failover\nrandom_master: False\n\
+                         master_port: {ret}\npublish_port: {publish}\nmaster_alive_interval: 5\n\
+                         retry_dns: 0\nauth_timeout: 5\nauth_tries: 1",
+                        list.join(", ")
+                    ),
+                )
+            })
+            .collect();
+        let mut ids = ids;
+        ids.extend(real.iter().map(|m| m.id.clone()));
         let tier = Self {
             root,
             primary,
@@ -171,17 +218,45 @@ impl Tier {
             moms,
             syndics,
             sims,
+            real,
             ids,
             ports: (publish, ret),
             _rt: rt,
             _dir: dir,
+            hosts,
+            _lan: lan,
         };
         assert!(
-            tier.whole_within(Duration::from_secs(60)).is_some(),
-            "the tier never answered for every minion:\n{}",
-            tier.tails()
+            tier.whole_within(Duration::from_secs(150)).is_some(),
+            "the tier never answered for every minion:\n{}\n{}",
+            tier.tails(),
+            tier.real
+                .iter()
+                .map(|m| m.log_tail(20))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tier
+    }
+
+    /// Copy the daemons' logs to `target/faults/logs` (kept for a failed run, or with
+    /// `BRINE_FAULTS_KEEP=1`).
+    fn save_logs(&self) {
+        let out = repo_root().join("target/faults/logs");
+        let _ = std::fs::remove_dir_all(&out);
+        let _ = std::fs::create_dir_all(&out);
+        for d in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.contains(".log") {
+                    let _ = std::fs::copy(f.path(), out.join(&name));
+                }
+            }
+        }
     }
 
     fn tails(&self) -> String {
@@ -288,7 +363,9 @@ fn run_job(etc: &Path, t: u64) -> Option<Job> {
             .map(|(id, _)| id.clone())
             .collect()
     });
-    Some(Job { jid, cli })
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stderr = err.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+    Some(Job { jid, cli, stderr })
 }
 
 /// A steady load: jobs through each MoM in turn, one after the other, until stopped.
@@ -356,6 +433,12 @@ enum Fault {
     StopRedis,
     /// kill -9 of the primary on this port.
     FailoverRedis(u16),
+    /// Primary and replica both frozen: no Redis at all.
+    StopAllRedis,
+    PartitionMom(usize),
+    PartitionSyndic(usize),
+    /// The Redis primary's host (index into the hosts) cut off from the LAN.
+    PartitionRedis(usize),
 }
 
 impl Fault {
@@ -376,6 +459,21 @@ impl Fault {
                 "kill -9 the Redis primary (Sentinel failover; it is restarted as a replica)"
                     .to_owned()
             }
+            Self::StopAllRedis => format!(
+                "SIGSTOP both Redis servers for {}s (no Redis at all)",
+                FAULT.as_secs()
+            ),
+            Self::PartitionMom(i) => {
+                format!("partition mom-{i} from the LAN for {}s", FAULT.as_secs())
+            }
+            Self::PartitionSyndic(j) => format!(
+                "partition syndic-{j} from the LAN for {}s (its minions fail over)",
+                FAULT.as_secs()
+            ),
+            Self::PartitionRedis(_) => format!(
+                "partition the Redis primary from the LAN for {}s (Sentinel fails over)",
+                FAULT.as_secs()
+            ),
         }
     }
 
@@ -395,6 +493,16 @@ impl Fault {
                     t.replica.stop();
                 }
             }
+            Self::StopAllRedis => {
+                t.primary.freeze();
+                t.replica.freeze();
+            }
+            Self::PartitionMom(i) => t.hosts[2 + *i].partition(),
+            Self::PartitionSyndic(j) => t.hosts[4 + *j].partition(),
+            Self::PartitionRedis(h) => {
+                *h = usize::from(t.redis_primary() != t.primary.port);
+                t.hosts[*h].partition();
+            }
         }
     }
 
@@ -410,7 +518,7 @@ impl Fault {
                 t.syndics[*j].spawn();
                 t.syndics[*j].wait_port(t.ports.1);
             }
-            Self::StopRedis => {
+            Self::StopRedis | Self::StopAllRedis => {
                 t.primary.thaw();
                 t.replica.thaw();
             }
@@ -426,6 +534,9 @@ impl Fault {
                     t.replica.spawn();
                 }
             }
+            Self::PartitionMom(i) => t.hosts[2 + *i].heal(),
+            Self::PartitionSyndic(j) => t.hosts[4 + *j].heal(),
+            Self::PartitionRedis(h) => t.hosts[*h].heal(),
         }
     }
 }
@@ -455,7 +566,12 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
     let all: BTreeSet<String> = t.ids.iter().cloned().collect();
     for j in &jobs {
         let Some(cli) = &j.cli else {
-            eprintln!("{}: the CLI of {} printed no result", fault.name(), j.jid);
+            eprintln!(
+                "{}: the CLI of {} printed no result ({})",
+                fault.name(),
+                j.jid,
+                j.stderr
+            );
             continue;
         };
         let missing: Vec<&String> = all.difference(cli).collect();
@@ -476,16 +592,33 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
             }
         }
     }
+    // A job is complete when every simulated minion's return was acknowledged; a real
+    // salt-minion (whose acknowledgements the test cannot see) counts as returned when its
+    // return is in Redis. Complete jobs the CLI printed with a minion missing are counted.
+    let sims: BTreeSet<String> = t.sims.iter().map(|m| m.id.clone()).collect();
     let cli_incomplete = jobs
         .iter()
         .filter(|j| {
-            let returned: BTreeSet<String> = acked
+            let Some(cli) = &j.cli else {
+                return false;
+            };
+            let mut returned: BTreeSet<String> = acked
                 .get(&j.jid)
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
                 .collect();
-            returned == all && j.cli.as_ref().is_some_and(|c| *c != all)
+            if returned != sims {
+                return false;
+            }
+            let stored = t.redis_returns(&j.jid);
+            returned.extend(
+                t.real
+                    .iter()
+                    .filter(|m| stored.contains(&m.id))
+                    .map(|m| m.id.clone()),
+            );
+            !returned.is_subset(cli)
         })
         .count();
     let cli_cut_off = jobs.iter().filter(|j| j.cli.is_none()).count();
@@ -504,10 +637,17 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
     }
 }
 
-fn table(rows: &[Row], minions: usize) -> String {
+fn table(rows: &[Row], minions: usize, real: usize) -> String {
+    let real = if real > 0 {
+        format!(" and {real} real salt-minions 3007")
+    } else {
+        String::new()
+    };
     let mut s = format!(
         "Two mofm (Redis job cache through a Sentinel, shared tokens), three brine syndics, \
-         {minions} simulated minions, `brine '*' test.ping` from both MoMs in a loop.\n\n\
+         {minions} simulated minions{real} failing over between the syndics (each daemon \
+         on a host of its own: a network namespace on a bridge), \
+         `brine '*' test.ping` from both MoMs in a loop.\n\n\
          | fault | jobs | returns | lost | recorded twice | CLI incomplete | CLI cut off | whole again after |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
@@ -541,6 +681,10 @@ fn fault_table() {
         Fault::Kill9Syndic(1),
         Fault::StopRedis,
         Fault::FailoverRedis(0),
+        Fault::StopAllRedis,
+        Fault::PartitionMom(0),
+        Fault::PartitionSyndic(2),
+        Fault::PartitionRedis(0),
     ];
     let mut rows = Vec::new();
     // BRINE_FAULTS_ONLY=<text>: only the faults whose name contains it.
@@ -550,7 +694,7 @@ fn fault_table() {
         eprintln!("{row:?}");
         rows.push(row);
     }
-    let text = table(&rows, t.ids.len());
+    let text = table(&rows, t.sims.len(), t.real.len());
     println!("{text}");
     let out = repo_root().join("target/faults");
     let _ = std::fs::create_dir_all(&out);
@@ -566,6 +710,12 @@ fn fault_table() {
             _ => format!("{old}\n{begin}{text}{end}"),
         };
         std::fs::write(&doc, new).expect("write docs/reliability.md");
+    }
+    let failed = rows.iter().any(|r| {
+        r.jobs == 0 || r.lost > 0 || r.twice > 0 || r.cli_incomplete > 0 || r.whole_after.is_none()
+    });
+    if failed || std::env::var_os("BRINE_FAULTS_KEEP").is_some() {
+        t.save_logs();
     }
     for r in &rows {
         assert!(r.jobs > 0, "{}: no job ran", r.fault);

@@ -510,3 +510,128 @@ fn a_sentinel_failover_of_the_redis_primary_loses_no_return() {
         m.log_tail() + &sentinel.log()
     );
 }
+
+/// The tags of the entries of `stream` in order, with each entry's data (as `redis-cli --raw
+/// XRANGE` prints them: id, `tag`, the tag, `data`, the JSON).
+fn stream_entries(redis: &RedisServer, stream: &str) -> Vec<(String, Json)> {
+    let out = redis.cli(&["XRANGE", stream, "-", "+"]);
+    let lines: Vec<&str> = out.lines().collect();
+    let mut entries = Vec::new();
+    let mut i = 0;
+    while i + 4 < lines.len() {
+        if lines[i + 1] == "tag" && lines[i + 3] == "data" {
+            let data = serde_json::from_str(lines[i + 4]).unwrap_or(Json::Null);
+            entries.push((lines[i + 2].to_owned(), data));
+            i += 5;
+        } else {
+            i += 1;
+        }
+    }
+    entries
+}
+
+/// `event_return: redis`: the master's events go to the stream `salt:events:<master>` in order,
+/// the blacklist leaves tags out, and events taken while Redis is down are written once it is
+/// back, each once.
+#[test]
+fn event_return_to_redis_keeps_every_event_once() {
+    subscribe();
+    let mut redis = RedisServer::start();
+    let m = Mofm::start(&format!(
+        "auto_accept: True\nmaster_id: mom-ev\nevent_return: redis\n\
+         event_return_blacklist: ['salt/job/*/new']\n\
+         redis.host: 127.0.0.1\nredis.port: {}\n",
+        redis.port
+    ));
+    let rt = sim_runtime();
+    let ctx = brine_transport::Context::new();
+    let ids: Vec<String> = (0..3).map(|i| format!("ev{i}")).collect();
+    let _sims = attach_sims(&m, &rt, &ctx, &ids);
+    let token = root_token(&m);
+    let events = brine_test_support::topology::sse_tags("127.0.0.1", m.ports.2, &token);
+    std::thread::sleep(Duration::from_millis(300));
+    let stream = "salt:events:mom-ev";
+    let rets = |redis: &RedisServer, jid: &str| {
+        let tags: Vec<String> = stream_entries(redis, stream)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        ids.iter()
+            .map(|id| {
+                let t = format!("salt/job/{jid}/ret/{id}");
+                tags.iter().filter(|x| **x == t).count()
+            })
+            .collect::<Vec<usize>>()
+    };
+
+    let (jid, got) = ping(&m, &token, "ev*");
+    assert_eq!(got, all_true(&ids));
+    assert!(
+        wait_for(Duration::from_secs(10), || rets(&redis, &jid)
+            == vec![1, 1, 1]),
+        "each return event once in {stream}: {:?}\n{}",
+        stream_entries(&redis, stream),
+        m.log_tail()
+    );
+    let entries = stream_entries(&redis, stream);
+    let ret = entries
+        .iter()
+        .find(|(t, _)| *t == format!("salt/job/{jid}/ret/ev0"))
+        .map(|(_, d)| d.clone())
+        .unwrap();
+    assert_eq!(
+        (&ret["return"], &ret["id"]),
+        (&json!(true), &json!("ev0")),
+        "{ret}"
+    );
+    assert!(
+        !entries.iter().any(|(t, _)| t.ends_with("/new")),
+        "the blacklist keeps salt/job/*/new out: {entries:?}"
+    );
+
+    // Redis killed: the bus and the jobs go on; once a Redis is back, what was taken meanwhile
+    // is written, each event once (the new server starts empty).
+    redis.stop();
+    let (down_jid, got) = ping(&m, &token, "ev*");
+    assert_eq!(got, all_true(&ids), "a job while Redis is down");
+    let tags = |t: &str| {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|x| x.as_str() == t)
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || tags(
+            "salt/brine/event_return/degraded"
+        ) == 1),
+        "{}",
+        m.log_tail()
+    );
+    redis.spawn();
+    assert!(
+        wait_for(Duration::from_secs(15), || tags(
+            "salt/brine/event_return/recovered"
+        ) == 1),
+        "{}",
+        m.log_tail()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || rets(&redis, &down_jid)
+            == vec![1, 1, 1]),
+        "the down job's return events once each: {:?}",
+        stream_entries(&redis, stream)
+    );
+    // Entry ids only grow: the stream kept its order.
+    let ids_raw = redis.cli(&["XRANGE", stream, "-", "+"]);
+    let entry_ids: Vec<(u64, u64)> = ids_raw
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    assert!(!entry_ids.is_empty());
+    assert!(entry_ids.windows(2).all(|w| w[0] < w[1]), "{entry_ids:?}");
+}

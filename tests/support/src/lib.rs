@@ -23,7 +23,7 @@ pub mod salt;
 pub mod sim;
 pub mod topology;
 
-pub use netns::Netns;
+pub use netns::{Lan, LanHost, Netns};
 pub use nginx::Nginx;
 pub use procs::{cpu_ticks_tree, proc_cpu_ticks, proc_tree, rss_tree_kb};
 pub use redis::{RedisCluster, RedisSentinel, RedisServer};

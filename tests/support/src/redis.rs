@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{Daemon, free_port, wait_for};
+use crate::{Daemon, LanHost, free_port, wait_for};
 
-/// `redis-cli -p PORT --raw ARGS...` on 127.0.0.1: its output ("" when nothing answers).
-fn cli(port: u16, args: &[&str]) -> String {
+/// `redis-cli -h HOST -p PORT --raw ARGS...`: its output ("" when nothing answers).
+fn cli(host: &str, port: u16, args: &[&str]) -> String {
     Command::new(binary("redis-cli"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
+        .args(["-h", host, "-p", &port.to_string(), "--raw"])
         .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -21,11 +21,15 @@ fn cli(port: u16, args: &[&str]) -> String {
 #[derive(Debug)]
 pub struct RedisServer {
     dir: tempfile::TempDir,
-    /// Its port on 127.0.0.1.
+    /// Its port.
     pub port: u16,
+    /// The address it binds (127.0.0.1, or its [`LanHost`]'s).
+    pub addr: String,
     daemon: Option<Daemon>,
     starts: usize,
     extra: Vec<String>,
+    /// The network namespace it runs in, if not this one.
+    netns: Option<String>,
 }
 
 /// `redis-server` and `redis-cli`, or a panic that says how to install them.
@@ -56,12 +60,22 @@ impl RedisServer {
     /// # Panics
     /// As [`Self::start`].
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(None, extra)
+    }
+
+    /// [`Self::start_with`] inside `host`'s network namespace when given, bound to its address.
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub fn start_on(host: Option<&LanHost>, extra: &[&str]) -> Self {
         let mut r = Self {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
+            addr: host.map_or_else(|| "127.0.0.1".to_owned(), |h| h.addr.clone()),
             daemon: None,
             starts: 0,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            netns: host.map(|h| h.name.clone()),
         };
         r.spawn();
         r
@@ -69,12 +83,14 @@ impl RedisServer {
 
     /// Start it again (same port, same data directory) after [`Self::stop`].
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new(binary("redis-server"));
+        let mut cmd = crate::netns::command_in(self.netns.as_deref(), &binary("redis-server"));
         cmd.args([
             "--port",
             &self.port.to_string(),
             "--bind",
-            "127.0.0.1",
+            &self.addr,
+            "--protected-mode",
+            "no",
             "--save",
             "",
             "--appendonly",
@@ -91,7 +107,8 @@ impl RedisServer {
         assert!(
             wait_for(Duration::from_secs(10), || self.cli(&["PING"]).trim()
                 == "PONG"),
-            "redis-server did not answer on port {}",
+            "redis-server did not answer on {}:{}",
+            self.addr,
             self.port
         );
     }
@@ -120,7 +137,7 @@ impl RedisServer {
 
     /// `redis-cli -p PORT --raw ARGS...`: its output ("" when the server is down).
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.port, args)
+        cli(&self.addr, self.port, args)
     }
 }
 
@@ -185,8 +202,10 @@ impl RedisCluster {
 #[derive(Debug)]
 pub struct RedisSentinel {
     dir: tempfile::TempDir,
-    /// Its port on 127.0.0.1.
+    /// Its port.
     pub port: u16,
+    /// The address used to talk to it.
+    pub addr: String,
     _daemon: Daemon,
 }
 
@@ -199,17 +218,27 @@ impl RedisSentinel {
     /// # Panics
     /// If `redis-sentinel` is missing or does not answer within 10 s.
     pub fn start(primary_port: u16) -> Self {
+        Self::start_on(&["127.0.0.1"], "127.0.0.1", primary_port)
+    }
+
+    /// Start one bound to `bind` (its first address is the one used to talk to it) watching
+    /// the primary at `primary_addr:primary_port`.
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub fn start_on(bind: &[&str], primary_addr: &str, primary_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
-                 sentinel monitor {s} 127.0.0.1 {primary_port} 1\n\
+                "port {port}\nbind {bind}\nprotected-mode no\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {s} {primary_addr} {primary_port} 1\n\
                  sentinel down-after-milliseconds {s} 1000\n\
                  sentinel failover-timeout {s} 5000\n\
                  sentinel parallel-syncs {s} 1\n",
+                bind = bind.join(" "),
                 dir = dir.path().display(),
                 s = Self::SERVICE,
             ),
@@ -221,6 +250,7 @@ impl RedisSentinel {
         let s = Self {
             dir,
             port,
+            addr: bind[0].to_owned(),
             _daemon: daemon,
         };
         assert!(
@@ -242,7 +272,7 @@ impl RedisSentinel {
 
     /// `redis-cli -p PORT --raw ARGS...` against the Sentinel.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.port, args)
+        cli(&self.addr, self.port, args)
     }
 
     /// A primary, a replica that has synced with it, and a Sentinel that watches both.
@@ -250,16 +280,33 @@ impl RedisSentinel {
     /// # Panics
     /// If the replica does not sync or the Sentinel does not find it (with its log).
     pub fn start_replicated() -> (RedisServer, RedisServer, Self) {
-        let primary = RedisServer::start();
+        Self::start_replicated_on(None)
+    }
+
+    /// [`Self::start_replicated`] on a [`Lan`](crate::Lan): the primary and the replica each in
+    /// their host's namespace, the Sentinel here bound to 127.0.0.1 and `gateway` (the LAN's
+    /// address of this namespace, so the hosts reach it).
+    ///
+    /// # Panics
+    /// As [`Self::start_replicated`].
+    pub fn start_replicated_on(
+        lan: Option<(&LanHost, &LanHost, &str)>,
+    ) -> (RedisServer, RedisServer, Self) {
+        let primary = RedisServer::start_on(lan.map(|l| l.0), &[]);
         let p = primary.port.to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &p]);
+        let replica = RedisServer::start_on(lan.map(|l| l.1), &["--replicaof", &primary.addr, &p]);
         assert!(
             wait_for(Duration::from_secs(15), || replica
                 .cli(&["INFO", "replication"])
                 .contains("master_link_status:up")),
             "the replica did not sync"
         );
-        let sentinel = Self::start(primary.port);
+        let sentinel = match lan {
+            Some((_, _, gateway)) => {
+                Self::start_on(&[gateway, "127.0.0.1"], &primary.addr, primary.port)
+            }
+            None => Self::start(primary.port),
+        };
         assert!(
             wait_for(Duration::from_secs(20), || sentinel
                 .cli(&["SENTINEL", "replicas", Self::SERVICE])

@@ -44,12 +44,26 @@ pub struct Node {
     log: PathBuf,
     bin: String,
     daemon: Option<Daemon>,
+    /// The network namespace it runs in (a [`crate::LanHost`]), if not this one.
+    netns: Option<String>,
 }
 
 impl Node {
     /// Write `files` (`(name, YAML)`) into `etc`, then start `bin -c etc -l info`, logging to
     /// `etc/../<name>.log`.
     pub fn start(bin: &str, name: &str, addr: &str, etc: &Path, files: &[(&str, String)]) -> Self {
+        Self::start_on(None, bin, name, addr, etc, files)
+    }
+
+    /// [`Node::start`] inside `host`'s network namespace when given (its address is `addr`).
+    pub fn start_on(
+        host: Option<&crate::LanHost>,
+        bin: &str,
+        name: &str,
+        addr: &str,
+        etc: &Path,
+        files: &[(&str, String)],
+    ) -> Self {
         for (f, body) in files {
             write_config(&etc.join(f), body);
         }
@@ -64,6 +78,7 @@ impl Node {
             log,
             bin: bin.to_owned(),
             daemon: None,
+            netns: host.map(|h| h.name.clone()),
         };
         n.spawn();
         n
@@ -71,7 +86,7 @@ impl Node {
 
     /// Start (again) after [`Node::kill9`].
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new(workspace_bin(&self.bin));
+        let mut cmd = crate::netns::command_in(self.netns.as_deref(), &workspace_bin(&self.bin));
         cmd.arg("-c").arg(&self.etc).args(["-l", "info"]);
         // Appending: a restart keeps the earlier log.
         let prev = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -225,6 +240,21 @@ pub fn start_syndic_with(
     id: &str,
     addr: &str,
     mom: &str,
+    ports: (u16, u16),
+    extra: &str,
+) -> Node {
+    start_syndic_on(None, root, dir, id, addr, mom, ports, extra)
+}
+
+/// [`start_syndic_with`] inside `host`'s network namespace when given (`addr` is its address).
+#[allow(clippy::too_many_arguments)]
+pub fn start_syndic_on(
+    host: Option<&crate::LanHost>,
+    root: &Path,
+    dir: &str,
+    id: &str,
+    addr: &str,
+    mom: &str,
     (publish, ret): (u16, u16),
     extra: &str,
 ) -> Node {
@@ -238,7 +268,8 @@ pub fn start_syndic_with(
         "id: {id}\nroot_dir: {root}\npki_dir: /{dir}/minion-pki\ncachedir: /{dir}/minion-cache\n",
         root = root.display()
     );
-    let syndic = Node::start(
+    let syndic = Node::start_on(
+        host,
         "syndic",
         id,
         addr,

@@ -15,7 +15,7 @@ mod book;
 mod state;
 mod watch;
 
-pub use state::{CoreEvent, CoreState, Transmit};
+pub use state::{CachedJob, CoreEvent, CoreState, Transmit};
 
 use crate::CoreError;
 use crate::config::MasterConfig;
@@ -442,6 +442,17 @@ impl MasterCore {
         .unwrap_or_default()
     }
 
+    /// [`CoreState::cached_jobs_since`].
+    pub async fn cached_jobs_since(
+        &self,
+        since: std::time::SystemTime,
+        jids: std::collections::HashSet<String>,
+    ) -> Vec<CachedJob> {
+        self.call(move |st, _| st.cached_jobs_since(since, &jids))
+            .await
+            .unwrap_or_default()
+    }
+
     /// A job as the API shows it ([`CoreState::job_view`]), else from the Redis job cache.
     pub async fn job_view(&self, jid: &str) -> Option<JobView> {
         let j = jid.to_owned();
@@ -793,6 +804,13 @@ impl Server {
                 held: std::collections::VecDeque::new(),
             }
         });
+        // `event_return: redis`: every event of the bus, in order, to a stream in Redis.
+        let (events_stop, events_stopped) = tokio::sync::oneshot::channel::<()>();
+        let event_return = shared
+            .cfg
+            .event_return_redis
+            .as_ref()
+            .map(|o| tokio::spawn(event_return(shared.clone(), o.clone(), events_stopped)));
         // Key decisions shared with the other masters (`brine_key_sync: redis`).
         let (key_sync_stop, key_sync_stopped) = tokio::sync::oneshot::channel::<()>();
         let key_sync = shared.cfg.key_sync_redis.as_ref().map(|o| {
@@ -899,6 +917,10 @@ impl Server {
         drop(pub_tx);
         let _ = publishing.await;
         let _ = key_sync_stop.send(());
+        let _ = events_stop.send(());
+        if let Some(t) = event_return {
+            let _ = tokio::time::timeout(crate::redis_cache::WRITE_TIMEOUT * 4, t).await;
+        }
         if let Some(t) = key_sync {
             let _ = tokio::time::timeout(crate::redis_cache::WRITE_TIMEOUT * 2, t).await;
         }
@@ -915,6 +937,89 @@ impl Server {
             }
         }
     }
+}
+
+/// `event_return: redis`: takes every event off the bus (but those `event_return_whitelist`
+/// and `event_return_blacklist` leave out), gives it its stream entry id and hands it to a
+/// writer of its own. Never waits on Redis: what the writer's queue cannot take, or what the
+/// bus drops because this task fell behind, is counted and logged, and the bus goes on.
+async fn event_return(
+    shared: Arc<MasterCore>,
+    opts: crate::redis_cache::RedisOptions,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use crate::redis_cache::Record;
+    use tokio::sync::broadcast::error::RecvError;
+    let cfg = &shared.cfg;
+    let master = cfg
+        .master_id
+        .clone()
+        .or_else(|| cfg.id.clone())
+        .unwrap_or_else(|| "master".to_owned());
+    let stream = format!("salt:events:{master}");
+    info!(redis = %opts.describe(), stream = %stream, "event_return: redis");
+    let mut rx = shared.bus.subscribe();
+    let (sink, writer) =
+        crate::redis_cache::spawn_event_writer(&opts, &cfg.cachedir, shared.bus.clone());
+    let keep = |tag: &str| {
+        let m = |globs: &[String]| globs.iter().any(|g| brine_proto::target::fnmatch(g, tag));
+        (cfg.event_return_whitelist.is_empty() || m(&cfg.event_return_whitelist))
+            && !m(&cfg.event_return_blacklist)
+    };
+    let (mut last_ms, mut seq) = (0u128, 0u64);
+    let mut dropped = 0u64;
+    let mut last_warn: Option<Instant> = None;
+    tokio::pin!(stop);
+    loop {
+        let e = tokio::select! {
+            _ = &mut stop => break,
+            e = rx.recv() => e,
+        };
+        let e = match e {
+            Ok(e) => e,
+            Err(RecvError::Lagged(n)) => {
+                dropped += n;
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    last_warn = Some(Instant::now());
+                    warn!(
+                        dropped,
+                        "event_return fell behind the event bus; events dropped so far"
+                    );
+                }
+                continue;
+            }
+            Err(RecvError::Closed) => break,
+        };
+        if !keep(&e.tag) {
+            continue;
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if ms > last_ms {
+            (last_ms, seq) = (ms, 0);
+        } else {
+            seq += 1;
+        }
+        let r = Record::Event {
+            stream: stream.clone(),
+            entry: format!("{last_ms}-{seq}"),
+            tag: e.tag.clone(),
+            data: e.data.clone(),
+        };
+        if sink.offer(r).is_err() {
+            dropped += 1;
+            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_warn = Some(Instant::now());
+                warn!(
+                    dropped,
+                    "event_return's queue is full; events dropped so far"
+                );
+            }
+        }
+    }
+    drop(sink);
+    let _ = tokio::time::timeout(crate::redis_cache::WRITE_TIMEOUT * 3, writer).await;
 }
 
 /// The Redis job cache's writer, from the driver's side.

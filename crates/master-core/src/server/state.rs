@@ -61,6 +61,9 @@ pub enum CoreEvent {
     JobsChanged,
 }
 
+/// A job from the embedded cache: its jid, its load and the stored returns (minion, data).
+pub type CachedJob = (String, Value, Vec<(String, Value)>);
+
 /// The master's state. See the module documentation for the order a driver calls it in.
 pub struct CoreState {
     cfg: MasterConfig,
@@ -359,6 +362,25 @@ impl CoreState {
             }
         }
         jids.len()
+    }
+
+    /// Jobs among `jids` whose embedded cache entry changed since `since`, with their loads and
+    /// stored returns (a syndic's replay of returns a crash kept from going upward).
+    pub fn cached_jobs_since(
+        &self,
+        since: std::time::SystemTime,
+        jids: &std::collections::HashSet<String>,
+    ) -> Vec<CachedJob> {
+        self.cache
+            .changed_since(since)
+            .into_iter()
+            .filter(|jid| jids.contains(jid))
+            .filter_map(|jid| {
+                let load = self.cache.job(&jid)?;
+                let returns: Vec<(String, Value)> = self.cache.returns(&jid).into_iter().collect();
+                Some((jid, load, returns))
+            })
+            .collect()
     }
 
     // ---- queries ----
@@ -965,8 +987,13 @@ impl CoreState {
                 }
             }
             Taken::NotInMemory => {
-                if self.cache.returns(&r.jid).contains_key(&r.id) {
-                    warn!(jid = %r.jid, minion_id = %r.id, "a return for a finished job that already has one ignored: the first stands");
+                if let Some(first) = self.cache.returns(&r.jid).get(&r.id) {
+                    if first.get("return") == data.get("return") {
+                        // A copy (a syndic's replay after a crash, a resend).
+                        debug!(jid = %r.jid, minion_id = %r.id, "same return again for a finished job; already taken");
+                    } else {
+                        warn!(jid = %r.jid, minion_id = %r.id, "a return for a finished job that already has one ignored: the first stands");
+                    }
                     return false;
                 }
                 self.book.handle_late_return(&r.jid, &r.id);

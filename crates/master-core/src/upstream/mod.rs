@@ -145,6 +145,153 @@ enum Cmd {
     SpoolFlushed(Option<bool>),
 }
 
+/// What lets a syndic stopped by `kill -9` still send upward the returns it had taken (and
+/// acknowledged to its minions: they are in its job cache on disk) but not yet delivered or
+/// spooled: the routes of relayed jobs (jid → link) in `cachedir/brine/upstream-routes.jsonl`,
+/// and in `cachedir/brine/upstream-synced` the time before which every return taken had been
+/// delivered or spooled (written at most once a second). At start, the returns of routed jobs
+/// whose cache entry changed after that time (minus [`REPLAY_MARGIN`]) are spooled for their
+/// master again; a master keeps the first copy of a return and ignores the others.
+struct Durable {
+    routes: std::path::PathBuf,
+    synced: std::path::PathBuf,
+    lines: usize,
+    marked: Option<Instant>,
+}
+
+/// Returns taken just before the mark may still have been on their way to the driver.
+const REPLAY_MARGIN: Duration = Duration::from_secs(10);
+
+impl Durable {
+    fn new(cachedir: &std::path::Path) -> Self {
+        let dir = cachedir.join("brine");
+        let _ = std::fs::create_dir_all(&dir);
+        Self {
+            routes: dir.join("upstream-routes.jsonl"),
+            synced: dir.join("upstream-synced"),
+            lines: 0,
+            marked: None,
+        }
+    }
+
+    /// Note that `jid`, relayed from upper master `link`, routes upward through it.
+    fn route(&mut self, jid: &str, link: usize) {
+        use std::io::Write as _;
+        let line = format!("{}\n", serde_json::json!({"jid": jid, "link": link}));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.routes)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            warn!(path = %self.routes.display(), error = %e, "cannot note a relayed job's route; a crash may keep its returns from going upward");
+        }
+        self.lines += 1;
+        if self.lines > 4 * ROUTES_MAX {
+            self.compact();
+        }
+    }
+
+    fn read_routes(&self) -> std::collections::HashMap<String, usize> {
+        let text = std::fs::read_to_string(&self.routes).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|j| {
+                Some((
+                    j.get("jid")?.as_str()?.to_owned(),
+                    usize::try_from(j.get("link")?.as_u64()?).ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Keep the newest [`ROUTES_MAX`] routes.
+    fn compact(&mut self) {
+        let text = std::fs::read_to_string(&self.routes).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let keep = &lines[lines.len().saturating_sub(ROUTES_MAX)..];
+        let tmp = self.routes.with_extension("tmp");
+        let body: String = keep.iter().map(|l| format!("{l}\n")).collect();
+        if std::fs::write(&tmp, body).is_ok() && std::fs::rename(&tmp, &self.routes).is_ok() {
+            self.lines = keep.len();
+        }
+    }
+
+    /// Until when (as last noted) every return taken was delivered or spooled.
+    fn synced_until(&self) -> Option<std::time::SystemTime> {
+        let micros: u64 = std::fs::read_to_string(&self.synced)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(std::time::UNIX_EPOCH + Duration::from_micros(micros))
+    }
+
+    /// Note how far every return taken is delivered or spooled (at most once a second, unless
+    /// `now_anyway`).
+    fn mark(&mut self, st: &Upstream, now_anyway: bool) {
+        if !now_anyway
+            && self
+                .marked
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.marked = Some(Instant::now());
+        let until = st
+            .oldest_undelivered()
+            .map_or_else(std::time::SystemTime::now, |t| {
+                std::time::SystemTime::now() - Instant::now().saturating_duration_since(t)
+            });
+        let micros = until
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let tmp = self.synced.with_extension("tmp");
+        if std::fs::write(&tmp, micros.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.synced);
+        }
+    }
+}
+
+/// Spool again the returns a crash may have kept from going upward (see [`Durable`]).
+async fn replay(links: &Links, st: &Upstream, spool: &Spool, durable: &mut Durable) {
+    let routes = durable.read_routes();
+    if routes.is_empty() {
+        return;
+    }
+    let since = durable
+        .synced_until()
+        .map_or(std::time::UNIX_EPOCH, |t| t - REPLAY_MARGIN);
+    let jobs = links
+        .core
+        .cached_jobs_since(since, routes.keys().cloned().collect())
+        .await;
+    let mut n = 0usize;
+    for (jid, load, returns) in jobs {
+        if returns.is_empty() {
+            continue;
+        }
+        let link = routes.get(&jid).copied().unwrap_or(0);
+        n += returns.len();
+        let entry = st.replay_entry(&jid, &load, returns);
+        spool.push_to(
+            &jid,
+            &dest(&links.cfg.masters, link),
+            &SyndicReturn {
+                entries: vec![entry],
+            }
+            .to_value(),
+        );
+    }
+    if n > 0 {
+        info!(
+            returns = n,
+            "returns taken before the last run ended were spooled for the upper masters again"
+        );
+    }
+    durable.compact();
+}
+
 /// What the driver's helpers share: configuration, identity and the live links. The state
 /// itself ([`Upstream`]) belongs to the driver task alone.
 struct Links {
@@ -168,6 +315,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let spool = Spool::new(&cfg.cachedir, SPOOL_MAX_BYTES);
     let mut st = Upstream::new(&me.id, cfg.masters.len(), cfg.window);
+    let mut durable = Durable::new(&cfg.cachedir);
     let links = Arc::new(Links {
         link_cfg: Arc::new(cfg.link.clone()),
         core: core.clone(),
@@ -191,6 +339,7 @@ pub async fn run(
         masters = ?links.cfg.masters.iter().map(|m| format!("{}:{}", m.host, m.ret_port)).collect::<Vec<_>>(),
         "syndic links starting"
     );
+    replay(&links, &st, &spool, &mut durable).await;
     let mut link_tasks = tokio::task::JoinSet::new();
     for i in 0..links.cfg.masters.len() {
         link_tasks.spawn(link_loop(links.clone(), i));
@@ -217,10 +366,10 @@ pub async fn run(
             () = &mut shutdown => break,
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle_cmd(&mut st, &mut chans, cmd, &mut spool_backoff, &mut spool_next, &mut spool_busy);
+                handle_cmd(&mut st, &mut chans, cmd, &mut spool_backoff, &mut spool_next, &mut spool_busy, &mut durable);
                 // Take whatever else is queued before the next pass.
                 while let Ok(cmd) = rx.try_recv() {
-                    handle_cmd(&mut st, &mut chans, cmd, &mut spool_backoff, &mut spool_next, &mut spool_busy);
+                    handle_cmd(&mut st, &mut chans, cmd, &mut spool_backoff, &mut spool_next, &mut spool_busy, &mut durable);
                 }
             }
             () = tokio::time::sleep_until(wake) => {}
@@ -245,6 +394,7 @@ pub async fn run(
         while let Some(t) = st.poll_transmit() {
             carry_out(&links, &chans, &spool, &mut sends, t);
         }
+        durable.mark(&st, false);
         if let Some(rx) = events.as_mut()
             && tokio::time::Instant::now() >= events_next
         {
@@ -311,6 +461,7 @@ pub async fn run(
             "returns not acknowledged upward were spooled at shutdown"
         );
     }
+    durable.mark(&st, true);
     link_tasks.abort_all();
 }
 
@@ -322,6 +473,7 @@ fn handle_cmd(
     spool_backoff: &mut Duration,
     spool_next: &mut tokio::time::Instant,
     spool_busy: &mut bool,
+    durable: &mut Durable,
 ) {
     let now = Instant::now();
     match cmd {
@@ -331,7 +483,11 @@ fn handle_cmd(
             known_here,
             reply,
         } => {
-            let _ = reply.send(st.handle_publish(link, &job, known_here, now));
+            let on = st.handle_publish(link, &job, known_here, now);
+            if matches!(on, OnPublish::Relay) {
+                durable.route(&job.jid, link);
+            }
+            let _ = reply.send(on);
         }
         Cmd::Relayed { jid, ok } => st.handle_relayed(&jid, ok, now),
         Cmd::FindJob { jid, reply } => {

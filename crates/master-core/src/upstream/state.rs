@@ -156,6 +156,8 @@ pub struct Upstream {
     outbox_count: usize,
     /// Returns taken from minions and not yet acknowledged upward or spooled, per jid.
     in_flight: HashMap<String, HashSet<String>>,
+    /// When the oldest return still in flight was taken, per jid.
+    taken: HashMap<String, Instant>,
     pending: HashMap<u64, Pending>,
     transmits: VecDeque<Transmit>,
     next_id: u64,
@@ -179,6 +181,7 @@ impl Upstream {
             outbox: BTreeMap::new(),
             outbox_count: 0,
             in_flight: HashMap::new(),
+            taken: HashMap::new(),
             pending: HashMap::new(),
             transmits: VecDeque::new(),
             next_id: 0,
@@ -283,6 +286,7 @@ impl Upstream {
             .entry(r.jid.clone())
             .or_default()
             .insert(r.id.clone());
+        self.taken.entry(r.jid.clone()).or_insert(now);
         self.outbox
             .entry(r.jid.clone())
             .or_default()
@@ -438,6 +442,51 @@ impl Upstream {
             .retain(|t| matches!(t.what, What::Spool { .. }));
     }
 
+    /// When the oldest return not yet acknowledged upward (nor spooled) was taken; `None`
+    /// when every return taken so far is delivered or spooled.
+    pub fn oldest_undelivered(&self) -> Option<Instant> {
+        self.taken.values().min().copied()
+    }
+
+    /// A `_syndic_return` entry for `jid` rebuilt from this master's job cache (its `load` and
+    /// the minions' stored returns), for returns a crash kept from going upward.
+    pub fn replay_entry(
+        &self,
+        jid: &str,
+        load: &Value,
+        returns: Vec<(String, Value)>,
+    ) -> SyndicReturnEntry {
+        let field = |k: &str| load.get(k).cloned().unwrap_or(Value::Nil);
+        let returns = returns
+            .into_iter()
+            .map(|(id, data)| {
+                let mut entry = Value::map();
+                for k in ["return", "retcode", "success", "fun_args", "out"] {
+                    if let Some(v) = data.get(k) {
+                        entry.insert(k, v.clone());
+                    }
+                }
+                (id, entry)
+            })
+            .collect();
+        SyndicReturnEntry {
+            id: self.me.clone(),
+            jid: jid.to_owned(),
+            fun: field("fun"),
+            load: load.clone(),
+            returns,
+            master_id: load
+                .get("master_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            extra: vec![
+                (Value::str("arg"), field("arg")),
+                (Value::str("tgt"), field("tgt")),
+                (Value::str("tgt_type"), field("tgt_type")),
+            ],
+        }
+    }
+
     /// Returns taken from minions and not acknowledged upward yet.
     pub fn undelivered(&self) -> usize {
         self.in_flight.values().map(HashSet::len).sum()
@@ -488,6 +537,7 @@ impl Upstream {
                 set.remove(id);
                 if set.is_empty() {
                     self.in_flight.remove(jid);
+                    self.taken.remove(jid);
                 }
             }
         }
@@ -720,6 +770,52 @@ mod tests {
                 (e.jid, minions)
             })
             .collect()
+    }
+
+    /// What a syndic notes as "delivered up to" must not pass a return that is still in the
+    /// outbox or in a send under way (kill -9 then would lose it), and must move on once the
+    /// upper master acknowledged it.
+    #[test]
+    fn oldest_undelivered_follows_returns_until_acknowledged() {
+        let t0 = Instant::now();
+        let mut up = linked(1, t0);
+        relay(&mut up, 0, "j1", t0);
+        assert_eq!(up.oldest_undelivered(), None);
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(up.handle_return(&ret("j1", "m1"), t1));
+        assert!(up.handle_return(&ret("j1", "m2"), t1 + W));
+        assert_eq!(up.oldest_undelivered(), Some(t1), "in the outbox");
+        let out = pass(&mut up, t1 + W * 3, |_| settled(&["m1", "m2"], true));
+        let sends: Vec<u64> = out
+            .iter()
+            .filter(|t| matches!(t.what, What::Returns { .. }))
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(sends.len(), 1, "{out:?}");
+        assert_eq!(up.oldest_undelivered(), Some(t1), "in a send under way");
+        up.handle_sent(sends[0], true);
+        assert_eq!(up.oldest_undelivered(), None, "acknowledged upward");
+    }
+
+    /// A return rebuilt from the job cache after a crash carries what a live one does.
+    #[test]
+    fn a_replayed_entry_has_the_returns_and_the_job() {
+        let up = linked(1, Instant::now());
+        let load = job("j9").to_value();
+        let data = ret("j9", "m1").to_value().with("retcode", 0);
+        let e = up.replay_entry("j9", &load, vec![("m1".into(), data)]);
+        assert_eq!(
+            (e.id.as_str(), e.jid.as_str(), e.master_id.as_deref()),
+            ("syn", "j9", Some("mom"))
+        );
+        assert_eq!(e.fun, Value::str("test.ping"));
+        assert_eq!(e.returns.len(), 1);
+        assert_eq!(e.returns[0].1.get("return"), Some(&Value::Bool(true)));
+        assert_eq!(
+            e.returns[0].1.get("jid"),
+            None,
+            "only a return's own fields"
+        );
     }
 
     /// The old side looked at the newest 256 routes only: an older job that was still running
