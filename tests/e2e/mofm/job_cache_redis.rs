@@ -122,14 +122,7 @@ fn the_redis_job_cache_never_holds_up_a_job_and_loses_no_return() {
     redis.stop();
     let (down_jid, got) = ping(&m, &token, "rc*");
     assert_eq!(got, all_true(&ids), "a job while Redis is down");
-    let tags = |t: &str| {
-        events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|x| x.as_str() == t)
-            .count()
-    };
+    let tags = |t: &str| tags_in(&events, t);
     assert!(
         wait_for(Duration::from_secs(10), || tags(
             "salt/brine/job_cache/degraded"
@@ -594,14 +587,7 @@ fn event_return_to_redis_keeps_every_event_once() {
     redis.stop();
     let (down_jid, got) = ping(&m, &token, "ev*");
     assert_eq!(got, all_true(&ids), "a job while Redis is down");
-    let tags = |t: &str| {
-        events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|x| x.as_str() == t)
-            .count()
-    };
+    let tags = |t: &str| tags_in(&events, t);
     assert!(
         wait_for(Duration::from_secs(10), || tags(
             "salt/brine/event_return/degraded"

@@ -109,14 +109,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = ip_command()
-            .args(["link", "del", &self.host_if])
-            .stderr(Stdio::null())
-            .status();
-        let _ = ip_command()
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        ip_quiet(&["link", "del", &self.host_if]);
+        ip_quiet(&["netns", "del", &self.name]);
     }
 }
 
@@ -132,6 +126,11 @@ pub struct Lan {
     pub net: String,
     /// This namespace's address on the LAN (`10.250.B.1`).
     pub gateway: String,
+}
+
+/// `ip ARGS`, its failure ignored and unsaid (cleanups of what may not exist).
+fn ip_quiet(args: &[&str]) {
+    let _ = ip_command().args(args).stderr(Stdio::null()).status();
 }
 
 fn ip_ok(args: &[&str]) {
@@ -150,10 +149,7 @@ impl Lan {
         let bridge = format!("bl{}", pid % 1_000_000);
         let net = format!("10.250.{b}");
         // A bridge left by a crashed run with the same pid would make `add` fail.
-        let _ = ip_command()
-            .args(["link", "del", &bridge])
-            .stderr(Stdio::null())
-            .status();
+        ip_quiet(&["link", "del", &bridge]);
         ip_ok(&["link", "add", &bridge, "type", "bridge"]);
         let lan = Self {
             bridge: bridge.clone(),
@@ -181,10 +177,7 @@ impl Lan {
         let outer = format!("vo{pid}x{i}");
         let inner = format!("vi{pid}x{i}");
         let addr = format!("{}.{}", self.net, 10 + u16::from(i));
-        let _ = ip_command()
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
+        ip_quiet(&["netns", "del", &name]);
         ip_ok(&["netns", "add", &name]);
         let h = LanHost {
             name: name.clone(),
@@ -211,10 +204,7 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        let _ = ip_command()
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
+        ip_quiet(&["link", "del", &self.bridge]);
     }
 }
 
@@ -229,12 +219,6 @@ pub struct LanHost {
 }
 
 impl LanHost {
-    /// `cmd` made to run inside the namespace (`ip netns exec NAME PROGRAM ARGS...`; `ip` execs
-    /// the program, so the child's pid is the program's).
-    pub fn command(&self, program: &Path) -> Command {
-        command_in(Some(&self.name), program)
-    }
-
     /// Cut the host off: its port on the bridge goes down, so frames to and from it are dropped
     /// without a word (no RST, no ICMP); the processes inside keep running and their
     /// connections stay open.
@@ -254,13 +238,7 @@ impl LanHost {
 
 impl Drop for LanHost {
     fn drop(&mut self) {
-        let _ = ip_command()
-            .args(["link", "del", &self.outer])
-            .stderr(Stdio::null())
-            .status();
-        let _ = ip_command()
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        ip_quiet(&["link", "del", &self.outer]);
+        ip_quiet(&["netns", "del", &self.name]);
     }
 }
