@@ -37,6 +37,14 @@ pub enum ApiError {
     Status(u16, String),
 }
 
+impl ApiError {
+    /// Whether trying again later may succeed: the master could not be reached, or answered
+    /// that it (or what is behind it) is unavailable for now (502, 503, 504).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Status(502..=504, _))
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -191,10 +191,20 @@ async fn token_of(
             "no token: log in at /login and send X-Auth-Token".into(),
         ));
     };
-    shared.token(&tok).await.ok_or_else(|| {
-        warn!("API request with an unknown or expired token refused");
-        ApiError(StatusCode::UNAUTHORIZED, "unknown or expired token".into())
-    })
+    match shared.token(&tok).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => {
+            warn!("API request with an unknown or expired token refused");
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unknown or expired token".into(),
+            ))
+        }
+        Err(crate::TokenStoreDown) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the token store (Redis) cannot be asked now; retry".into(),
+        )),
+    }
 }
 
 /// A request body as JSON: JSON, or form fields (repeated keys become lists).
@@ -256,12 +266,21 @@ async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Resp
     let b = body_json(&headers, &body)?;
     let field = |k: &str| b.get(k).and_then(Json::as_str).unwrap_or("");
     let (user, eauth) = (field("username"), field("eauth"));
-    let Some((tok, t)) = shared.login(eauth, user, field("password")).await else {
-        warn!(user, eauth, "API login refused");
-        return Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "could not authenticate".into(),
-        ));
+    let (tok, t) = match shared.login(eauth, user, field("password")).await {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            warn!(user, eauth, "API login refused");
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "could not authenticate".into(),
+            ));
+        }
+        Err(crate::TokenStoreDown) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the token store (Redis) cannot take a new token now; retry".into(),
+            ));
+        }
     };
     info!(user, eauth, "API login");
     let body = json!({"return": [{

@@ -70,28 +70,39 @@ impl std::ops::Deref for Shared {
     }
 }
 
+/// Redis, which holds the API tokens (`eauth_tokens: rediscluster`), could not be asked about
+/// one: the request is refused for now (503), not the token (401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenStoreDown;
+
 impl Shared {
-    /// The session behind an API token, if valid. With tokens kept in Redis, a token Redis
-    /// cannot confirm (unreachable) is refused: it may have been revoked on another master.
-    pub async fn token(&self, tok: &str) -> Option<Token> {
+    /// The session behind an API token: `Ok(None)` for an unknown or expired one. With tokens
+    /// kept in Redis, a token Redis cannot confirm (unreachable) is refused with
+    /// [`TokenStoreDown`]: it may have been revoked on another master, and the client is told
+    /// to retry rather than that its token is bad.
+    ///
+    /// # Errors
+    /// [`TokenStoreDown`] when Redis, which holds the tokens, cannot be asked.
+    pub async fn token(&self, tok: &str) -> Result<Option<Token>, TokenStoreDown> {
         if !self.root_token.is_empty()
             && tok.len() == self.root_token.len()
             && openssl::memcmp::eq(tok.as_bytes(), self.root_token.as_bytes())
         {
-            return Some(Token {
+            return Ok(Some(Token {
                 user: "root".into(),
                 eauth: "root".into(),
                 perms: Perms::Root,
                 start: 0,
                 expire: u64::MAX,
-            });
+            }));
         }
         if let Some(store) = &self.token_store {
             let data = match store.token(tok).await {
-                Ok(d) => d?,
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok(None),
                 Err(()) => {
                     warn!("API token refused: Redis, which holds the tokens, cannot be asked");
-                    return None;
+                    return Err(TokenStoreDown);
                 }
             };
             let text = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
@@ -102,28 +113,43 @@ impl Shared {
                     .unwrap_or(0)
             };
             let (user, eauth) = (text("name"), text("eauth"));
+            let Some(perms) = self.eauth.permissions(&eauth, &user) else {
+                return Ok(None);
+            };
             let t = Token {
-                perms: self.eauth.permissions(&eauth, &user)?,
+                perms,
                 user,
                 eauth,
                 start: num("start"),
                 expire: num("expire"),
             };
-            return (t.expire > unix_secs()).then_some(t);
+            return Ok((t.expire > unix_secs()).then_some(t));
         }
         let mut tokens = lock(&self.tokens);
-        let t = tokens.get(tok)?.clone();
+        let Some(t) = tokens.get(tok).cloned() else {
+            return Ok(None);
+        };
         if t.expire <= unix_secs() {
             tokens.remove(tok);
-            return None;
+            return Ok(None);
         }
-        Some(t)
+        Ok(Some(t))
     }
 
-    /// Log in with `external_auth`; the new token and session (`None` also when the tokens'
-    /// Redis does not take the new one).
-    pub async fn login(&self, eauth: &str, user: &str, password: &str) -> Option<(String, Token)> {
-        let perms = self.eauth.authenticate(eauth, user, password)?;
+    /// Log in with `external_auth`; the new token and session, `Ok(None)` for credentials
+    /// refused.
+    ///
+    /// # Errors
+    /// [`TokenStoreDown`] when the tokens' Redis does not take the new one.
+    pub async fn login(
+        &self,
+        eauth: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<(String, Token)>, TokenStoreDown> {
+        let Some(perms) = self.eauth.authenticate(eauth, user, password) else {
+            return Ok(None);
+        };
         let start = unix_secs();
         let t = Token {
             user: user.to_owned(),
@@ -145,12 +171,12 @@ impl Shared {
                     user,
                     "login refused: Redis, which holds the tokens, did not take the new one"
                 );
-                return None;
+                return Err(TokenStoreDown);
             }
-            return Some((tok, t));
+            return Ok(Some((tok, t)));
         }
         lock(&self.tokens).insert(tok.clone(), t.clone());
-        Some((tok, t))
+        Ok(Some((tok, t)))
     }
 
     /// The HTTP API's limits (`rest_cherrypy`).

@@ -86,6 +86,35 @@ impl JidGenerator {
     }
 }
 
+/// The time a jid was made, in microseconds since the epoch (UTC); `None` for text that is not
+/// a jid (a suffix after `_` is ignored).
+pub fn unix_micros(jid: &str) -> Option<u64> {
+    let digits = jid.split_once('_').map_or(jid, |(d, _)| d);
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let num = |a: usize, b: usize| digits[a..b].parse::<u64>().ok();
+    let (y, m, d) = (num(0, 4)?, num(4, 6)?, num(6, 8)?);
+    let (hh, mm, ss, us) = (num(8, 10)?, num(10, 12)?, num(12, 14)?, num(14, 20)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(i64::try_from(y).ok()?, m as u32, d as u32)).ok()?;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us)
+}
+
+/// (year, month, day) to days since 1970-01-01, proleptic Gregorian: the inverse of
+/// [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -145,6 +174,24 @@ pub fn valid_jid(jid: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jid_gives_back_its_time() {
+        for t in [
+            0u64,
+            1_700_000_000_123_456,
+            1_796_668_812_161_342,
+            951_782_400_000_001, // 2000-02-29
+            4_102_444_799_999_999,
+        ] {
+            let jid = Jid::from_unix_micros(t);
+            assert_eq!(unix_micros(jid.as_str()), Some(t), "{jid}");
+            assert_eq!(unix_micros(&format!("{jid}_4242")), Some(t));
+        }
+        assert_eq!(unix_micros("2026120718"), None);
+        assert_eq!(unix_micros("20261307184124847145"), None);
+        assert_eq!(unix_micros("2026120718412484714x"), None);
+    }
 
     #[test]
     fn formats_like_salt() {

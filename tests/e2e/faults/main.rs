@@ -11,6 +11,9 @@
 //! - **whole after**: seconds from the end of the fault until a `test.ping` through each MoM
 //!   answers for every minion again.
 //!
+//! The load runs `brine -c <mom etc>` on each MoM and `brine --url` through real nginx with
+//! the shipped API tier site (`deploy/nginx/brine-api.conf`) in front of both MoMs.
+//!
 //! The table is printed, written to `target/faults/reliability.md`, and — with
 //! `BRINE_FAULTS_DOC=1` (`scripts/faults.sh`) — into docs/reliability.md. The test fails if any
 //! return is lost or recorded twice, or the CLI reports a complete job incomplete.
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 use brine_test_support::sim::{cached_keys, sim_runtime};
 use brine_test_support::topology::{Node, start_syndic_on};
 use brine_test_support::{
-    Lan, LanHost, RedisSentinel, RedisServer, SaltMinion, SaltPeer, SimMinion, free_port,
+    Lan, LanHost, Nginx, RedisSentinel, RedisServer, SaltMinion, SaltPeer, SimMinion, free_port,
     repo_root, subscribe, wait_for, workspace_bin,
 };
 use serde_json::Value as Json;
@@ -33,11 +36,14 @@ use serde_json::Value as Json;
 /// Simulated minions in all (spread over the three syndics); `BRINE_FAULTS_MINIONS` overrides.
 const MINIONS: usize = 300;
 /// Real salt-minions (3007) in the mix, failing over between the syndics as the simulated ones
-/// (`BRINE_FAULTS_REAL`; none by default until the failover below is understood: see
-/// docs/reliability.md).
-const REAL_MINIONS: usize = 0;
+/// (`BRINE_FAULTS_REAL` overrides).
+const REAL_MINIONS: usize = 3;
 /// How long a fault lasts before it is healed.
 const FAULT: Duration = Duration::from_secs(6);
+/// How long a partition lasts: long enough for the minions of a partitioned syndic to notice
+/// (a silent master is left after three unanswered probes of 3 s, 2 s apart: 9–11 s) and fail
+/// over.
+const PARTITION: Duration = Duration::from_secs(15);
 
 /// One job the load ran through the CLI.
 #[derive(Debug, Clone)]
@@ -62,6 +68,9 @@ struct Tier {
     moms: Vec<Node>,
     syndics: Vec<Node>,
     sims: Vec<SimMinion>,
+    /// nginx in front of both MoMs' APIs, and a token it gave (`brine --url` load).
+    nginx: Nginx,
+    api: (String, String),
     /// Real salt-minions (`master_type: failover` over the three syndics).
     real: Vec<SaltMinion>,
     /// Every minion id, simulated and real.
@@ -85,6 +94,7 @@ fn mofm_conf(
     format!(
         "root_dir: {root}\ninterface: {addr}\npublish_port: {publish}\nret_port: {ret}\n\
          rest_cherrypy: {{host: {addr}, port: {api}}}\nauto_accept: True\norder_masters: True\n\
+         external_auth: {{file: {{^filename: {root}/users, loader: ['test.*', '@jobs']}}}}\n\
          gather_job_timeout: 3\npki_dir: /mom-pki\ncachedir: /mom-{i}/cache\nmaster_id: mom-{i}\n\
          master_job_cache: redis\nredis.sentinel.service_name: {svc}\n\
          redis.sentinel.nodes: ['{sentinel}']\neauth_tokens: rediscluster\n\
@@ -104,10 +114,19 @@ impl Tier {
             RedisSentinel::start_replicated_on(Some((&hosts[0], &hosts[1], &lan.gateway)));
         let sentinel_addr = format!("{}:{}", lan.gateway, sentinel.port);
         let (publish, ret) = (free_port(), free_port());
+        std::fs::write(
+            root.join("users"),
+            format!(
+                "loader:{}\n",
+                brine_master_core::eauth::hash_password(LOADER_PASSWORD).expect("hash")
+            ),
+        )
+        .expect("write users");
+        let apis = [free_port(), free_port()];
         let moms: Vec<Node> = (0..2)
             .map(|i| {
                 let h = &hosts[2 + i];
-                let api = free_port();
+                let api = apis[i];
                 let n = Node::start_on(
                     Some(h),
                     "mofm",
@@ -129,6 +148,16 @@ impl Tier {
             .map(|j| {
                 let name = format!("syndic-{j}");
                 let h = &hosts[4 + j];
+                // Masters a failover minion moves between share one master key pair (as Salt
+                // requires: a minion keeps the master's public key it first trusted and
+                // refuses another). syndic-0 made it; the others start with a copy.
+                if j > 0 {
+                    let (from, to) = (root.join("syndic-0/pki"), root.join(format!("{name}/pki")));
+                    std::fs::create_dir_all(&to).expect("mkdir syndic pki");
+                    for f in ["master.pem", "master.pub"] {
+                        std::fs::copy(from.join(f), to.join(f)).expect("copy the master key");
+                    }
+                }
                 start_syndic_on(
                     Some(h),
                     &root,
@@ -210,6 +239,15 @@ impl Tier {
             .collect();
         let mut ids = ids;
         ids.extend(real.iter().map(|m| m.id.clone()));
+        // The API tier: nginx here, in front of both MoMs' APIs on the LAN.
+        let port = free_port();
+        let upstreams = [0, 1].map(|i| format!("{}:{}", hosts[2 + i].addr, apis[i]));
+        let nginx = Nginx::start(
+            &Nginx::api_tier_site([upstreams[0].as_str(), upstreams[1].as_str()], port),
+            port,
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let token = login(port);
         let tier = Self {
             root,
             primary,
@@ -218,6 +256,8 @@ impl Tier {
             moms,
             syndics,
             sims,
+            nginx,
+            api: (url, token),
             real,
             ids,
             ports: (publish, ret),
@@ -228,7 +268,8 @@ impl Tier {
         };
         assert!(
             tier.whole_within(Duration::from_secs(150)).is_some(),
-            "the tier never answered for every minion:\n{}\n{}",
+            "the tier never answered for every minion:\n{}\n{}\n{}",
+            tier.routes_report(),
             tier.tails(),
             tier.real
                 .iter()
@@ -257,6 +298,27 @@ impl Tier {
                 }
             }
         }
+        for m in &self.real {
+            let _ = std::fs::write(out.join(format!("{}.log", m.id)), m.log());
+        }
+        let _ = std::fs::write(out.join("nginx-error.log"), self.nginx.error_log());
+    }
+
+    /// The CLI's arguments for each way the load reaches the MoMs: `-c` each MoM's
+    /// configuration, and `--url` through nginx.
+    fn cli_routes(&self) -> Vec<Vec<String>> {
+        let mut routes: Vec<Vec<String>> = self
+            .moms
+            .iter()
+            .map(|m| vec!["-c".to_owned(), m.etc.display().to_string()])
+            .collect();
+        routes.push(vec![
+            "--url".to_owned(),
+            self.api.0.clone(),
+            "--token".to_owned(),
+            self.api.1.clone(),
+        ]);
+        routes
     }
 
     fn tails(&self) -> String {
@@ -268,15 +330,53 @@ impl Tier {
             .join("\n")
     }
 
+    /// One `test.ping` by each route of [`Self::cli_routes`]: what it answered (for failures).
+    fn routes_report(&self) -> String {
+        let all: BTreeSet<String> = self.ids.iter().cloned().collect();
+        self.cli_routes()
+            .iter()
+            .map(|r| {
+                let what = match run_job(r, 5) {
+                    None => "no job published".to_owned(),
+                    Some(Job {
+                        jid,
+                        cli: None,
+                        stderr,
+                    }) => format!("{jid}: no result ({stderr})"),
+                    Some(Job {
+                        jid,
+                        cli: Some(cli),
+                        stderr,
+                    }) => format!(
+                        "{jid}: {} of {} answered, missing {:?} ({stderr})",
+                        cli.len(),
+                        all.len(),
+                        all.difference(&cli).take(5).collect::<Vec<_>>()
+                    ),
+                };
+                format!("{}: {what}", r.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// How long until a `test.ping` through every MoM answers for every minion, polling; `None`
     /// if not within `limit`.
     fn whole_within(&self, limit: Duration) -> Option<Duration> {
         let t0 = Instant::now();
         let all: BTreeSet<String> = self.ids.iter().cloned().collect();
+        // One job through every route at once: whole when each answers for every minion.
         let whole = wait_for(limit, || {
-            self.moms
-                .iter()
-                .all(|m| run_job(&m.etc, 5).is_some_and(|j| j.cli.as_ref() == Some(&all)))
+            let routes = self.cli_routes();
+            std::thread::scope(|s| {
+                let runs: Vec<_> = routes
+                    .iter()
+                    .map(|r| {
+                        s.spawn(|| run_job(r, 5).is_some_and(|j| j.cli.as_ref() == Some(&all)))
+                    })
+                    .collect();
+                runs.into_iter().all(|h| h.join().unwrap_or(false))
+            })
         });
         whole.then(|| t0.elapsed())
     }
@@ -328,26 +428,74 @@ impl Tier {
             .sum()
     }
 
-    /// Every acknowledged return, by jid (a minion twice if acknowledged twice).
-    fn acked(&self) -> BTreeMap<String, Vec<String>> {
+    /// Every acknowledged return, by jid (a minion twice if acknowledged twice). A simulated
+    /// minion counts the acknowledgements it got; a real salt-minion's return counts as
+    /// acknowledged once a syndic stored it in its job cache (it acknowledges after that).
+    fn acked(&self, jids: &[&str]) -> BTreeMap<String, Vec<String>> {
         let mut by_jid: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for s in &self.sims {
             for jid in s.acked_jids() {
                 by_jid.entry(jid).or_default().push(s.id.clone());
             }
         }
+        for jid in jids {
+            let mut stored = BTreeSet::new();
+            for j in 0..self.syndics.len() {
+                let p = self
+                    .root
+                    .join(format!("syndic-{j}/cache/brine/jobs/{jid}/returns.jsonl"));
+                for l in std::fs::read_to_string(p).unwrap_or_default().lines() {
+                    if let Some(id) = serde_json::from_str::<Json>(l)
+                        .ok()
+                        .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
+                        && self.real.iter().any(|m| m.id == id)
+                    {
+                        stored.insert(id);
+                    }
+                }
+            }
+            by_jid.entry((*jid).to_owned()).or_default().extend(stored);
+        }
         by_jid
     }
 }
 
-/// `brine -c etc --show-jid --out json --static -t T '*' test.ping`, bounded by `timeout`;
+/// The password of the API user the load logs in as through nginx.
+const LOADER_PASSWORD: &str = "fault-load";
+
+/// Log in through nginx at `127.0.0.1:port` (eauth `file`); the token.
+fn login(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let body =
+        serde_json::json!({"username": "loader", "password": LOADER_PASSWORD, "eauth": "file"})
+            .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+    write!(
+        s,
+        "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the login");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the login's answer");
+    let v: Json = raw
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Json::Null);
+    v["return"][0]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token from the login through nginx: {raw}"))
+        .to_owned()
+}
+
+/// `brine <route> --show-jid --out json --static -t T '*' test.ping`, bounded by `timeout`;
 /// `None` when no job was published (the MoM is down or frozen).
-fn run_job(etc: &Path, t: u64) -> Option<Job> {
+fn run_job(route: &[String], t: u64) -> Option<Job> {
     let out = Command::new("timeout")
         .arg((t + 20).to_string())
         .arg(workspace_bin("brine"))
-        .arg("-c")
-        .arg(etc)
+        .args(route)
         .args(["--show-jid", "--out", "json", "--static", "-t"])
         .arg(t.to_string())
         .args(["*", "test.ping"])
@@ -376,16 +524,16 @@ struct Load {
 }
 
 impl Load {
-    fn start(moms: &[Node]) -> Self {
+    fn start(routes: Vec<Vec<String>>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let jobs = Arc::new(Mutex::new(Vec::new()));
-        let threads = moms
-            .iter()
-            .map(|m| {
-                let (etc, stop, jobs) = (m.etc.clone(), stop.clone(), jobs.clone());
+        let threads = routes
+            .into_iter()
+            .map(|route| {
+                let (stop, jobs) = (stop.clone(), jobs.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        match run_job(&etc, 8) {
+                        match run_job(&route, 8) {
                             Some(j) => jobs.lock().expect("jobs").push(j),
                             None => std::thread::sleep(Duration::from_millis(300)),
                         }
@@ -422,6 +570,8 @@ struct Row {
     /// Jobs whose CLI printed no result: the MoM it talked to died under it.
     cli_cut_off: usize,
     whole_after: Option<Duration>,
+    /// The fault outlasts a job's wait ([`Fault::outlasts_jobs`]).
+    partition: bool,
 }
 
 /// What a fault does and how it is healed.
@@ -464,16 +614,35 @@ impl Fault {
                 FAULT.as_secs()
             ),
             Self::PartitionMom(i) => {
-                format!("partition mom-{i} from the LAN for {}s", FAULT.as_secs())
+                format!(
+                    "partition mom-{i} from the LAN for {}s",
+                    PARTITION.as_secs()
+                )
             }
             Self::PartitionSyndic(j) => format!(
                 "partition syndic-{j} from the LAN for {}s (its minions fail over)",
-                FAULT.as_secs()
+                PARTITION.as_secs()
             ),
             Self::PartitionRedis(_) => format!(
                 "partition the Redis primary from the LAN for {}s (Sentinel fails over)",
-                FAULT.as_secs()
+                PARTITION.as_secs()
             ),
+        }
+    }
+
+    /// Whether the fault cuts a daemon off from the others for longer than a job's wait (the
+    /// CLI's `-t 8` plus `gather_job_timeout`): returns held behind the partition reach the job
+    /// cache after the CLI printed, so the CLI may report such a job incomplete. Counted in the
+    /// table, not failed on; lost returns and returns recorded twice still fail it.
+    fn outlasts_jobs(&self) -> bool {
+        matches!(self, Self::PartitionMom(_) | Self::PartitionSyndic(_))
+    }
+
+    /// How long the fault lasts before it is healed.
+    fn duration(&self) -> Duration {
+        match self {
+            Self::PartitionMom(_) | Self::PartitionSyndic(_) | Self::PartitionRedis(_) => PARTITION,
+            _ => FAULT,
         }
     }
 
@@ -542,16 +711,16 @@ impl Fault {
 }
 
 fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
-    let load = Load::start(&t.moms);
+    let load = Load::start(t.cli_routes());
     std::thread::sleep(Duration::from_secs(3));
     fault.inject(t);
-    std::thread::sleep(FAULT);
+    std::thread::sleep(fault.duration());
     fault.heal(t);
     let whole_after = t.whole_within(Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     let jobs = load.finish();
     // Let the job cache settle (the journal is replayed within seconds).
-    let acked = t.acked();
+    let acked = t.acked(&jobs.iter().map(|j| j.jid.as_str()).collect::<Vec<_>>());
     let lost = |t: &Tier| -> usize {
         jobs.iter()
             .map(|j| {
@@ -593,8 +762,9 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
         }
     }
     // A job is complete when every simulated minion's return was acknowledged; a real
-    // salt-minion (whose acknowledgements the test cannot see) counts as returned when its
-    // return is in Redis. Complete jobs the CLI printed with a minion missing are counted.
+    // salt-minion (whose acknowledgements the test cannot see) counts as returned when a
+    // syndic stored its return. Complete jobs the CLI printed with a minion missing are
+    // counted.
     let sims: BTreeSet<String> = t.sims.iter().map(|m| m.id.clone()).collect();
     let cli_incomplete = jobs
         .iter()
@@ -602,23 +772,13 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
             let Some(cli) = &j.cli else {
                 return false;
             };
-            let mut returned: BTreeSet<String> = acked
+            let returned: BTreeSet<String> = acked
                 .get(&j.jid)
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
                 .collect();
-            if returned != sims {
-                return false;
-            }
-            let stored = t.redis_returns(&j.jid);
-            returned.extend(
-                t.real
-                    .iter()
-                    .filter(|m| stored.contains(&m.id))
-                    .map(|m| m.id.clone()),
-            );
-            !returned.is_subset(cli)
+            sims.is_subset(&returned) && !returned.is_subset(cli)
         })
         .count();
     let cli_cut_off = jobs.iter().filter(|j| j.cli.is_none()).count();
@@ -634,6 +794,7 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
         cli_incomplete,
         cli_cut_off,
         whole_after,
+        partition: fault.outlasts_jobs(),
     }
 }
 
@@ -647,7 +808,8 @@ fn table(rows: &[Row], minions: usize, real: usize) -> String {
         "Two mofm (Redis job cache through a Sentinel, shared tokens), three brine syndics, \
          {minions} simulated minions{real} failing over between the syndics (each daemon \
          on a host of its own: a network namespace on a bridge), \
-         `brine '*' test.ping` from both MoMs in a loop.\n\n\
+         `brine '*' test.ping` in a loop from each MoM and through nginx in front of both \
+         (`deploy/nginx/brine-api.conf`).\n\n\
          | fault | jobs | returns | lost | recorded twice | CLI incomplete | CLI cut off | whole again after |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
@@ -659,13 +821,22 @@ fn table(rows: &[Row], minions: usize, real: usize) -> String {
             r.returns,
             r.lost,
             r.twice,
-            r.cli_incomplete,
+            if r.partition && r.cli_incomplete > 0 {
+                format!("{} ¹", r.cli_incomplete)
+            } else {
+                r.cli_incomplete.to_string()
+            },
             r.cli_cut_off,
             r.whole_after.map_or_else(
                 || "not within 90 s".to_owned(),
                 |d| format!("{:.1} s", d.as_secs_f64())
             )
         );
+    }
+    if rows.iter().any(|r| r.partition && r.cli_incomplete > 0) {
+        s += "\n¹ The partition outlasts the job's wait (the CLI's `-t 8` plus \
+              `gather_job_timeout: 3`): returns held behind it reach the job cache (none is \
+              lost) after the CLI printed the job. `brine-run jobs.lookup_jid` shows them.\n";
     }
     s
 }
@@ -712,7 +883,11 @@ fn fault_table() {
         std::fs::write(&doc, new).expect("write docs/reliability.md");
     }
     let failed = rows.iter().any(|r| {
-        r.jobs == 0 || r.lost > 0 || r.twice > 0 || r.cli_incomplete > 0 || r.whole_after.is_none()
+        r.jobs == 0
+            || r.lost > 0
+            || r.twice > 0
+            || (r.cli_incomplete > 0 && !r.partition)
+            || r.whole_after.is_none()
     });
     if failed || std::env::var_os("BRINE_FAULTS_KEEP").is_some() {
         t.save_logs();
@@ -727,17 +902,17 @@ fn fault_table() {
             t.tails()
         );
         assert_eq!(r.twice, 0, "{}: returns recorded twice\n{text}", r.fault);
-        assert_eq!(
-            r.cli_incomplete,
-            0,
+        assert!(
+            r.cli_incomplete == 0 || r.partition,
             "{}: the CLI reported complete jobs incomplete\n{text}\n{}",
             r.fault,
             t.tails()
         );
         assert!(
             r.whole_after.is_some(),
-            "{}: the tier did not recover\n{text}",
-            r.fault
+            "{}: the tier did not recover\n{text}\n{}",
+            r.fault,
+            t.routes_report()
         );
     }
 }

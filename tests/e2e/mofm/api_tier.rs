@@ -12,18 +12,6 @@ use serde_json::{Value as Json, json};
 use super::job_cache_redis::redis_conf;
 use super::{Mofm, attach_sims, http_to as http, text, users_file};
 
-/// The shipped site file, pointed at `apis` and listening on `port`.
-fn site(apis: [u16; 2], port: u16) -> String {
-    let conf = std::fs::read_to_string(
-        brine_test_support::repo_root().join("deploy/nginx/brine-api.conf"),
-    )
-    .unwrap();
-    assert!(conf.contains("mom1.example:8000") && conf.contains("listen 8000;"));
-    conf.replace("mom1.example:8000", &format!("127.0.0.1:{}", apis[0]))
-        .replace("mom2.example:8000", &format!("127.0.0.1:{}", apis[1]))
-        .replace("listen 8000;", &format!("listen 127.0.0.1:{port};"))
-}
-
 #[test]
 fn two_mofm_behind_nginx_keep_serving_when_one_is_killed() {
     subscribe();
@@ -45,7 +33,11 @@ fn two_mofm_behind_nginx_keep_serving_when_one_is_killed() {
         .flat_map(|m| attach_sims(m, &rt, &ctx, &ids))
         .collect();
     let port = free_port();
-    let nginx = Nginx::start(&site([a.ports.2, b.ports.2], port), port);
+    let apis = [a.ports.2, b.ports.2].map(|p| format!("127.0.0.1:{p}"));
+    let nginx = Nginx::start(
+        &Nginx::api_tier_site([apis[0].as_str(), apis[1].as_str()], port),
+        port,
+    );
     let url = format!("http://127.0.0.1:{port}");
     // Log in through nginx (whichever MoM answers issues the token).
     let (st, r) = http(

@@ -242,8 +242,8 @@ fn masters_sharing_redis_share_tokens_and_fail_closed() {
     redis.stop();
     assert_eq!(
         jobs(&a, &tok),
-        401,
-        "fail closed while Redis cannot be asked"
+        503,
+        "fail closed while Redis cannot be asked (503: retry, the token is not bad)"
     );
     assert_eq!(
         a.http(
@@ -253,7 +253,7 @@ fn masters_sharing_redis_share_tokens_and_fail_closed() {
             &json!({"username": "alice", "password": "wonderland", "eauth": "file"})
         )
         .0,
-        401,
+        503,
         "no login while the token store is down"
     );
     assert_eq!(

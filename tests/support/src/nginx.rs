@@ -26,6 +26,25 @@ fn binary() -> PathBuf {
 }
 
 impl Nginx {
+    /// The shipped API tier site (`deploy/nginx/brine-api.conf`) pointed at the two MoM APIs
+    /// `apis` (`host:port`) and listening on `127.0.0.1:port`: only the addresses change.
+    ///
+    /// # Panics
+    /// If the shipped file is missing or no longer has the placeholders this replaces.
+    pub fn api_tier_site(apis: [&str; 2], port: u16) -> String {
+        let conf = std::fs::read_to_string(crate::repo_root().join("deploy/nginx/brine-api.conf"))
+            .expect("read deploy/nginx/brine-api.conf");
+        assert!(
+            conf.contains("mom1.example:8000")
+                && conf.contains("mom2.example:8000")
+                && conf.contains("listen 8000;"),
+            "deploy/nginx/brine-api.conf lost its placeholders"
+        );
+        conf.replace("mom1.example:8000", apis[0])
+            .replace("mom2.example:8000", apis[1])
+            .replace("listen 8000;", &format!("listen 127.0.0.1:{port};"))
+    }
+
     /// Serve `site` (the body of an `http {}` include) and wait until `port` on 127.0.0.1
     /// accepts connections.
     ///

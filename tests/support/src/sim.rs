@@ -387,18 +387,38 @@ async fn attach(
     })
 }
 
-/// Whether something accepts TCP connections on `host:port` within a second (Salt's
-/// `master_alive_interval` check looks at the connection the same way).
-async fn alive(host: &str, port: u16) -> bool {
-    let Ok(addr) = format!("{host}:{port}").parse::<std::net::SocketAddr>() else {
-        return false;
-    };
-    tokio::task::spawn_blocking(move || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-    })
-    .await
-    .unwrap_or(false)
+/// What a liveness probe of a master found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// It accepted a TCP connection.
+    Up,
+    /// The connection was refused (nothing listens: the master died and its host said so).
+    Refused,
+    /// No answer within the timeout: a partition, or only a saturated host or a full accept
+    /// queue, which is why a timeout counts for less than a refusal (see [`serve`]).
+    Silent,
 }
+
+/// Probe `host:port` with a TCP connection, as Salt's `master_alive_interval` check looks at
+/// the connection. Async (no blocking thread per probe: a few thousand minions probe at once),
+/// with a timeout long enough that a master on a saturated 2-core host still answers.
+async fn probe(host: &str, port: u16) -> Probe {
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Probe::Up,
+        Ok(Err(_)) => Probe::Refused,
+        Err(_) => Probe::Silent,
+    }
+}
+
+/// How often a simulated minion probes its master.
+const PROBE_PERIOD: Duration = Duration::from_secs(2);
+/// How long a probe waits for the TCP handshake (a SYN lost to a full accept queue is resent
+/// after 1 s, so anything under ~3 s mistakes a busy master for a dead one).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Refused probes in a row before a minion leaves its master (a refusal is certain).
+const REFUSED_TO_LEAVE: u32 = 2;
+/// Unanswered probes in a row before a minion leaves its master (about 10 s of silence).
+const SILENT_TO_LEAVE: u32 = 3;
 
 /// Why a simulated minion left its master.
 enum Leave {
@@ -420,8 +440,9 @@ async fn serve(
     let grains = Value::map().with("id", id).with("os", "Debian");
     let mut decoder = PublishDecoder::new(id);
     decoder.verify_with = Some(link.creds.master_pub.clone());
-    let mut probe = tokio::time::interval(Duration::from_secs(2));
-    let mut misses = 0;
+    let mut probe_tick = tokio::time::interval(PROBE_PERIOD);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut refused, mut silent) = (0, 0);
     let mut next = pending;
     loop {
         let frame = match next.take() {
@@ -434,14 +455,14 @@ async fn serve(
                     },
                     Err(_) => return Leave::Gone,
                 },
-                _ = probe.tick() => {
-                    if alive(&link.host, ports.0).await {
-                        misses = 0;
-                    } else {
-                        misses += 1;
-                        if misses >= 2 {
-                            return Leave::Gone;
-                        }
+                _ = probe_tick.tick() => {
+                    match probe(&link.host, ports.0).await {
+                        Probe::Up => (refused, silent) = (0, 0),
+                        Probe::Refused => refused += 1,
+                        Probe::Silent => silent += 1,
+                    }
+                    if refused >= REFUSED_TO_LEAVE || refused + silent >= SILENT_TO_LEAVE {
+                        return Leave::Gone;
                     }
                     continue;
                 }
@@ -463,7 +484,8 @@ impl SimMinion {
     /// A simulated minion with Salt's `master_type: failover`: it attaches to the first of
     /// `masters` that accepts it, re-authenticates when a publish does not decrypt (the master
     /// restarted with a new AES key), and moves to the next master when its master stops
-    /// accepting connections (checked every 2 s, two misses in a row).
+    /// accepting connections (probed every 2 s: two refusals, or three probes without an answer,
+    /// in a row).
     ///
     /// # Errors
     /// [`SimError`] if no master accepts it within `auth_deadline`.

@@ -151,6 +151,10 @@ struct JobResult {
     missing: BTreeMap<String, String>,
 }
 
+/// How long following a job goes on through failed requests (master unreachable, 502/503/504)
+/// before the CLI gives up: long enough for a master's restart or a Redis failover.
+const FOLLOW_RETRY: Duration = Duration::from_secs(20);
+
 /// Follow `/jobs/<jid>` until final, calling `each` for every new return: long polls that
 /// give only the returns not seen yet (`since`/`wait`, each return moves once); against an API
 /// without them (a salt-api), re-reads of the whole job.
@@ -165,12 +169,30 @@ fn wait(
     let mut seen = BTreeSet::new();
     let mut returns = Vec::new();
     let mut cursor: Option<u64> = Some(0);
+    let mut failing_since: Option<Instant> = None;
     loop {
         let path = match cursor {
             Some(c) => format!("/jobs/{jid}?since={c}&wait=10"),
             None => format!("/jobs/{jid}"),
         };
-        let r = api.get(&path).map_err(|e| e.to_string())?;
+        let r = match api.get(&path) {
+            Ok(r) => {
+                failing_since = None;
+                r
+            }
+            // The master went away under us (restarted, or its Redis is failing over; behind
+            // a balancer the next request may reach another master): the job goes on without
+            // us, so try again for a while before giving up on following it.
+            Err(e) if e.is_transient() => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= FOLLOW_RETRY {
+                    return Err(e.to_string());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let info = &r["info"][0];
         cursor = cursor.and_then(|_| info["Cursor"].as_u64());
         if let Some(res) = info["Result"].as_object() {

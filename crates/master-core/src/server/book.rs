@@ -21,6 +21,9 @@ pub(super) const KEEP_FINISHED: Duration = Duration::from_secs(120);
 /// How long a minion given up on only because this master's wait ran out still counts as
 /// running (see [`JobBook::running`]).
 pub(super) const TIMED_OUT_GRACE: Duration = Duration::from_secs(60);
+/// The grace holds only for a minion heard from this recently: one that went silent here (it
+/// failed over to another master, or is gone) is not running anything here.
+pub(super) const HEARD_GRACE: Duration = Duration::from_secs(15);
 
 /// What became of a return offered to [`JobBook::take_return`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub(super) struct JobBook {
     /// `find_job` jid → the jid it asks about.
     find_jobs: HashMap<String, String>,
     present: BTreeSet<String>,
+    /// When each minion last sent an authenticated request here.
+    heard: HashMap<String, Instant>,
 }
 
 impl JobBook {
@@ -63,6 +68,7 @@ impl JobBook {
             tracker: JobTracker::new(gather_job_timeout),
             find_jobs: HashMap::new(),
             present: BTreeSet::new(),
+            heard: HashMap::new(),
         }
     }
 
@@ -118,9 +124,15 @@ impl JobBook {
     }
 
     /// A minion authenticated or was heard from.
-    pub(super) fn handle_present(&mut self, id: &str) {
+    pub(super) fn handle_present(&mut self, id: &str, now: Instant) {
         if !self.present.contains(id) {
             self.present.insert(id.to_owned());
+        }
+        match self.heard.get_mut(id) {
+            Some(t) => *t = now,
+            None => {
+                self.heard.insert(id.to_owned(), now);
+            }
         }
     }
 
@@ -249,7 +261,8 @@ impl JobBook {
     /// `find_job` in time, or the job's deadline) still counts as running for
     /// [`TIMED_OUT_GRACE`] after that: for a relayed job the master above decides how long to
     /// wait, and a syndic on a saturated host would otherwise tell it to stop waiting for
-    /// returns that are still coming.
+    /// returns that are still coming. Only while the minion was heard from within
+    /// [`HEARD_GRACE`]: a minion that left this master (failed over) is not running here.
     pub(super) fn running(
         &self,
         jid: &str,
@@ -270,8 +283,12 @@ impl JobBook {
                 let recent = job
                     .finished_at
                     .is_some_and(|t| now.duration_since(t) < TIMED_OUT_GRACE);
+                let heard = self
+                    .heard
+                    .get(id)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < HEARD_GRACE);
                 let running = self.tracker.is_running(jid, id)
-                    || (timed_out && recent && !job.returns.contains_key(id));
+                    || (timed_out && recent && heard && !job.returns.contains_key(id));
                 (id.clone(), Some(running))
             })
             .collect()
@@ -458,7 +475,7 @@ mod tests {
     fn find_job_answers_and_the_grace_after_giving_up() {
         let t0 = Instant::now();
         let mut b = book(1, Value::map(), &ids(&["slow"]), &[], 1, t0);
-        b.handle_present("slow");
+        b.handle_present("slow", t0);
         let due = b.handle_timeout(t0 + Duration::from_secs(1));
         assert_eq!(due.asks, vec![("j".to_owned(), ids(&["slow"]))]);
         b.handle_find_job_sent("fj1", "j");
@@ -478,6 +495,35 @@ mod tests {
                 ("slow".to_owned(), Some(false)),
                 ("stranger".to_owned(), None)
             ]
+        );
+    }
+
+    #[test]
+    fn a_minion_given_up_on_counts_as_running_only_while_it_is_heard_from() {
+        let t0 = Instant::now();
+        let mut b = book(1, Value::map(), &ids(&["busy", "left"]), &[], 1, t0);
+        b.handle_present("busy", t0);
+        b.handle_present("left", t0);
+        let due = b.handle_timeout(t0 + Duration::from_secs(1));
+        b.handle_find_job_sent("fj1", &due.asks[0].0);
+        // Neither answers the find_job in time: the job is final, both given up on.
+        let t1 = t0 + Duration::from_secs(3);
+        let due = b.handle_timeout(t1);
+        assert_eq!(due.finished.len(), 1);
+        // "busy" is still heard from (late answers, other returns); "left" went silent.
+        let t2 = t1 + HEARD_GRACE;
+        b.handle_present("busy", t2 - Duration::from_secs(1));
+        assert_eq!(
+            b.running("j", &ids(&["busy", "left"]), t2),
+            vec![
+                ("busy".to_owned(), Some(true)),
+                ("left".to_owned(), Some(false))
+            ]
+        );
+        // Past the grace, neither.
+        assert_eq!(
+            b.running("j", &ids(&["busy"]), t1 + TIMED_OUT_GRACE),
+            vec![("busy".to_owned(), Some(false))]
         );
     }
 

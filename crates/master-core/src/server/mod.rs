@@ -25,7 +25,7 @@ use crate::jobs::Missing;
 use crate::keys::{KeyDir, KeyStore};
 use crate::lock;
 use crate::publish::JobPublisher;
-use crate::requests::{Policy, RequestHandler};
+use crate::requests::{Handled, Policy, RequestHandler};
 use crate::secrets::{Secrets, load_or_create_key, load_or_create_master_key};
 use crate::targeting::{Fleet, as_compound};
 use brine_proto::Value;
@@ -94,9 +94,47 @@ impl JobSince {
     }
 }
 
+/// How long after its deadline (`to` + `gather_job_timeout`) a stored job still counts as
+/// running (returns a syndic replays or re-routes after a restart take a moment).
+const STORED_GRACE_SECS: u64 = 5;
+
+/// Whether a job known only from a store (the master's own cache after a restart, or the Redis
+/// job cache for another master's job) may still get returns: its deadline, from its `to` and
+/// `gather_job_timeout`, has not passed, and it is younger than a finished job stays in memory
+/// (an older job not in memory finished normally and was let go).
+pub(crate) fn stored_job_open(load: &Value, gather_job_timeout: u64, now_micros: u64) -> bool {
+    let Some(to) = load
+        .get("to")
+        .and_then(Value::as_i64)
+        .and_then(|t| u64::try_from(t).ok())
+    else {
+        return false;
+    };
+    let Some(start) = load
+        .get("jid")
+        .and_then(Value::as_str)
+        .and_then(brine_proto::jid::unix_micros)
+    else {
+        return false;
+    };
+    let open_for = to
+        .saturating_add(gather_job_timeout)
+        .saturating_add(STORED_GRACE_SECS)
+        .min(book::KEEP_FINISHED.as_secs());
+    now_micros < start.saturating_add(open_for.saturating_mul(1_000_000))
+}
+
 /// A stored job as the API shows it: final, and every expected minion without a return
-/// missing (no response).
-pub(crate) fn stored_view(load: Value, returns: BTreeMap<String, Value>) -> JobView {
+/// missing (no response); or still running (no missing list yet) while
+/// [`stored_job_open`].
+pub(crate) fn stored_view(
+    load: Value,
+    returns: BTreeMap<String, Value>,
+    gather_job_timeout: u64,
+) -> JobView {
+    if stored_job_open(&load, gather_job_timeout, crate::events::unix_micros()) {
+        return (load, returns, None);
+    }
     let missing = load
         .get("minions")
         .map(Value::str_items)
@@ -324,6 +362,34 @@ impl MasterCore {
         let _ = self.tx.send(cmd).await;
     }
 
+    /// The returns of `ids` for `jid` that the shared job cache (Redis) holds, as returns
+    /// (none without Redis, or when it cannot be asked).
+    async fn returns_in_shared_cache(&self, jid: &str, ids: &[String]) -> Vec<ReturnLoad> {
+        let Some(redis) = self.redis.as_ref() else {
+            return Vec::new();
+        };
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let Some(found): Option<Vec<Option<String>>> = redis
+            .get(redis::cmd("HMGET").arg(format!("ret:{jid}")).arg(ids))
+            .await
+        else {
+            return Vec::new();
+        };
+        ids.iter()
+            .zip(found)
+            .filter_map(|(id, raw)| {
+                let json = serde_json::from_str::<serde_json::Value>(&raw?).ok()?;
+                let mut v = crate::json::from_json(&json);
+                v.insert("cmd", "_return");
+                let r = ReturnLoad::from_value(&v).ok()?;
+                // The hash's field names the minion; a value that says otherwise is not taken.
+                (r.id == *id && r.jid == jid).then_some(r)
+            })
+            .collect()
+    }
+
     /// Accepted minion ids.
     pub fn accepted(&self) -> Vec<String> {
         self.keys.list(KeyDir::Accepted)
@@ -462,10 +528,11 @@ impl MasterCore {
         self.redis_job(jid).await
     }
 
-    /// A job only the Redis job cache has: final as far as this master knows.
+    /// A job only the Redis job cache has: final as far as this master knows once its
+    /// deadline passed ([`stored_job_open`]).
     async fn redis_job(&self, jid: &str) -> Option<JobView> {
         let (load, returns) = self.redis.as_ref()?.job(jid).await?;
-        Some(stored_view(load, returns))
+        Some(stored_view(load, returns, self.cfg.gather_job_timeout))
     }
 
     /// What a client following `jid` has not seen after `since` ([`CoreState::job_since`]).
@@ -508,15 +575,27 @@ impl MasterCore {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let j = jid.to_owned();
-            if self
+            let change = self
                 .call(move |st, _| st.changed_since(&j, since))
                 .await
-                .unwrap_or(true)
-            {
-                return;
-            }
+                .unwrap_or(Some(true));
+            // A job only a store has (this master's cache after a restart, or another master's
+            // in Redis) and not final yet: returns reach it without a wake-up here (written by
+            // others, or its deadline passes), so look again shortly.
+            let poll = match change {
+                Some(true) => return,
+                Some(false) => false,
+                None => match self.job_view(jid).await {
+                    Some((_, returns, missing)) if missing.is_none() && returns.len() <= since => {
+                        true
+                    }
+                    _ => return,
+                },
+            };
+            let recheck = tokio::time::Instant::now() + Duration::from_millis(500);
             tokio::select! {
                 () = changed => {}
+                () = tokio::time::sleep_until(recheck), if poll => {}
                 () = tokio::time::sleep_until(until) => return,
             }
         }
@@ -1048,11 +1127,12 @@ impl Store {
 /// Hand the state's outputs out: job loads to the publisher, events to the bus, returns to the
 /// tap, and a wake-up to whoever waits on jobs.
 fn drain(
-    shared: &MasterCore,
+    shared: &Arc<MasterCore>,
     state: &mut CoreState,
     pub_tx: &tokio::sync::mpsc::UnboundedSender<Transmit>,
 ) {
     while let Some(t) = state.poll_transmit() {
+        look_in_shared_cache(shared, &t);
         let _ = pub_tx.send(t);
     }
     while let Some(e) = state.poll_event() {
@@ -1068,9 +1148,108 @@ fn drain(
     }
 }
 
+/// Before silent minions are asked with `find_job`, look for their returns in the shared job
+/// cache (`master_job_cache: redis`): with masters of masters sharing Redis, a return may have
+/// reached another master and be stored there (a syndic that restarted, or whose link to this
+/// master was down, delivers it to whichever master is up). Found returns are taken as if they
+/// had come here; the `find_job` goes out anyway (a minion that returned answers "not running").
+fn look_in_shared_cache(shared: &Arc<MasterCore>, t: &Transmit) {
+    if shared.redis.is_none() || t.load.fun_name() != Some("saltutil.find_job") {
+        return;
+    }
+    let Some(jid) = t
+        .load
+        .arg
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    let (shared, mut who) = (shared.clone(), t.minions.clone());
+    // Until just before the `find_job` round ends (the job is final then): a return re-routed
+    // through another master may land in Redis while the round runs.
+    let until = tokio::time::Instant::now()
+        + Duration::from_secs(shared.cfg.gather_job_timeout).saturating_sub(SHARED_LOOK_MARGIN);
+    tokio::spawn(async move {
+        loop {
+            let found = shared.returns_in_shared_cache(&jid, &who).await;
+            if !found.is_empty() {
+                info!(jid = %jid, minions = ?found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                      "returns another master stored, taken from the shared job cache");
+                who.retain(|id| !found.iter().any(|r| r.id == *id));
+                shared
+                    .tell(move |st, now| {
+                        st.handle_request(
+                            Handled {
+                                returns: found,
+                                ..Handled::default()
+                            },
+                            now,
+                        );
+                    })
+                    .await;
+            }
+            let next = tokio::time::Instant::now() + SHARED_LOOK_EVERY;
+            if who.is_empty() || next > until {
+                return;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    });
+}
+
+/// How often the shared job cache is looked at during a `find_job` round.
+const SHARED_LOOK_EVERY: Duration = Duration::from_secs(1);
+/// The last look comes at least this long before the round ends.
+const SHARED_LOOK_MARGIN: Duration = Duration::from_millis(300);
+
 /// Wait for every task of `tasks`.
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_at(unix_micros: u64, to: Option<u64>) -> Value {
+        let jid = brine_proto::jid::Jid::from_unix_micros(unix_micros);
+        let mut load = Value::map()
+            .with("jid", format!("{jid}_42"))
+            .with("minions", Value::Array(vec![Value::str("m1")]));
+        if let Some(to) = to {
+            load.insert("to", to);
+        }
+        load
+    }
+
+    #[test]
+    fn a_stored_job_counts_as_running_until_its_deadline() {
+        let now = 1_800_000_000_000_000u64;
+        let secs = |s: u64| s * 1_000_000;
+        // -t 8, gather_job_timeout 3: open for 8 + 3 + 5 s from the jid's time.
+        assert!(stored_job_open(&load_at(now - secs(15), Some(8)), 3, now));
+        assert!(!stored_job_open(&load_at(now - secs(17), Some(8)), 3, now));
+        // A long timeout is capped at the time a finished job stays in memory.
+        assert!(stored_job_open(
+            &load_at(now - secs(100), Some(3600)),
+            3,
+            now
+        ));
+        assert!(!stored_job_open(
+            &load_at(now - secs(121), Some(3600)),
+            3,
+            now
+        ));
+        // Without `to` (stored by an older brine, or by Salt) a stored job is final.
+        assert!(!stored_job_open(&load_at(now - secs(1), None), 3, now));
+        // The view: running without a missing list, then final with m1 missing.
+        let (_, _, missing) =
+            stored_view(load_at(secs(1_000_000_000), Some(8)), BTreeMap::new(), 3);
+        assert_eq!(missing.map(|m| m.len()), Some(1));
     }
 }

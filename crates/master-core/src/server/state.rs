@@ -259,7 +259,7 @@ impl CoreState {
             self.on_resources(id, *manages);
         }
         if let Some(id) = h.minion {
-            self.book.handle_present(&id);
+            self.book.handle_present(&id, now);
         }
     }
 
@@ -412,8 +412,10 @@ impl CoreState {
     }
 
     /// Whether `jid` has more than `since` returns or is final (or not in memory).
-    pub fn changed_since(&self, jid: &str, since: usize) -> bool {
-        !self.book.is_running(jid) || self.book.returned(jid).is_some_and(|n| n > since)
+    /// `None` for a job not in memory (the caller looks at the stores).
+    pub fn changed_since(&self, jid: &str, since: usize) -> Option<bool> {
+        let returned = self.book.returned(jid)?;
+        Some(!self.book.is_running(jid) || returned > since)
     }
 
     /// The minions expected for `jid` once every syndic below has reported them (or
@@ -450,7 +452,11 @@ impl CoreState {
         }
         let load = self.cache.job(jid)?;
         let returns = self.cache.returns(jid);
-        Some(super::stored_view(load, returns))
+        Some(super::stored_view(
+            load,
+            returns,
+            self.cfg.gather_job_timeout,
+        ))
     }
 
     /// The returns of `jid` after the first `since` (in the order they arrived) and the count
@@ -647,7 +653,10 @@ impl CoreState {
             .with("tgt_type", tgt_type.as_str())
             .with("user", user.as_str())
             .with("minions", id_list(&minions))
-            .with("StartTime", start_time(&jid));
+            .with("StartTime", start_time(&jid))
+            // The job's timeout, as an upper master's publish carries it: how long a master that
+            // restarted, or another master reading the shared cache, shows it as running.
+            .with("to", timeout_secs);
         if let Some(m) = &job.master_id {
             load.insert("master_id", m.as_str());
         }
@@ -997,6 +1006,8 @@ impl CoreState {
                     return false;
                 }
                 self.book.handle_late_return(&r.jid, &r.id);
+                // A client may follow the job from the cache (this master restarted).
+                self.jobs_changed = true;
             }
         }
         self.events
@@ -1254,8 +1265,8 @@ mod tests {
         // The same return again is a copy: not taken, not forwarded, no event.
         st.handle_request(returns(vec![ret(&p.jid, "a", Value::Bool(true))]), t0);
         assert!(drain(&mut st).1.is_empty());
-        assert!(st.changed_since(&p.jid, 0));
-        assert!(!st.changed_since(&p.jid, 1));
+        assert_eq!(st.changed_since(&p.jid, 0), Some(true));
+        assert_eq!(st.changed_since(&p.jid, 1), Some(false));
 
         // The last return: the job settles a moment later, at the state's own timeout.
         st.handle_request(returns(vec![ret(&p.jid, "b", Value::Bool(true))]), t0);
