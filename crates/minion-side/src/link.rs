@@ -95,6 +95,8 @@ pub struct ReqChannel {
     /// When the master last answered a request (milliseconds after `born`).
     answered_ms: std::sync::atomic::AtomicU64,
     born: Instant,
+    /// Re-authentications so far (a master that restarted refuses the old session key).
+    reauths: std::sync::atomic::AtomicU64,
 }
 
 struct ReqInner {
@@ -138,6 +140,7 @@ impl ReqChannel {
             alive: std::sync::atomic::AtomicBool::new(true),
             answered_ms: std::sync::atomic::AtomicU64::new(0),
             born: Instant::now(),
+            reauths: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -151,6 +154,12 @@ impl ReqChannel {
     /// Milliseconds since the channel was made (the clock of `answered_ms`).
     fn age_ms(&self) -> u64 {
         u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How many times the channel re-authenticated (after the master refused its session key,
+    /// or on [`Self::reauth`]): a change means the master may have restarted.
+    pub fn reauths(&self) -> u64 {
+        self.reauths.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the master is believed alive.
@@ -191,6 +200,8 @@ impl ReqChannel {
     pub async fn reauth(&self) -> Result<brine_proto::crypt::Crypticle, LinkError> {
         let mut r = self.req.lock().await;
         let creds = authenticate(&self.cfg, &self.me, &self.master, &mut r.client).await?;
+        self.reauths
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         r.session = MinionSession::new(
             self.me.clone(),
             creds.session.clone(),
@@ -255,6 +266,8 @@ impl ReqChannel {
                     info!(master = %self.master.host, "session key refused; re-authenticating");
                     let creds =
                         authenticate(&self.cfg, &self.me, &self.master, &mut r.client).await?;
+                    self.reauths
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     r.session = MinionSession::new(
                         self.me.clone(),
                         creds.session.clone(),

@@ -225,15 +225,11 @@ impl Tier {
                 let list: Vec<&str> = (0..3)
                     .map(|o| hosts[4 + (k + o) % 3].addr.as_str())
                     .collect();
-                SaltMinion::start_conf(
+                SaltMinion::start_failover(
                     peer.as_ref().expect("peer"),
                     &format!("real-{k}"),
-                    &format!(
-                        "master: [{}]\nmaster_type: failover\nrandom_master: False\n\
-                         master_port: {ret}\npublish_port: {publish}\nmaster_alive_interval: 5\n\
-                         retry_dns: 0\nauth_timeout: 5\nauth_tries: 1",
-                        list.join(", ")
-                    ),
+                    &list,
+                    (publish, ret),
                 )
             })
             .collect();
@@ -493,7 +489,7 @@ fn login(port: u16) -> String {
 /// `None` when no job was published (the MoM is down or frozen).
 fn run_job(route: &[String], t: u64) -> Option<Job> {
     let out = Command::new("timeout")
-        .arg((t + 20).to_string())
+        .arg((t + 40).to_string())
         .arg(workspace_bin("brine"))
         .args(route)
         .args(["--show-jid", "--out", "json", "--static", "-t"])

@@ -147,16 +147,7 @@ fn arch5_real_minions_under_brine_syndics_survive_kills() {
     let mut minions: Vec<SaltMinion> = (0..3)
         .map(|k| {
             let list: Vec<&str> = (0..3).map(|o| syndic_addrs[(k + o) % 3].as_str()).collect();
-            SaltMinion::start_conf(
-                &peer,
-                &ids[k],
-                &format!(
-                    "master: [{}]\nmaster_type: failover\nrandom_master: False\n\
-                     master_port: {ret}\npublish_port: {publish}\nmaster_alive_interval: 5\n\
-                     retry_dns: 0\nauth_timeout: 5\nauth_tries: 1",
-                    list.join(", ")
-                ),
-            )
+            SaltMinion::start_failover(&peer, &ids[k], &list, (publish, ret))
         })
         .collect();
     assert!(

@@ -364,6 +364,29 @@ impl SaltMinion {
         }
     }
 
+    /// A minion with Salt's `master_type: failover` over `masters` (tried in that order,
+    /// `random_master: False`), all on the same `(publish_port, ret_port)`: it checks its
+    /// master every 5 s (`master_alive_interval`) and moves to the next one when it is gone.
+    /// The masters must share one master key pair (a salt-minion refuses a master whose key
+    /// differs from the one it first trusted).
+    pub fn start_failover(
+        peer: &SaltPeer,
+        id: &str,
+        masters: &[&str],
+        (publish_port, ret_port): (u16, u16),
+    ) -> Self {
+        Self::start_conf(
+            peer,
+            id,
+            &format!(
+                "master: [{}]\nmaster_type: failover\nrandom_master: False\n\
+                 master_port: {ret_port}\npublish_port: {publish_port}\n\
+                 master_alive_interval: 5\nretry_dns: 0\nauth_timeout: 5\nauth_tries: 1",
+                masters.join(", ")
+            ),
+        )
+    }
+
     /// The minion's own log file (`root/minion.log`, debug level).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("root/minion.log")).unwrap_or_default()

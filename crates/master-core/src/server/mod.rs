@@ -95,8 +95,10 @@ impl JobSince {
 }
 
 /// How long after its deadline (`to` + `gather_job_timeout`) a stored job still counts as
-/// running (returns a syndic replays or re-routes after a restart take a moment).
-const STORED_GRACE_SECS: u64 = 5;
+/// running: returns a syndic replays or re-routes after a master died reach the store through
+/// a restarted master or another one, which takes a few seconds more under load (3,000 minions
+/// in the fault suite: up to ~13 s).
+const STORED_GRACE_SECS: u64 = 15;
 
 /// Whether a job known only from a store (the master's own cache after a restart, or the Redis
 /// job cache for another master's job) may still get returns: its deadline, from its `to` and
@@ -1231,9 +1233,9 @@ mod tests {
     fn a_stored_job_counts_as_running_until_its_deadline() {
         let now = 1_800_000_000_000_000u64;
         let secs = |s: u64| s * 1_000_000;
-        // -t 8, gather_job_timeout 3: open for 8 + 3 + 5 s from the jid's time.
-        assert!(stored_job_open(&load_at(now - secs(15), Some(8)), 3, now));
-        assert!(!stored_job_open(&load_at(now - secs(17), Some(8)), 3, now));
+        // -t 8, gather_job_timeout 3: open for 8 + 3 + 15 s from the jid's time.
+        assert!(stored_job_open(&load_at(now - secs(25), Some(8)), 3, now));
+        assert!(!stored_job_open(&load_at(now - secs(27), Some(8)), 3, now));
         // A long timeout is capped at the time a finished job stays in memory.
         assert!(stored_job_open(
             &load_at(now - secs(100), Some(3600)),

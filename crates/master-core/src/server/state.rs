@@ -98,6 +98,11 @@ pub struct CoreState {
     rounds: u64,
     key_snapshot: BTreeMap<String, &'static str>,
     presence_snapshot: BTreeSet<String>,
+    /// The returns of jobs no longer in memory (finished and let go, or from before a restart)
+    /// that late returns came for, by jid: read from the cache once per job and kept while
+    /// late returns keep coming, so a syndic replaying thousands of them costs one read, not
+    /// one per return. Only each minion's `return` is kept (to tell a copy from a conflict).
+    late: HashMap<String, (Instant, HashMap<String, Value>)>,
 }
 
 impl std::fmt::Debug for CoreState {
@@ -107,6 +112,10 @@ impl std::fmt::Debug for CoreState {
             .finish_non_exhaustive()
     }
 }
+
+/// How long the returns of a job no longer in memory stay indexed after the last late return
+/// for it (see `CoreState::late`).
+const LATE_KEPT: Duration = Duration::from_secs(60);
 
 impl CoreState {
     /// The state of a master with `cfg`, its pki directory `keys`, its job cache, and the
@@ -148,6 +157,7 @@ impl CoreState {
             rounds: 0,
             key_snapshot,
             presence_snapshot: BTreeSet::new(),
+            late: HashMap::new(),
         }
     }
 
@@ -290,6 +300,8 @@ impl CoreState {
     pub fn handle_housekeeping(&mut self, now: Instant) {
         self.rounds += 1;
         let n = self.rounds;
+        self.late
+            .retain(|_, (used, _)| now.saturating_duration_since(*used) < LATE_KEPT);
         for (syndic, beat) in &self.syndic_beats {
             if now.saturating_duration_since(*beat) >= SYNDIC_HEARTBEAT_STALE {
                 self.book.syndic_lost(syndic);
@@ -996,8 +1008,19 @@ impl CoreState {
                 }
             }
             Taken::NotInMemory => {
-                if let Some(first) = self.cache.returns(&r.jid).get(&r.id) {
-                    if first.get("return") == data.get("return") {
+                let cache = &self.cache;
+                let (used, stored) = self.late.entry(r.jid.clone()).or_insert_with(|| {
+                    let stored = cache
+                        .returns(&r.jid)
+                        .into_iter()
+                        .map(|(id, v)| (id, v.get("return").cloned().unwrap_or(Value::Nil)))
+                        .collect();
+                    (now, stored)
+                });
+                *used = now;
+                let ret = data.get("return").cloned().unwrap_or(Value::Nil);
+                if let Some(first) = stored.get(&r.id) {
+                    if *first == ret {
                         // A copy (a syndic's replay after a crash, a resend).
                         debug!(jid = %r.jid, minion_id = %r.id, "same return again for a finished job; already taken");
                     } else {
@@ -1005,6 +1028,7 @@ impl CoreState {
                     }
                     return false;
                 }
+                stored.insert(r.id.clone(), ret);
                 self.book.handle_late_return(&r.jid, &r.id);
                 // A client may follow the job from the cache (this master restarted).
                 self.jobs_changed = true;

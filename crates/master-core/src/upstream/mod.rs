@@ -677,6 +677,10 @@ async fn serve_link(up: &Arc<Links>, i: usize) -> Result<(), LinkError> {
         .unwrap_or(up.link_cfg.publish_port);
     let mut feed = JobFeed::connect(&up.ctx, &up.link_cfg, &m.host, port)?;
     feed.decoder.relay = true;
+    let mut feed_reauths = chan.reauths();
+    let mut last_publish = tokio::time::Instant::now();
+    let mut restart_check = tokio::time::interval(Duration::from_secs(1));
+    restart_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(master = %m.host, publish_port = port, "syndic connected to upper master");
     let started = format!(
         "Syndic {} started at {}",
@@ -705,6 +709,7 @@ async fn serve_link(up: &Arc<Links>, i: usize) -> Result<(), LinkError> {
         tokio::select! {
             raw = feed.next_raw() => {
                 let raw = raw?;
+                last_publish = tokio::time::Instant::now();
                 let job = match feed.decoder.decode(&raw, &aes, &Value::Nil, &Value::Nil) {
                     Feed::Job(job) => job,
                     Feed::Skip(why) => {
@@ -726,11 +731,30 @@ async fn serve_link(up: &Arc<Links>, i: usize) -> Result<(), LinkError> {
                         }
                     }
                 };
+                // The feed hears the master as it is now.
+                feed_reauths = chan.reauths();
                 // Relays, reports and find_job answers must not hold up the next publish.
                 let (up, chan) = (up.clone(), chan.clone());
                 tokio::spawn(async move { on_publish(&up, i, &chan, *job).await });
             }
             () = dead.notified() => return Ok(()),
+            _ = restart_check.tick() => {
+                // The request channel had to re-authenticate: the master restarted. Its
+                // publisher is new, and the subscription may be waiting out a reconnect delay
+                // of up to 10 s (Salt's schedule, meant to spread a fleet of minions): connect a
+                // new one now, with the new key, so no publish of the restarted master is missed.
+                // (A feed that decoded a publish since is left alone: the key was only
+                // rotated.)
+                if chan.reauths() != feed_reauths
+                    && last_publish.elapsed() >= Duration::from_secs(2)
+                {
+                    feed_reauths = chan.reauths();
+                    info!(master = %m.host, "upper master restarted (new session); subscribing again");
+                    feed = JobFeed::connect(&up.ctx, &up.link_cfg, &m.host, port)?;
+                    feed.decoder.relay = true;
+                    aes = chan.creds().await.0;
+                }
+            }
         }
     }
 }
