@@ -223,6 +223,18 @@ impl JobLoad {
         self.fun.as_str()
     }
 
+    /// The jid a `saltutil.find_job` asks about (its first argument); `None` for any other
+    /// function, or a find_job without one.
+    pub fn find_job_asks_about(&self) -> Option<&str> {
+        if self.fun_name() != Some("saltutil.find_job") {
+            return None;
+        }
+        self.arg
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+    }
+
     /// The target type, defaulting to `glob` as Salt does.
     pub fn tgt_type(&self) -> &str {
         self.tgt_type.as_deref().unwrap_or("glob")

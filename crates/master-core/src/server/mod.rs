@@ -1156,17 +1156,10 @@ fn drain(
 /// master was down, delivers it to whichever master is up). Found returns are taken as if they
 /// had come here; the `find_job` goes out anyway (a minion that returned answers "not running").
 fn look_in_shared_cache(shared: &Arc<MasterCore>, t: &Transmit) {
-    if shared.redis.is_none() || t.load.fun_name() != Some("saltutil.find_job") {
+    if shared.redis.is_none() {
         return;
     }
-    let Some(jid) = t
-        .load
-        .arg
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
+    let Some(jid) = t.load.find_job_asks_about().map(str::to_owned) else {
         return;
     };
     let (shared, mut who) = (shared.clone(), t.minions.clone());

@@ -845,13 +845,7 @@ async fn on_publish(up: &Arc<Links>, i: usize, chan: &Arc<ReqChannel>, job: JobL
 /// Answer `saltutil.find_job` for the minions below from the core's tracker (and the returns
 /// on their way upward, which count as running).
 async fn answer_find_job(up: &Links, chan: &ReqChannel, job: &JobLoad) {
-    let Some(orig) = job
-        .arg
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
+    let Some(orig) = job.find_job_asks_about().map(str::to_owned) else {
         return;
     };
     let ids: Vec<String> = match job.tgt.as_array() {
