@@ -214,7 +214,12 @@ impl Tier {
             }
             out
         });
-        // Real salt-minions, each listing the three syndics from a different one.
+        // Real salt-minions, each listing syndic-0 and syndic-1 (from a different one): not
+        // syndic-2, which the suite partitions. A salt-minion 3007 whose master is cut off
+        // without a word can wedge: in one CI run real-1's main process stopped (its log, its
+        // `master_alive_interval` checks and its jobs, for good) seconds into the partition of
+        // its syndic. That is Salt's to fix (docs/reliability.md); the simulated minions cover
+        // failover on a partition.
         let n_real = std::env::var("BRINE_FAULTS_REAL")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -222,8 +227,8 @@ impl Tier {
         let peer = (n_real > 0).then(|| SaltPeer::get("3007.17"));
         let real: Vec<SaltMinion> = (0..n_real)
             .map(|k| {
-                let list: Vec<&str> = (0..3)
-                    .map(|o| hosts[4 + (k + o) % 3].addr.as_str())
+                let list: Vec<&str> = (0..2)
+                    .map(|o| hosts[4 + (k + o) % 2].addr.as_str())
                     .collect();
                 SaltMinion::start_failover(
                     peer.as_ref().expect("peer"),
