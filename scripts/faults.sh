@@ -7,7 +7,7 @@
 # the table of lost / twice-recorded returns, CLI-incomplete jobs and recovery times, and writes
 # it into docs/reliability.md. Needs root (ip netns). BRINE_FAULTS_ONLY=<text> runs only the
 # faults whose name contains it; BRINE_FAULTS_MINIONS=N simulates N minions (300);
-# BRINE_FAULTS_REAL=N runs N real salt-minions 3007 (3); BRINE_FAULTS_KEEP=1 keeps the logs.
+# BRINE_FAULTS_REAL=N runs N real salt-minions 3007 (3 here, 0 in the README's test command); BRINE_FAULTS_KEEP=1 keeps the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=""
@@ -19,4 +19,4 @@ if [ -n "$missing" ]; then
 fi
 scripts/salt-peer.sh 3007.17 >/dev/null
 cargo build -q --locked --bins
-BRINE_FAULTS_DOC=1 cargo test -q --locked -p brine-e2e --test faults -- --nocapture
+BRINE_FAULTS_REAL="${BRINE_FAULTS_REAL:-3}" BRINE_FAULTS_DOC=1 cargo test -q --locked -p brine-e2e --test faults -- --nocapture

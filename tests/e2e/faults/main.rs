@@ -36,8 +36,10 @@ use serde_json::Value as Json;
 /// Simulated minions in all (spread over the three syndics); `BRINE_FAULTS_MINIONS` overrides.
 const MINIONS: usize = 300;
 /// Real salt-minions (3007) in the mix, failing over between the syndics as the simulated ones
-/// (`BRINE_FAULTS_REAL` overrides).
-const REAL_MINIONS: usize = 3;
+/// (`BRINE_FAULTS_REAL`; `scripts/faults.sh` runs 3). None by default: a salt-minion 3007's main
+/// process wedges for good now and then under this load (twice in 20 CI minutes, with no fault
+/// on its own syndic), and the tier cannot be whole again without it (docs/reliability.md).
+const REAL_MINIONS: usize = 0;
 /// How long a fault lasts before it is healed.
 const FAULT: Duration = Duration::from_secs(6);
 /// How long a partition lasts: long enough for the minions of a partitioned syndic to notice
@@ -214,12 +216,7 @@ impl Tier {
             }
             out
         });
-        // Real salt-minions, each listing syndic-0 and syndic-1 (from a different one): not
-        // syndic-2, which the suite partitions. A salt-minion 3007 whose master is cut off
-        // without a word can wedge: in one CI run real-1's main process stopped (its log, its
-        // `master_alive_interval` checks and its jobs, for good) seconds into the partition of
-        // its syndic. That is Salt's to fix (docs/reliability.md); the simulated minions cover
-        // failover on a partition.
+        // Real salt-minions, each listing the three syndics from a different one.
         let n_real = std::env::var("BRINE_FAULTS_REAL")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -227,8 +224,8 @@ impl Tier {
         let peer = (n_real > 0).then(|| SaltPeer::get("3007.17"));
         let real: Vec<SaltMinion> = (0..n_real)
             .map(|k| {
-                let list: Vec<&str> = (0..2)
-                    .map(|o| hosts[4 + (k + o) % 2].addr.as_str())
+                let list: Vec<&str> = (0..3)
+                    .map(|o| hosts[4 + (k + o) % 3].addr.as_str())
                     .collect();
                 SaltMinion::start_failover(
                     peer.as_ref().expect("peer"),
