@@ -15,10 +15,19 @@ if [ "${#VERSIONS[@]}" -eq 0 ] || [ "${VERSIONS[0]}" = all ]; then
   VERSIONS=(3006.30 3007.17 3008.5)
 fi
 
+# py-spy (a Python stack sampler) goes in each venv too: the fault suite dumps the stacks of a
+# salt-minion that stopped answering before it restarts it. Best effort: nothing needs it to run.
+with_py_spy() {
+  local dir="$1"
+  [ -x "$dir/bin/py-spy" ] || "$dir/bin/pip" install -q --disable-pip-version-check py-spy \
+    || echo "py-spy: not installed in $dir (only the fault suite's stack dumps use it)"
+}
+
 install_one() {
   local ver="$1" dir="$ROOT/$1"
   if [ -f "$dir/.brine-complete" ] && "$dir/bin/salt" --version 2>/dev/null | grep -q "$ver"; then
     echo "salt $ver: already installed in $dir"
+    with_py_spy "$dir"
     return 0
   fi
   echo "salt $ver: installing into $dir"
@@ -35,6 +44,7 @@ install_one() {
     jaraco.functools jaraco.text more-itertools cherrypy cheroot python-gnupg certifi \
     pyopenssl attrs filelock zipp importlib-metadata pyasn1 2>&1 | grep -v -i 'requires\|incompatible' || true
   "$dir/bin/salt" --version
+  with_py_spy "$dir"
   touch "$dir/.brine-complete"
 }
 

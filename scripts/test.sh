@@ -10,11 +10,14 @@ if ! { [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || command -v ip >/dev/null 2>&1; 
 fi
 # The Redis job cache's tests run Debian's redis-server (and redis-sentinel) on loopback ports
 # of their own.
-# The API tier's test runs Debian's nginx in front of two mofm.
+# The API tier's test runs Debian's nginx in front of two mofm. SaltGUI's test drives Debian's
+# headless Chromium (python3 talks to it over the DevTools pipe).
 missing=""
 { [ -x /usr/bin/redis-server ] && [ -x /usr/bin/redis-cli ]; } || missing="$missing redis-server"
 [ -x /usr/bin/redis-sentinel ] || missing="$missing redis-sentinel"
 [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 if [ -n "$missing" ]; then
   apt-get update -qq && apt-get install -y -qq $missing
 fi

@@ -62,6 +62,17 @@ pub struct MasterConfig {
     /// longest a client may take to send a request's headers (or to start the next one on a
     /// kept-alive connection) and its body.
     pub api_socket_timeout: u64,
+    /// `rest_cherrypy: {app}`: an HTML file (a web UI such as SaltGUI's `index.html`) served at
+    /// `app_path` and to browsers asking for HTML anywhere outside the API.
+    pub api_app: Option<PathBuf>,
+    /// `rest_cherrypy: {app_path}` (default `/app`).
+    pub api_app_path: String,
+    /// `rest_cherrypy: {static}`: a directory served as is under `static_path`, without auth.
+    pub api_static: Option<PathBuf>,
+    /// `rest_cherrypy: {static_path}` (default `/static`).
+    pub api_static_path: String,
+    /// `rest_cherrypy: {stats_disable_auth}`: `GET /stats` without a token.
+    pub api_stats_disable_auth: bool,
     /// `zmq_max_message_size` (brine's, bytes, default 64 MiB): the largest request a peer may
     /// send on the ret port; a peer announcing more is disconnected before anything is
     /// allocated. 0: no limit, as in Salt.
@@ -300,6 +311,20 @@ impl MasterConfig {
             api_max_body: api_int(o, "max_request_body_size", 1_048_576, 1..=1 << 30)?,
             api_max_connections: api_int(o, "max_connections", 1000, 1..=1_000_000)?,
             api_socket_timeout: api_int(o, "socket_timeout", 10, 1..=86_400)? as u64,
+            api_app: api_str(o, "app")?.map(PathBuf::from),
+            api_app_path: api_url_path(o, "app_path", "/app")?,
+            api_static: api_str(o, "static")?.map(PathBuf::from),
+            api_static_path: api_url_path(o, "static_path", "/static")?,
+            api_stats_disable_auth: match api(o, "stats_disable_auth")? {
+                None => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(invalid(
+                        "rest_cherrypy",
+                        format!("stats_disable_auth: expected true or false, found {v}"),
+                    ));
+                }
+            },
             zmq_max_message_size: o.int("zmq_max_message_size", 64 << 20, 0..=i64::MAX)? as u64,
             request_server_ttl: o.int("request_server_ttl", 0, 0..=i64::from(u32::MAX))? as u64,
             permissive_pki_access: o.bool("permissive_pki_access", false)?,
@@ -394,6 +419,44 @@ fn api<'a>(o: &'a Options, field: &str) -> Result<Option<&'a serde_json::Value>,
             "rest_cherrypy",
             format!("expected a mapping, found {other}"),
         )),
+    }
+}
+
+fn api_str(o: &Options, field: &str) -> Result<Option<String>, ConfigError> {
+    match api(o, field)? {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(v) => Err(invalid(
+            "rest_cherrypy",
+            format!("{field}: expected a path, found {v}"),
+        )),
+    }
+}
+
+/// A URL path option: starts with `/`, no trailing `/`, only plain path characters, and not
+/// `/` itself (the API lives there).
+fn api_url_path(o: &Options, field: &str, default: &str) -> Result<String, ConfigError> {
+    let Some(p) = api_str(o, field)? else {
+        return Ok(default.to_owned());
+    };
+    let p = p.trim_end_matches('/').to_owned();
+    let plain = p.starts_with('/')
+        && p.len() > 1
+        && p[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+        });
+    if plain {
+        Ok(p)
+    } else {
+        Err(invalid(
+            "rest_cherrypy",
+            format!("{field}: {p:?} is not a URL path such as /static"),
+        ))
     }
 }
 

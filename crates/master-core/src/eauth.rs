@@ -29,7 +29,6 @@ use std::path::PathBuf;
 
 pub use crate::server::Allowed;
 use base64::Engine as _;
-use brine_proto::target::fnmatch;
 use serde_json::Value as Json;
 
 /// What a token may do.
@@ -210,8 +209,32 @@ fn verify(stored: &str, password: &str, hashtype: &str) -> bool {
     })
 }
 
+/// Whether ACL function pattern `p` allows `fun`: a regular expression matched at the start
+/// of the name, as Salt's master checks it (`re.match`), so `.*` allows everything and
+/// `test.ping` also allows `test.pingx`. A pattern Python would refuse, or whose meaning brine
+/// cannot be sure of, allows nothing (and is logged).
+pub fn fun_matches(p: &str, fun: &str) -> bool {
+    match brine_proto::target::pyre::compile(p) {
+        Ok(re) => match re.match_start(fun) {
+            Some(m) => m,
+            None => {
+                tracing::warn!(
+                    pattern = p,
+                    fun,
+                    "external_auth pattern cannot be evaluated as Salt would for this function: denied"
+                );
+                false
+            }
+        },
+        Err(e) => {
+            tracing::warn!(pattern = p, error = %e, "external_auth pattern is not a regular expression brine can evaluate as Salt does: it allows nothing");
+            false
+        }
+    }
+}
+
 fn fun_allowed(patterns: &Json, fun: &str) -> bool {
-    let one = |p: &Json| p.as_str().is_some_and(|p| p == fun || fnmatch(p, fun));
+    let one = |p: &Json| p.as_str().is_some_and(|p| fun_matches(p, fun));
     match patterns {
         Json::Array(a) => a.iter().any(one),
         p => one(p),
@@ -228,7 +251,7 @@ impl Perms {
         let mut within = Vec::new();
         for e in entries {
             match e {
-                Json::String(p) if !p.starts_with('@') && (p == fun || fnmatch(p, fun)) => {
+                Json::String(p) if !p.starts_with('@') && fun_matches(p, fun) => {
                     return Allowed::Anywhere;
                 }
                 Json::Object(m) => {
@@ -244,31 +267,35 @@ impl Perms {
         Allowed::Within(within)
     }
 
-    /// May this token run the runner `fun`?
+    /// May this token run the runner `fun`? Salt's forms: `@runner`/`@runners` (every
+    /// runner), `@<module>` (e.g. `@jobs`: every function of that runner module), and the
+    /// same as keys of a mapping whose value lists the functions allowed.
     pub fn allows_runner(&self, fun: &str) -> bool {
+        self.allows_special(&["@runner", "@runners"], fun)
+    }
+
+    /// May this token run the wheel function `fun` (`key.accept`...)? Salt's forms:
+    /// `@wheel`/`@wheels`, `@<module>` (e.g. `@key`), and mappings of those to functions.
+    pub fn allows_wheel_fun(&self, fun: &str) -> bool {
+        self.allows_special(&["@wheel", "@wheels"], fun)
+    }
+
+    fn allows_special(&self, whole: &[&str], fun: &str) -> bool {
         let Self::Acl(entries) = self else {
             return true;
         };
-        let family = if fun.starts_with("jobs.") {
-            "@jobs"
-        } else {
-            ""
-        };
+        let module = fun.split_once('.').map(|(m, _)| format!("@{m}"));
+        let names = |k: &str| whole.contains(&k) || module.as_deref() == Some(k);
         entries.iter().any(|e| match e {
-            Json::String(p) => p == "@runner" || (!family.is_empty() && p == family),
-            Json::Object(m) => m
-                .iter()
-                .any(|(k, funs)| k == "@runner" && fun_allowed(funs, fun)),
+            Json::String(p) => names(p),
+            Json::Object(m) => m.iter().any(|(k, funs)| names(k) && fun_allowed(funs, fun)),
             _ => false,
         })
     }
 
-    /// May this token use key management (`@wheel`)?
+    /// May this token list keys (`GET /keys`: wheel `key.list_all`)?
     pub fn allows_wheel(&self) -> bool {
-        match self {
-            Self::Root => true,
-            Self::Acl(a) => a.iter().any(|e| e.as_str() == Some("@wheel")),
-        }
+        self.allows_wheel_fun("key.list_all")
     }
 
     /// The permission list as the API's `/login` reports it.

@@ -1,11 +1,14 @@
 //! The HTTP API, in the shape of salt-api's `rest_cherrypy`: `POST /login`, `POST /logout`,
-//! `POST /` (lowstate: `local`, `local_async`, `runner`), `GET /jobs`, `GET /jobs/<jid>`,
-//! `GET /minions`, `GET /minions/<id>`, `POST /minions`, `GET /keys`, `GET /events`
-//! (server-sent events with salt-api's `tag:` line).
+//! `POST /` (lowstate: `local`, `local_async`, `runner`, `wheel`), `GET /jobs`,
+//! `GET /jobs/<jid>`, `GET /minions`, `GET /minions/<id>`, `POST /minions`, `GET /keys`,
+//! `GET /stats`, `GET /events` (server-sent events with salt-api's `tag:` line), and a web UI
+//! (`app`, `static`: [`crate::web`]).
 //!
-//! Every endpoint but `/` and `/login` needs a token (`X-Auth-Token` header, or `?token=` for
-//! `/events`): none or an unknown one is 401, a function or target the token's ACL does not allow
-//! is 403, and nothing is published. Plain HTTP: put TLS in front (a reverse proxy) for remote use.
+//! Every endpoint but `/` and `/login` needs a token: the `X-Auth-Token` header, or for the
+//! read-only `GET` routes the `session_id` cookie `/login` sets (a browser's `EventSource`
+//! cannot send a header). None or an unknown one is 401, a function or target the token's ACL
+//! does not allow is 403, and nothing is published. Plain HTTP: put TLS in front (a reverse
+//! proxy) for remote use.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -165,7 +168,14 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/minions", get(minions).post(minions_post))
         .route("/minions/{id}", get(minion))
         .route("/keys", get(keys))
+        .route("/stats", get(stats))
         .route("/events", get(events))
+        .fallback(not_found)
+        // The web UI's files, before the API's routes (GET and HEAD only).
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::web::serve_ui,
+        ))
         // The body is read (in time, within the size limit) by `read_body_in_time`.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
@@ -175,16 +185,49 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .with_state(shared)
 }
 
-async fn token_of(
-    shared: &Shared,
-    headers: &HeaderMap,
-    query: Option<&BTreeMap<String, String>>,
-) -> Result<Token, ApiError> {
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route".into())
+}
+
+/// The cookie `/login` sets: salt-api's name, so clients that keep salt-api's session cookie
+/// keep brine's. `HttpOnly` and `SameSite=Strict` (salt-api sets neither): scripts on the page
+/// cannot read it, and another site cannot make a browser send it.
+const SESSION_COOKIE: &str = "session_id";
+
+/// The `session_id` cookie's value, if the request carries one.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// How a route takes its token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// `X-Auth-Token` only: routes that act (`POST /`, `POST /minions`). A cookie a browser
+    /// sends by itself would let any page the user visits act in their name.
+    Header,
+    /// `X-Auth-Token`, else the session cookie: read-only `GET` routes and `/logout`.
+    HeaderOrCookie,
+}
+
+async fn token_of(shared: &Shared, headers: &HeaderMap, auth: Auth) -> Result<Token, ApiError> {
     let tok = headers
         .get("x-auth-token")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
         .map(str::to_owned)
-        .or_else(|| query.and_then(|q| q.get("token").cloned()));
+        .or_else(|| {
+            (auth == Auth::HeaderOrCookie)
+                .then(|| session_cookie(headers))
+                .flatten()
+        });
     let Some(tok) = tok else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -259,8 +302,11 @@ fn parse_body(ct: &str, body: &[u8]) -> Result<Json, ApiError> {
 }
 
 async fn index() -> axum::Json<Json> {
-    axum::Json(json!({"return": "Welcome", "clients": ["local", "local_async", "runner"]}))
+    axum::Json(json!({"return": "Welcome", "clients": CLIENTS}))
 }
+
+/// The lowstate clients served.
+const CLIENTS: [&str; 4] = ["local", "local_async", "runner", "wheel"];
 
 async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let b = body_json(&headers, &body)?;
@@ -287,14 +333,56 @@ async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Resp
         "token": tok, "start": t.start, "expire": t.expire,
         "user": t.user, "eauth": t.eauth, "perms": t.perms.to_json(),
     }]});
-    Ok(([("x-auth-token", tok)], axum::Json(body)).into_response())
+    let cookie = format!(
+        "{SESSION_COOKIE}={tok}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict",
+        t.expire.saturating_sub(t.start)
+    );
+    Ok((
+        [
+            ("x-auth-token", tok),
+            (header::SET_COOKIE.as_str(), cookie),
+        ],
+        axum::Json(body),
+    )
+        .into_response())
 }
 
-async fn logout(State(shared): S, headers: HeaderMap) -> axum::Json<Json> {
-    if let Some(t) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
-        shared.logout(t).await;
+async fn logout(State(shared): S, headers: HeaderMap) -> Response {
+    let tok = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .or_else(|| session_cookie(&headers));
+    if let Some(t) = tok {
+        shared.logout(&t).await;
     }
-    axum::Json(json!({"return": "Your token has been cleared"}))
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+        )],
+        axum::Json(json!({"return": "Your token has been cleared"})),
+    )
+        .into_response()
+}
+
+/// `GET /stats`: the API's own figures (salt-api gives CherryPy's). SaltGUI checks it every
+/// minute to keep its session and logs out on an error other than 401 and 500.
+async fn stats(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
+    if !shared.cfg.api_stats_disable_auth {
+        token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
+    }
+    let now = brine_master_core::server::unix_secs();
+    let started = shared.started();
+    Ok(axum::Json(json!({"brine": {
+        "Enabled": true,
+        "Current Time": now,
+        "Start Time": started,
+        "Uptime": now.saturating_sub(started),
+        "Minions Connected": shared.present().await.len(),
+        "Jobs Running": shared.active_jobs().await.len(),
+    }})))
 }
 
 fn to_args(v: Option<&Json>) -> Vec<Value> {
@@ -368,24 +456,31 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
             let full = chunk
                 .get("full_return")
                 .is_some_and(|f| f.as_bool() == Some(true) || f.as_str() == Some("true"));
-            let returns = shared
+            let (returns, missing) = shared
                 .job_view(&p.jid)
                 .await
-                .map(|(_, r, _)| r)
+                .map(|(_, r, m)| (r, m.unwrap_or_default()))
                 .unwrap_or_default();
-            Ok(Json::Object(
-                returns
-                    .into_iter()
-                    .map(|(id, r)| {
-                        let v = if full {
-                            json!({"ret": field(&r, "return"), "retcode": field(&r, "retcode"), "jid": p.jid})
-                        } else {
-                            field(&r, "return")
-                        };
-                        (id, v)
-                    })
-                    .collect(),
-            ))
+            let mut out: Map<String, Json> = returns
+                .into_iter()
+                .map(|(id, r)| {
+                    let v = if full {
+                        let mut v = json!({"ret": field(&r, "return"), "retcode": field(&r, "retcode"), "jid": p.jid});
+                        if let Some(o) = r.get("out") {
+                            v["out"] = to_json(o);
+                        }
+                        v
+                    } else {
+                        field(&r, "return")
+                    };
+                    (id, v)
+                })
+                .collect();
+            // As salt-api: each targeted minion that did not return is `false`.
+            for id in missing.into_keys() {
+                out.entry(id).or_insert(Json::Bool(false));
+            }
+            Ok(Json::Object(out))
         }
         "runner" => {
             let fun = chunk
@@ -398,14 +493,26 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
             }
             runners::run(shared, token, fun, chunk).await.map_err(bad)
         }
+        "wheel" => {
+            let fun = chunk
+                .get("fun")
+                .and_then(Json::as_str)
+                .ok_or_else(|| bad("lowstate needs fun"))?;
+            if !token.perms.allows_wheel_fun(fun) {
+                warn!(user = %token.user, fun, "wheel call refused by external_auth ACL");
+                return Err(forbidden(format!("{} may not run wheel {fun}", token.user)));
+            }
+            Ok(crate::wheel::run(shared, token, fun, chunk).await)
+        }
         other => Err(bad(format!(
-            "unknown client {other:?} (local, local_async, runner)"
+            "unknown client {other:?} ({})",
+            CLIENTS.join(", ")
         ))),
     }
 }
 
 async fn lowstate(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let token = token_of(&shared, &headers, None).await?;
+    let token = token_of(&shared, &headers, Auth::Header).await?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -423,7 +530,7 @@ async fn minions_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = token_of(&shared, &headers, None).await?;
+    let token = token_of(&shared, &headers, Auth::Header).await?;
     let chunk = match body_json(&headers, &body)? {
         Json::Array(mut a) if !a.is_empty() => a.swap_remove(0),
         o @ Json::Object(_) => o,
@@ -452,7 +559,7 @@ fn require_jobs(token: &Token) -> Result<(), ApiError> {
 }
 
 async fn jobs(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None).await?;
+    let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
     require_jobs(&token)?;
     let v = runners::run(&shared, &token, "jobs.list_jobs", &json!({}))
         .await
@@ -478,7 +585,7 @@ async fn job(
     Path(jid): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None).await?;
+    let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
     require_jobs(&token)?;
     if !crate::valid_jid(&jid) {
         return Err(bad(format!("{jid:?} is not a job id")));
@@ -590,7 +697,7 @@ async fn grains_visible(
 }
 
 async fn minions(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None).await?;
+    let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
     let visible = grains_visible(&shared, &token).await;
     let m: Map<String, Json> = shared
         .all_grains()
@@ -606,7 +713,7 @@ async fn minion(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None).await?;
+    let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
     if grains_visible(&shared, &token)
         .await
         .is_some_and(|v| !v.contains(&id))
@@ -622,7 +729,7 @@ async fn minion(
 }
 
 async fn keys(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
-    let token = token_of(&shared, &headers, None).await?;
+    let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
     if !token.perms.allows_wheel() {
         return Err(forbidden(format!(
             "{} may not list keys (@wheel)",
@@ -643,9 +750,16 @@ async fn keys(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, 
 async fn events(
     State(shared): S,
     headers: HeaderMap,
-    Query(q): Query<BTreeMap<String, String>>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
-    token_of(&shared, &headers, Some(&q)).await?;
+    // As salt-api 3007: no query parameters (a token in a URL ends up in access logs).
+    if uri.query().is_some_and(|q| !q.is_empty()) {
+        warn!("GET /events with a query string refused");
+        return Err(bad(
+            "/events takes no query parameters: send X-Auth-Token or the session cookie",
+        ));
+    }
+    token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
     let rx = shared.bus.subscribe();
     let head = tokio_stream::once(Ok::<_, std::convert::Infallible>(Bytes::from_static(
         b"retry: 400\n\n",

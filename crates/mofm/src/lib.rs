@@ -10,6 +10,8 @@
 pub mod api;
 pub use brine_master_core::eauth;
 mod runners;
+pub mod web;
+mod wheel;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,6 +55,8 @@ pub struct Shared {
     token_store: Option<brine_master_core::redis_cache::RedisReader>,
     root_token: String,
     eauth: Eauth,
+    /// Unix seconds when the API started (`GET /stats`).
+    started: u64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -179,6 +183,11 @@ impl Shared {
         Ok(Some((tok, t)))
     }
 
+    /// Unix seconds when the API started.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
     /// The HTTP API's limits (`rest_cherrypy`).
     pub fn api_limits(&self) -> api::Limits {
         api::Limits {
@@ -262,6 +271,7 @@ impl Mofm {
             token_store,
             root_token,
             eauth,
+            started: unix_secs(),
         });
         Ok(Self {
             server,

@@ -36,10 +36,13 @@ use serde_json::Value as Json;
 /// Simulated minions in all (spread over the three syndics); `BRINE_FAULTS_MINIONS` overrides.
 const MINIONS: usize = 300;
 /// Real salt-minions (3007) in the mix, failing over between the syndics as the simulated ones
-/// (`BRINE_FAULTS_REAL`; `scripts/faults.sh` runs 3). None by default: a salt-minion 3007's main
-/// process wedges for good now and then under this load (twice in 20 CI minutes, with no fault
-/// on its own syndic), and the tier cannot be whole again without it (docs/reliability.md).
-const REAL_MINIONS: usize = 0;
+/// (`BRINE_FAULTS_REAL` overrides).
+const REAL_MINIONS: usize = 3;
+/// A real salt-minion whose log (debug level: a live one logs at least every 5 s, its master
+/// check) has been silent this long has wedged: a salt-minion 3007's main process sometimes
+/// stops for good under this load (docs/reliability.md). The suite dumps its stacks and
+/// restarts it, as a supervisor would, and the table says so.
+const WEDGED: Duration = Duration::from_secs(30);
 /// How long a fault lasts before it is healed.
 const FAULT: Duration = Duration::from_secs(6);
 /// How long a partition lasts: long enough for the minions of a partitioned syndic to notice
@@ -75,6 +78,8 @@ struct Tier {
     api: (String, String),
     /// Real salt-minions (`master_type: failover` over the three syndics).
     real: Vec<SaltMinion>,
+    /// Real salt-minions found wedged and restarted so far (ids, in order).
+    revived: Vec<String>,
     /// Every minion id, simulated and real.
     ids: Vec<String>,
     ports: (u16, u16),
@@ -246,7 +251,7 @@ impl Tier {
         );
         let url = format!("http://127.0.0.1:{port}");
         let token = login(port);
-        let tier = Self {
+        let mut tier = Self {
             root,
             primary,
             replica,
@@ -257,6 +262,7 @@ impl Tier {
             nginx,
             api: (url, token),
             real,
+            revived: Vec::new(),
             ids,
             ports: (publish, ret),
             _rt: rt,
@@ -358,13 +364,45 @@ impl Tier {
             .join("\n")
     }
 
+    /// Restart the real salt-minions that wedged (their log silent for [`WEDGED`]), after
+    /// saving their stacks (`py-spy dump`) and log tails to `target/faults/logs`.
+    fn revive_wedged(&mut self) {
+        let out = repo_root().join("target/faults/logs");
+        for m in &mut self.real {
+            let silent = m.log_silent_for();
+            if silent < WEDGED {
+                continue;
+            }
+            let n = self.revived.len();
+            let report = format!(
+                "{} wrote no log line for {:.0} s; its stacks:\n{}\n\nits log:\n{}\n",
+                m.id,
+                silent.as_secs_f64(),
+                m.stacks(),
+                m.log_tail(60)
+            );
+            let _ = std::fs::create_dir_all(&out);
+            let file = out.join(format!("{}-wedged-{n}.txt", m.id));
+            let _ = std::fs::write(&file, &report);
+            eprintln!(
+                "{} wedged (no log line for {:.0} s): restarting it; stacks in {}",
+                m.id,
+                silent.as_secs_f64(),
+                file.display()
+            );
+            m.restart();
+            self.revived.push(m.id.clone());
+        }
+    }
+
     /// How long until a `test.ping` through every MoM answers for every minion, polling; `None`
-    /// if not within `limit`.
-    fn whole_within(&self, limit: Duration) -> Option<Duration> {
+    /// if not within `limit`. A wedged real salt-minion is restarted on the way.
+    fn whole_within(&mut self, limit: Duration) -> Option<Duration> {
         let t0 = Instant::now();
         let all: BTreeSet<String> = self.ids.iter().cloned().collect();
         // One job through every route at once: whole when each answers for every minion.
         let whole = wait_for(limit, || {
+            self.revive_wedged();
             let routes = self.cli_routes();
             std::thread::scope(|s| {
                 let runs: Vec<_> = routes
@@ -570,6 +608,8 @@ struct Row {
     whole_after: Option<Duration>,
     /// The fault outlasts a job's wait ([`Fault::outlasts_jobs`]).
     partition: bool,
+    /// Real salt-minions found wedged and restarted while the row ran.
+    revived: Vec<String>,
 }
 
 /// What a fault does and how it is healed.
@@ -709,6 +749,7 @@ impl Fault {
 }
 
 fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
+    let revived_before = t.revived.len();
     let load = Load::start(t.cli_routes());
     std::thread::sleep(Duration::from_secs(3));
     fault.inject(t);
@@ -793,6 +834,7 @@ fn measure(t: &mut Tier, fault: &mut Fault) -> Row {
         cli_cut_off,
         whole_after,
         partition: fault.outlasts_jobs(),
+        revived: t.revived[revived_before..].to_vec(),
     }
 }
 
@@ -827,7 +869,11 @@ fn table(rows: &[Row], minions: usize, real: usize) -> String {
             r.cli_cut_off,
             r.whole_after.map_or_else(
                 || "not within 90 s".to_owned(),
-                |d| format!("{:.1} s", d.as_secs_f64())
+                |d| format!(
+                    "{:.1} s{}",
+                    d.as_secs_f64(),
+                    if r.revived.is_empty() { "" } else { " ²" }
+                )
             )
         );
     }
@@ -835,6 +881,16 @@ fn table(rows: &[Row], minions: usize, real: usize) -> String {
         s += "\n¹ The partition outlasts the job's wait (the CLI's `-t 8` plus \
               `gather_job_timeout: 3`): returns held behind it reach the job cache (none is \
               lost) after the CLI printed the job. `brine-run jobs.lookup_jid` shows them.\n";
+    }
+    for r in rows.iter().filter(|r| !r.revived.is_empty()) {
+        s += &format!(
+            "\n² {}: the main process of {} stopped (no log line for {} s, no answer) and was \
+             restarted by the suite, as a supervisor would; the time includes that wait. \
+             That is salt-minion 3007, not the tier (docs/reliability.md).\n",
+            r.fault,
+            r.revived.join(", "),
+            WEDGED.as_secs()
+        );
     }
     s
 }

@@ -16,6 +16,7 @@ use serde_json::{Value as Json, json};
 
 mod api_tier;
 mod job_cache_redis;
+mod saltgui;
 
 struct Mofm {
     dir: tempfile::TempDir,
@@ -25,6 +26,11 @@ struct Mofm {
 
 impl Mofm {
     fn start(extra: &str) -> Self {
+        Self::start_api("", extra)
+    }
+
+    /// With `api` added to `rest_cherrypy` (`, app: ...`).
+    fn start_api(api: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports = (free_port(), free_port(), free_port());
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
@@ -32,7 +38,7 @@ impl Mofm {
             dir.path().join("etc/master"),
             format!(
                 "root_dir: {}\ninterface: 127.0.0.1\npublish_port: {}\nret_port: {}\n\
-                 rest_cherrypy: {{port: {}}}\nuser: root\n{extra}\n",
+                 rest_cherrypy: {{port: {}{api}}}\nuser: root\n{extra}\n",
                 dir.path().join("root").display(),
                 ports.0,
                 ports.1,

@@ -351,17 +351,65 @@ impl SaltMinion {
             log = root.join("minion.log").display(),
         );
         write_config(&dir.path().join("etc/minion"), &conf);
-        let mut cmd = peer.command("salt-minion");
-        cmd.arg("-c")
-            .arg(dir.path().join("etc"))
-            .args(["-l", "warning"]);
-        let daemon = Daemon::spawn(cmd, "salt-minion", &dir.path().join("minion.out"));
+        let daemon = Self::spawn(peer, dir.path());
         Self {
             peer: peer.clone(),
             dir,
             id: id.to_owned(),
             daemon,
         }
+    }
+
+    fn spawn(peer: &SaltPeer, dir: &Path) -> Daemon {
+        let mut cmd = peer.command("salt-minion");
+        cmd.arg("-c").arg(dir.join("etc")).args(["-l", "warning"]);
+        Daemon::spawn(cmd, "salt-minion", &dir.join("minion.out"))
+    }
+
+    /// Kill the minion (its whole process group, `SIGKILL`) and start it again with the same
+    /// configuration, keys and log file (stdout/stderr of the old run go to `minion.out.old`).
+    pub fn restart(&mut self) {
+        self.daemon.signal_group("-KILL");
+        let _ = wait_for(Duration::from_secs(5), || !self.daemon.alive());
+        let out = self.dir.path().join("minion.out");
+        let _ = std::fs::rename(&out, self.dir.path().join("minion.out.old"));
+        self.daemon = Self::spawn(&self.peer, self.dir.path());
+    }
+
+    /// How long since the minion last wrote to its log (debug level: a live minion logs every
+    /// few seconds, if only its master-alive check).
+    pub fn log_silent_for(&self) -> Duration {
+        std::fs::metadata(self.dir.path().join("root/minion.log"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default()
+    }
+
+    /// The Python stacks of the minion's processes, by `py-spy dump` (installed in the peer's
+    /// venv by `scripts/salt-peer.sh`, best effort), or why there are none.
+    pub fn stacks(&self) -> String {
+        let spy = self.peer.bin.join("py-spy");
+        if !spy.exists() {
+            return format!("no stacks: {} is not installed", spy.display());
+        }
+        crate::procs::proc_tree(self.pid())
+            .into_iter()
+            .map(|pid| {
+                let out = Command::new("timeout")
+                    .args(["20", &spy.display().to_string(), "dump", "--pid"])
+                    .arg(pid.to_string())
+                    .output();
+                match out {
+                    Ok(o) => format!(
+                        "--- pid {pid}\n{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    Err(e) => format!("--- pid {pid}: py-spy: {e}\n"),
+                }
+            })
+            .collect()
     }
 
     /// A minion with Salt's `master_type: failover` over `masters` (tried in that order,

@@ -415,6 +415,15 @@ impl MasterCore {
             .collect()
     }
 
+    /// A fresh job id (for work that is not a publish: the API's wheel calls).
+    pub async fn new_jid(&self) -> String {
+        self.call(|st, _| st.new_jid()).await.unwrap_or_else(|| {
+            brine_proto::jid::JidGenerator::default()
+                .next_jid(crate::events::unix_micros())
+                .to_string()
+        })
+    }
+
     /// Minions present ([`CoreState::present`]).
     pub async fn present(&self) -> BTreeSet<String> {
         self.call(|st, _| st.present()).await.unwrap_or_default()

@@ -402,6 +402,11 @@ impl CoreState {
         self.keys.list(KeyDir::Accepted)
     }
 
+    /// A fresh job id.
+    pub fn new_jid(&mut self) -> String {
+        self.jidgen.next_jid(unix_micros()).to_string()
+    }
+
     /// Minions present: authenticated or heard from since the master started, and not given up
     /// on (a `find_job` left unanswered) since.
     pub fn present(&self) -> BTreeSet<String> {
