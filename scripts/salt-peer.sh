@@ -48,7 +48,23 @@ install_one() {
   touch "$dir/.brine-complete"
 }
 
+# pepper (salt-api's command-line client, from PyPI) in a venv of its own: the API tests drive
+# it against mofm.
+PEPPER=0.7.6
+install_pepper() {
+  local dir="$ROOT/pepper-$PEPPER"
+  if [ -f "$dir/.brine-complete" ] && [ -x "$dir/bin/pepper" ]; then
+    return 0
+  fi
+  echo "pepper $PEPPER: installing into $dir"
+  rm -rf "$dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --disable-pip-version-check "salt-pepper==$PEPPER"
+  touch "$dir/.brine-complete"
+}
+
 mkdir -p "$ROOT"
 for v in "${VERSIONS[@]}"; do
   install_one "$v"
 done
+install_pepper

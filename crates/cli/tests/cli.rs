@@ -32,7 +32,7 @@ fn hash_password_prints_a_hash_the_file_backend_accepts() {
     let users = d.path().join("users");
     std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
     let cfg = serde_json::json!({"file": {"^filename": users, "alice": [".*"]}});
-    let eauth = brine_master_core::eauth::Eauth::from_config(&cfg).unwrap();
+    let eauth = brine_master_core::eauth::Eauth::from_config(&cfg, None).unwrap();
     assert!(eauth.authenticate("file", "alice", "wonderland").is_some());
     assert!(
         eauth

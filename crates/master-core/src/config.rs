@@ -73,6 +73,8 @@ pub struct MasterConfig {
     pub api_static_path: String,
     /// `rest_cherrypy: {stats_disable_auth}`: `GET /stats` without a token.
     pub api_stats_disable_auth: bool,
+    /// `rest_cherrypy: {webhook_disable_auth}`: `POST /hook/...` without a token.
+    pub api_webhook_disable_auth: bool,
     /// `zmq_max_message_size` (brine's, bytes, default 64 MiB): the largest request a peer may
     /// send on the ret port; a peer announcing more is disconnected before anything is
     /// allocated. 0: no limit, as in Salt.
@@ -86,6 +88,10 @@ pub struct MasterConfig {
     pub external_auth: serde_json::Value,
     /// `token_expire` seconds.
     pub token_expire: u64,
+    /// `sharedsecret`: the password of the `sharedsecret` eauth backend.
+    pub sharedsecret: Option<String>,
+    /// `auth.pam.service`: the PAM service the `pam` eauth backend asks (Salt's `login`).
+    pub pam_service: String,
     /// `zmq_filtering`.
     pub zmq_filtering: bool,
     /// `sign_pub_messages`.
@@ -191,6 +197,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "rest_cherrypy",
     "external_auth",
     "token_expire",
+    "sharedsecret",
+    "auth.pam.service",
     "zmq_filtering",
     "sign_pub_messages",
     "master_sign_pubkey",
@@ -315,16 +323,8 @@ impl MasterConfig {
             api_app_path: api_url_path(o, "app_path", "/app")?,
             api_static: api_str(o, "static")?.map(PathBuf::from),
             api_static_path: api_url_path(o, "static_path", "/static")?,
-            api_stats_disable_auth: match api(o, "stats_disable_auth")? {
-                None => false,
-                Some(serde_json::Value::Bool(b)) => *b,
-                Some(v) => {
-                    return Err(invalid(
-                        "rest_cherrypy",
-                        format!("stats_disable_auth: expected true or false, found {v}"),
-                    ));
-                }
-            },
+            api_stats_disable_auth: api_bool(o, "stats_disable_auth")?,
+            api_webhook_disable_auth: api_bool(o, "webhook_disable_auth")?,
             zmq_max_message_size: o.int("zmq_max_message_size", 64 << 20, 0..=i64::MAX)? as u64,
             request_server_ttl: o.int("request_server_ttl", 0, 0..=i64::from(u32::MAX))? as u64,
             permissive_pki_access: o.bool("permissive_pki_access", false)?,
@@ -333,6 +333,10 @@ impl MasterConfig {
                 .cloned()
                 .unwrap_or(serde_json::Value::Null),
             token_expire: o.int("token_expire", 43_200, 1..=i64::from(u32::MAX))? as u64,
+            sharedsecret: o.string("sharedsecret")?,
+            pam_service: o
+                .string("auth.pam.service")?
+                .unwrap_or_else(|| "login".into()),
             zmq_filtering: o.bool("zmq_filtering", false)?,
             sign_pub_messages: o.bool("sign_pub_messages", true)?,
             master_sign_pubkey: o.bool("master_sign_pubkey", false)?,
@@ -418,6 +422,17 @@ fn api<'a>(o: &'a Options, field: &str) -> Result<Option<&'a serde_json::Value>,
         Some(other) => Err(invalid(
             "rest_cherrypy",
             format!("expected a mapping, found {other}"),
+        )),
+    }
+}
+
+fn api_bool(o: &Options, field: &str) -> Result<bool, ConfigError> {
+    match api(o, field)? {
+        None => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(invalid(
+            "rest_cherrypy",
+            format!("{field}: expected true or false, found {v}"),
         )),
     }
 }

@@ -1,6 +1,6 @@
 //! `external_auth`: who may log in to the HTTP API, and what each user may run.
 //!
-//! The `file` backend reads Salt's config shape:
+//! Backends, with Salt's config shape:
 //!
 //! ```yaml
 //! external_auth:
@@ -13,16 +13,24 @@
 //!       - '@runner'                         # and any runner
 //!     bob:
 //!       - test.ping                         # test.ping on any target
+//!   pam:                                    # the system's accounts (PAM service `login`,
+//!     deploy: ['state.*']                   # or `auth.pam.service`)
+//!   sharedsecret:                           # any user name, the master's `sharedsecret`
+//!     ops: ['.*']                           # as the password
+//!   auto:                                   # Salt's test backend: every password is right
+//!     demo: ['test.ping']
 //! ```
 //!
 //! Beyond Salt, a password field of the form `$pbkdf2-sha256$ITER$SALT$HASH` (salted
 //! PBKDF2-HMAC-SHA256, base64 fields; made by `brine --hash-password`) is verified as such
 //! whatever `^hashtype` says: salted hashes are what the file should hold.
 //!
-//! Permission entries are matched as Salt's `auth_check` does: a string is a function glob
-//! allowed on any target (`@runner`, `@wheel`, `@jobs` name whole client families); a mapping
-//! `{TARGET_GLOB: [FUNCTION_GLOBS]}` allows those functions only when every targeted minion
-//! matches the glob; `{'@runner': [FUNCTION_GLOBS]}` limits runners.
+//! A user's permissions are their own entries plus those of `*` under the same backend, as
+//! Salt sums them. Entries are matched as Salt's `auth_check` does: a string is a function
+//! pattern (a regular expression matched at the start, [`fun_matches`]) allowed on any target
+//! (`@runner`, `@wheel`, `@jobs`... name whole client families); a mapping
+//! `{TARGET: [FUNCTION_PATTERNS]}` allows those functions only when every targeted minion
+//! matches the target; `{'@runner': [FUNCTION_PATTERNS]}` limits runners.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,25 +48,55 @@ pub enum Perms {
     Acl(Vec<Json>),
 }
 
-/// The configured `external_auth`.
-#[derive(Debug, Clone, Default)]
-pub struct Eauth {
-    file: Option<PathBuf>,
+/// The `file` backend's settings.
+#[derive(Debug, Clone)]
+struct FileBackend {
+    path: PathBuf,
     hashtype: String,
     separator: String,
-    acl: BTreeMap<String, Vec<Json>>,
+}
+
+/// A password check by the system's PAM (`user`, `password`), supplied by the daemon that
+/// links libpam (mofm); blocking.
+pub type PamCheck = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// The configured `external_auth`.
+#[derive(Clone, Default)]
+pub struct Eauth {
+    file: Option<FileBackend>,
+    /// The `pam` backend's check, when configured and supplied ([`Eauth::with_pam`]).
+    pam: Option<PamCheck>,
+    /// The master's `sharedsecret` option (the `sharedsecret` backend's password).
+    sharedsecret: Option<String>,
+    /// Backend → user (or `*`) → permission entries.
+    acl: BTreeMap<String, BTreeMap<String, Vec<Json>>>,
+}
+
+impl std::fmt::Debug for Eauth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eauth")
+            .field("file", &self.file)
+            .field("pam", &self.pam.is_some())
+            .field("backends", &self.acl.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 const PBKDF2_PREFIX: &str = "$pbkdf2-sha256$";
 const PBKDF2_ITERATIONS: usize = 100_000;
 
+/// The backends brine has.
+pub const BACKENDS: &[&str] = &["file", "pam", "sharedsecret", "auto"];
+
 impl Eauth {
-    /// Read the `external_auth` option.
+    /// Read the `external_auth` option (and `sharedsecret`, the `sharedsecret` backend's
+    /// password).
     ///
     /// # Errors
-    /// [`CoreError::Config`] for shapes or backends brine does not support.
-    pub fn from_config(cfg: &Json) -> Result<Self, crate::CoreError> {
-        Self::parse(cfg).map_err(|e| {
+    /// [`CoreError::Config`] for shapes or backends brine does not support, or a backend
+    /// that cannot work as configured (`sharedsecret` without the option).
+    pub fn from_config(cfg: &Json, sharedsecret: Option<&str>) -> Result<Self, crate::CoreError> {
+        Self::parse(cfg, sharedsecret).map_err(|e| {
             crate::CoreError::config(
                 "external_auth",
                 e.strip_prefix("external_auth: ").unwrap_or(&e),
@@ -66,10 +104,9 @@ impl Eauth {
         })
     }
 
-    fn parse(cfg: &Json) -> Result<Self, String> {
+    fn parse(cfg: &Json, sharedsecret: Option<&str>) -> Result<Self, String> {
         let mut out = Self {
-            hashtype: "plaintext".into(),
-            separator: ":".into(),
+            sharedsecret: sharedsecret.filter(|s| !s.is_empty()).map(str::to_owned),
             ..Self::default()
         };
         let Json::Object(backends) = cfg else {
@@ -79,68 +116,123 @@ impl Eauth {
             };
         };
         for (backend, users) in backends {
-            if backend != "file" {
+            if !BACKENDS.contains(&backend.as_str()) {
                 return Err(format!(
-                    "external_auth: backend {backend:?} is not supported (brine has `file`)"
+                    "external_auth: backend {backend:?} is not supported (brine has {})",
+                    BACKENDS.join(", ")
                 ));
             }
             let Json::Object(users) = users else {
-                return Err("external_auth: file: expected a mapping".into());
+                return Err(format!("external_auth: {backend}: expected a mapping"));
             };
+            let mut file = FileBackend {
+                path: PathBuf::new(),
+                hashtype: "plaintext".into(),
+                separator: ":".into(),
+            };
+            let mut acl = BTreeMap::new();
             for (k, v) in users {
-                match (k.as_str(), v) {
-                    ("^filename", Json::String(p)) => {
+                match (backend.as_str(), k.as_str(), v) {
+                    ("file", "^filename", Json::String(p)) => {
                         // Salt uses ^filename as written (no root_dir prefix).
-                        out.file = Some(PathBuf::from(p));
+                        file.path = PathBuf::from(p);
                     }
-                    ("^hashtype", Json::String(h)) => out.hashtype = h.to_ascii_lowercase(),
-                    ("^field_separator", Json::String(s)) => out.separator.clone_from(s),
-                    ("^filetype", Json::String(t)) if t == "text" => {}
-                    ("^filetype", other) => {
+                    ("file", "^hashtype", Json::String(h)) => {
+                        file.hashtype = h.to_ascii_lowercase()
+                    }
+                    ("file", "^field_separator", Json::String(s)) => file.separator.clone_from(s),
+                    ("file", "^filetype", Json::String(t)) if t == "text" => {}
+                    ("file", "^filetype", other) => {
                         return Err(format!(
                             "external_auth: file: ^filetype {other} is not supported (use text)"
                         ));
                     }
-                    (k, _) if k.starts_with('^') => {}
-                    (user, Json::Array(entries)) => {
-                        out.acl.insert(user.to_owned(), entries.clone());
+                    (_, k, _) if k.starts_with('^') => {}
+                    (_, user, Json::Array(entries)) => {
+                        acl.insert(user.to_owned(), entries.clone());
                     }
-                    (user, other) => {
+                    (_, user, other) => {
                         return Err(format!(
-                            "external_auth: file: {user}: expected a list of permissions, found {other}"
+                            "external_auth: {backend}: {user}: expected a list of permissions, found {other}"
                         ));
                     }
                 }
             }
-            if out.file.is_none() {
-                return Err("external_auth: file: ^filename is required".into());
+            match backend.as_str() {
+                "file" if file.path.as_os_str().is_empty() => {
+                    return Err("external_auth: file: ^filename is required".into());
+                }
+                "file" => out.file = Some(file),
+                "sharedsecret" if out.sharedsecret.is_none() => {
+                    return Err(
+                        "external_auth: sharedsecret needs the master's `sharedsecret` option"
+                            .into(),
+                    );
+                }
+                "auto" => tracing::warn!(
+                    "external_auth: the `auto` backend accepts any password (Salt's test backend): never on a master others can reach"
+                ),
+                _ => {}
             }
+            out.acl.insert(backend.clone(), acl);
         }
         Ok(out)
     }
 
+    /// Whether the `pam` backend is configured (its check must then be supplied).
+    pub fn uses_pam(&self) -> bool {
+        self.acl.contains_key("pam")
+    }
+
+    /// Check `pam` logins with `check` (the system's PAM).
+    #[must_use]
+    pub fn with_pam(mut self, check: PamCheck) -> Self {
+        self.pam = Some(check);
+        self
+    }
+
     /// `user`'s permissions under `backend` (for a token issued after a password check, here or
-    /// on another master with the same configuration).
+    /// on another master with the same configuration): the user's entries and those of `*`.
     pub fn permissions(&self, backend: &str, user: &str) -> Option<Perms> {
-        if backend != "file" {
-            return None;
+        let users = self.acl.get(backend)?;
+        let mut entries: Vec<Json> = Vec::new();
+        if let Some(own) = users.get(user) {
+            entries.extend(own.iter().cloned());
         }
-        let acl = self.acl.get(user).or_else(|| self.acl.get("*"))?;
-        Some(Perms::Acl(acl.clone()))
+        if user != "*"
+            && let Some(all) = users.get("*")
+        {
+            entries.extend(all.iter().cloned());
+        }
+        (users.contains_key(user) || users.contains_key("*")).then_some(Perms::Acl(entries))
     }
 
     /// Check `user`'s password with `backend`; the user's permissions if it is right.
     pub fn authenticate(&self, backend: &str, user: &str, password: &str) -> Option<Perms> {
-        if backend != "file" {
+        let perms = self.permissions(backend, user)?;
+        if user.is_empty() || user == "*" {
             return None;
         }
-        let acl = self.acl.get(user).or_else(|| self.acl.get("*"))?;
-        let text = std::fs::read_to_string(self.file.as_ref()?).ok()?;
-        let stored = text.lines().find_map(|l| {
-            let (u, p) = l.split_once(self.separator.as_str())?;
-            (u == user).then(|| p.trim_end_matches('\r').to_owned())
-        })?;
-        verify(&stored, password, &self.hashtype).then(|| Perms::Acl(acl.clone()))
+        let eq = |a: &[u8], b: &[u8]| a.len() == b.len() && openssl::memcmp::eq(a, b);
+        let ok = match backend {
+            "file" => {
+                let f = self.file.as_ref()?;
+                let text = std::fs::read_to_string(&f.path).ok()?;
+                let stored = text.lines().find_map(|l| {
+                    let (u, p) = l.split_once(f.separator.as_str())?;
+                    (u == user).then(|| p.trim_end_matches('\r').to_owned())
+                })?;
+                verify(&stored, password, &f.hashtype)
+            }
+            "sharedsecret" => self
+                .sharedsecret
+                .as_deref()
+                .is_some_and(|s| eq(s.as_bytes(), password.as_bytes())),
+            "pam" => self.pam.as_ref().is_some_and(|check| check(user, password)),
+            "auto" => true,
+            _ => false,
+        };
+        ok.then_some(perms)
     }
 }
 
@@ -330,7 +422,7 @@ mod tests {
             "alice": [{"web*": ["test.*"]}, "@runner"],
             "bob": ["test.ping"],
         }});
-        let e = Eauth::from_config(&cfg).unwrap();
+        let e = Eauth::from_config(&cfg, None).unwrap();
         assert!(e.authenticate("file", "alice", "wrong").is_none());
         assert!(e.authenticate("pam", "alice", "wonderland").is_none());
         assert!(e.authenticate("file", "carol", "x").is_none());
@@ -344,6 +436,27 @@ mod tests {
         assert_eq!(bob.targets_for("test.echo"), within(&[]));
         assert!(!bob.allows_runner("manage.up"));
         assert_eq!(Perms::Root.targets_for("cmd.run"), Allowed::Anywhere);
-        assert!(Eauth::from_config(&serde_json::json!({"pam": {}})).is_err());
+        assert!(Eauth::from_config(&serde_json::json!({"ldap": {}}), None).is_err());
+        // '.*' is Salt's "everything" (a regular expression), and users add '*''s entries.
+        let cfg = serde_json::json!({
+            "sharedsecret": {"ops": [".*"], "*": ["@jobs"]},
+            "auto": {"demo": ["test.ping"]},
+        });
+        assert!(
+            Eauth::from_config(&cfg, None).is_err(),
+            "sharedsecret needs its option"
+        );
+        let e = Eauth::from_config(&cfg, Some("s3cret")).unwrap();
+        let ops = e.authenticate("sharedsecret", "ops", "s3cret").unwrap();
+        assert!(e.authenticate("sharedsecret", "ops", "s3cre").is_none());
+        assert!(e.authenticate("sharedsecret", "*", "s3cret").is_none());
+        assert_eq!(ops.targets_for("cmd.run"), Allowed::Anywhere);
+        assert!(ops.allows_runner("jobs.lookup_jid") && !ops.allows_runner("manage.up"));
+        let anyone = e.authenticate("sharedsecret", "someone", "s3cret").unwrap();
+        assert_eq!(anyone.targets_for("test.ping"), within(&[]));
+        let demo = e.authenticate("auto", "demo", "anything").unwrap();
+        assert_eq!(demo.targets_for("test.ping"), Allowed::Anywhere);
+        assert_eq!(demo.targets_for("test.pin"), within(&[]));
+        assert!(e.authenticate("auto", "nobody", "x").is_none());
     }
 }

@@ -161,16 +161,31 @@ async fn read_body_in_time(
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new()
         .route("/", get(index).post(lowstate))
-        .route("/login", post(login))
+        .route("/login", get(login_get).post(login))
+        .route("/token", post(token_route))
+        .route("/run", post(run_route))
         .route("/logout", post(logout))
         .route("/jobs", get(jobs))
         .route("/jobs/{jid}", get(job))
         .route("/minions", get(minions).post(minions_post))
         .route("/minions/{id}", get(minion))
         .route("/keys", get(keys))
+        .route("/keys/{mid}", get(key_of))
+        .route("/hook", post(hook))
+        .route("/hook/{*tag}", post(hook))
         .route("/stats", get(stats))
         .route("/events", get(events))
         .fallback(not_found)
+        // As salt-api: clients (pepper) read the Salt version they talk to from every answer.
+        .layer(axum::middleware::map_response(
+            |mut r: Response| async move {
+                r.headers_mut().insert(
+                    "x-salt-version",
+                    axum::http::HeaderValue::from_static(crate::SALT_VERSION),
+                );
+                r
+            },
+        ))
         // The web UI's files, before the API's routes (GET and HEAD only).
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -306,7 +321,15 @@ async fn index() -> axum::Json<Json> {
 }
 
 /// The lowstate clients served.
-const CLIENTS: [&str; 4] = ["local", "local_async", "runner", "wheel"];
+const CLIENTS: [&str; 7] = [
+    "local",
+    "local_async",
+    "local_batch",
+    "runner",
+    "runner_async",
+    "wheel",
+    "wheel_async",
+];
 
 async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let b = body_json(&headers, &body)?;
@@ -338,13 +361,193 @@ async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Resp
         t.expire.saturating_sub(t.start)
     );
     Ok((
-        [
-            ("x-auth-token", tok),
-            (header::SET_COOKIE.as_str(), cookie),
-        ],
+        [("x-auth-token", tok), (header::SET_COOKIE.as_str(), cookie)],
         axum::Json(body),
     )
         .into_response())
+}
+
+/// The lowstate chunks of a request body (a list, or one object).
+fn chunks_of(headers: &HeaderMap, body: &Bytes) -> Result<Vec<Json>, ApiError> {
+    match body_json(headers, body)? {
+        Json::Array(a) => Ok(a),
+        o @ Json::Object(_) => Ok(vec![o]),
+        _ => Err(bad("expected a lowstate object or a list of them")),
+    }
+}
+
+/// `POST /token`: salt-api's `auth.mk_token` — a token for each set of credentials, as a bare
+/// list `[{token, start, expire, name, eauth}]`, no session.
+async fn token_route(
+    State(shared): S,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut out = Vec::new();
+    for c in chunks_of(&headers, &body)? {
+        let field = |k: &str| c.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
+        let (user, eauth) = (field("username"), field("eauth"));
+        match shared.login(&eauth, &user, &field("password")).await {
+            Ok(Some((tok, t))) => {
+                info!(user, eauth, "API token made (/token)");
+                out.push(json!({"token": tok, "start": t.start, "expire": t.expire,
+                    "name": t.user, "eauth": t.eauth}));
+            }
+            Ok(None) => {
+                warn!(user, eauth, "API /token refused");
+                return Err(ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "could not authenticate".into(),
+                ));
+            }
+            Err(crate::TokenStoreDown) => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the token store (Redis) cannot take a new token now; retry".into(),
+                ));
+            }
+        }
+    }
+    Ok(axum::Json(Json::Array(out)).into_response())
+}
+
+/// `POST /run`: lowstate without a session, each chunk carrying its own `token` or
+/// `username`/`password`/`eauth` (checked every time; no token is made).
+async fn run_route(
+    State(shared): S,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let chunks = chunks_of(&headers, &body)?;
+    let mut out = Vec::with_capacity(chunks.len());
+    for c in &chunks {
+        let token = if let Some(tok) = c.get("token").and_then(Json::as_str) {
+            match shared.token(tok).await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    warn!("API /run with an unknown or expired token refused");
+                    return Err(ApiError(
+                        StatusCode::UNAUTHORIZED,
+                        "unknown or expired token".into(),
+                    ));
+                }
+                Err(crate::TokenStoreDown) => {
+                    return Err(ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the token store (Redis) cannot be asked now; retry".into(),
+                    ));
+                }
+            }
+        } else {
+            let field = |k: &str| c.get(k).and_then(Json::as_str).unwrap_or("");
+            let (user, eauth) = (field("username"), field("eauth"));
+            let Some(t) = shared
+                .check_credentials(eauth, user, field("password"))
+                .await
+            else {
+                warn!(user, eauth, "API /run refused: bad credentials");
+                return Err(ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "could not authenticate".into(),
+                ));
+            };
+            t
+        };
+        out.extend(run_chunk(&shared, &token, c).await?);
+    }
+    Ok(axum::Json(json!({"return": out})).into_response())
+}
+
+/// `GET /login`: how to log in, as salt-api answers it.
+async fn login_get() -> Response {
+    (
+        [(header::WWW_AUTHENTICATE, "Session")],
+        axum::Json(json!({"status": "200 OK", "return": "Please log in"})),
+    )
+        .into_response()
+}
+
+/// `GET /keys/<mid>`: wheel `key.finger` for that minion (`{"return": {status: {mid: fp}}}`).
+async fn key_of(
+    State(shared): S,
+    headers: HeaderMap,
+    Path(mid): Path<String>,
+) -> Result<axum::Json<Json>, ApiError> {
+    let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
+    if !token.perms.allows_wheel_fun("key.finger") {
+        return Err(forbidden(format!(
+            "{} may not read keys (@wheel)",
+            token.user
+        )));
+    }
+    if !brine_proto::auth::valid_minion_id(&mid) {
+        return Err(bad(format!("{mid:?} is not a minion id")));
+    }
+    // An exact id, not a glob: `/keys/*` names no minion.
+    let found = crate::wheel::value(&shared, &token, "key.finger", &json!({"match": mid}))
+        .await
+        .map_err(bad)?;
+    let only: Map<String, Json> = found
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(status, _)| status.as_str() != "local")
+        .filter_map(|(status, ids)| {
+            let fp = ids.get(&mid)?;
+            Some((status.clone(), json!({ &mid: fp })))
+        })
+        .collect();
+    Ok(axum::Json(json!({"return": only})))
+}
+
+/// `POST /hook/<tag...>`: salt-api's webhook — fires `salt/netapi/hook/<tag>` with the body
+/// (`body` raw, `post` parsed) and the request's headers (without the credentials salt-api
+/// would put on the bus: `X-Auth-Token`, `Cookie`, `Authorization`). A token is needed unless
+/// `webhook_disable_auth`.
+async fn hook(
+    State(shared): S,
+    headers: HeaderMap,
+    tag: Option<Path<String>>,
+    body: Bytes,
+) -> Result<axum::Json<Json>, ApiError> {
+    if !shared.cfg.api_webhook_disable_auth {
+        token_of(&shared, &headers, Auth::Header).await?;
+    }
+    let rest = tag.map(|Path(t)| t).unwrap_or_default();
+    let rest = rest.trim_matches('/');
+    if rest.chars().any(|c| c.is_control() || c.is_whitespace()) || rest.len() > 512 {
+        warn!(tag = ?rest, "webhook with a bad tag refused");
+        return Err(bad(
+            "a webhook tag is path segments without spaces or control characters",
+        ));
+    }
+    let tag = if rest.is_empty() {
+        "salt/netapi/hook".to_owned()
+    } else {
+        format!("salt/netapi/hook/{rest}")
+    };
+    let post = if body.is_empty() {
+        json!({})
+    } else {
+        body_json(&headers, &body).unwrap_or_else(|_| json!({}))
+    };
+    let hdrs: Map<String, Json> = headers
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "x-auth-token" | "cookie" | "authorization" | "proxy-authorization"
+            )
+        })
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), json!(v.to_str().ok()?))))
+        .collect();
+    let data = json!({
+        "body": String::from_utf8_lossy(&body),
+        "post": post,
+        "headers": hdrs,
+    });
+    shared.bus.fire(tag, from_json(&data));
+    Ok(axum::Json(json!({"success": true})))
 }
 
 async fn logout(State(shared): S, headers: HeaderMap) -> Response {
@@ -432,6 +635,15 @@ fn spec_of(chunk: &Json) -> Result<PublishSpec, ApiError> {
     })
 }
 
+/// A lowstate flag: `true`, or `"true"`/`"True"` from a form.
+fn truthy(v: Option<&Json>) -> bool {
+    match v {
+        Some(Json::Bool(b)) => *b,
+        Some(Json::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
 fn publish_error(e: PublishError) -> ApiError {
     match e {
         PublishError::BadTarget(m) => bad(m),
@@ -440,8 +652,172 @@ fn publish_error(e: PublishError) -> ApiError {
     }
 }
 
-async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json, ApiError> {
+/// Salt's runner and wheel clients take `key=value` strings in `arg` as keyword arguments
+/// (pepper sends them so to a salt-api that names its version): they move to `kwarg`, the
+/// value typed as Salt's CLI types it for what brine's runners take (true/false, null, small
+/// integers, JSON lists and maps; anything else, a jid included, stays a string).
+fn kwargs_from_args(chunk: &Json) -> Json {
+    let Some(args) = chunk.get("arg").and_then(Json::as_array) else {
+        return chunk.clone();
+    };
+    let mut c = chunk.clone();
+    let mut kw = c
+        .get("kwarg")
+        .and_then(Json::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut rest = Vec::new();
+    for a in args {
+        let pair = a.as_str().and_then(|s| s.split_once('=')).filter(|(k, _)| {
+            !k.is_empty() && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        });
+        match pair {
+            Some((k, v)) => {
+                kw.insert(k.to_owned(), typed(v));
+            }
+            None => rest.push(a.clone()),
+        }
+    }
+    c["arg"] = Json::Array(rest);
+    if !kw.is_empty() {
+        c["kwarg"] = Json::Object(kw);
+    }
+    c
+}
+
+fn typed(v: &str) -> Json {
+    match v {
+        "true" | "True" => return Json::Bool(true),
+        "false" | "False" => return Json::Bool(false),
+        "null" | "None" | "~" => return Json::Null,
+        _ => {}
+    }
+    if v.len() <= 15
+        && let Ok(n) = v.parse::<i64>()
+    {
+        return json!(n);
+    }
+    if (v.starts_with('[') || v.starts_with('{'))
+        && let Ok(j) = serde_json::from_str::<Json>(v)
+    {
+        return j;
+    }
+    Json::String(v.to_owned())
+}
+
+/// Run one lowstate chunk: what it adds to the answer's `return` list (one value, or one per
+/// minion for `local_batch`, as salt-api flattens it).
+async fn run_chunk(
+    shared: &Arc<Shared>,
+    token: &Token,
+    chunk: &Json,
+) -> Result<Vec<Json>, ApiError> {
+    if chunk.get("client").and_then(Json::as_str) == Some("local_batch") {
+        return local_batch(shared, token, chunk).await;
+    }
+    run_one(shared, token, chunk).await.map(|v| vec![v])
+}
+
+/// The minions that answered job `jid`, with their returns, once it is final.
+async fn finished_returns(shared: &Shared, jid: &str) -> BTreeMap<String, Value> {
+    if jid.is_empty() {
+        return BTreeMap::new();
+    }
+    shared.wait_job(jid).await;
+    shared
+        .job_view(jid)
+        .await
+        .map(|(_, r, _)| r)
+        .unwrap_or_default()
+}
+
+/// salt-api's `local_batch` (Salt's batch mode): the target is pinged first (with the
+/// caller's rights, as Salt's `Batch` does), then the function runs on `batch` of the minions
+/// that answered at a time (`N` or `N%`, default `10%`); each return is one `{id: return}`.
+async fn local_batch(
+    shared: &Arc<Shared>,
+    token: &Token,
+    chunk: &Json,
+) -> Result<Vec<Json>, ApiError> {
+    let spec = spec_of(chunk)?;
+    let batch = match chunk.get("batch") {
+        None | Some(Json::Null) => "10%".to_owned(),
+        Some(Json::String(s)) => s.trim().to_owned(),
+        Some(Json::Number(n)) => n.to_string(),
+        Some(other) => return Err(bad(format!("batch: {other} is not N or N%"))),
+    };
+    let ping = PublishSpec {
+        fun: "test.ping".into(),
+        arg: vec![],
+        ..spec.clone()
+    };
+    let p = shared.publish(ping, token).await.map_err(publish_error)?;
+    let up: Vec<String> = finished_returns(shared, &p.jid).await.into_keys().collect();
+    let size = match batch.strip_suffix('%') {
+        Some(pct) => {
+            let pct: f64 = pct
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p: &f64| *p > 0.0 && p.is_finite())
+                .ok_or_else(|| bad(format!("batch: {batch:?} is not N or N%")))?;
+            ((up.len() as f64 * pct / 100.0).ceil() as usize).max(1)
+        }
+        None => batch
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad(format!("batch: {batch:?} is not N or N%")))?,
+    };
+    let mut out = Vec::new();
+    for ids in up.chunks(size) {
+        let part = PublishSpec {
+            tgt: Value::Array(ids.iter().map(Value::str).collect()),
+            tgt_type: "list".into(),
+            ..spec.clone()
+        };
+        let p = shared.publish(part, token).await.map_err(publish_error)?;
+        for (id, r) in finished_returns(shared, &p.jid).await {
+            out.push(json!({ id: field(&r, "return") }));
+        }
+    }
+    Ok(out)
+}
+
+/// The runner's return event (salt-api's `full_return`, and what `runner_async` fires).
+fn runner_return(token: &Token, fun: &str, chunk: &Json, jid: &str, value: Json) -> (String, Json) {
+    let tag = format!("salt/run/{jid}/ret");
+    let fun_args = match (chunk.get("arg"), chunk.get("kwarg")) {
+        (Some(Json::Array(a)), Some(Json::Object(k))) if !k.is_empty() => {
+            let mut v = a.clone();
+            v.push(Json::Object(k.clone()));
+            Json::Array(v)
+        }
+        (Some(Json::Array(a)), _) => Json::Array(a.clone()),
+        (_, Some(Json::Object(k))) if !k.is_empty() => json!([k]),
+        _ => json!([]),
+    };
+    let data = json!({
+        "fun": format!("runner.{fun}"),
+        "jid": jid,
+        "user": token.user,
+        "fun_args": fun_args,
+        "_stamp": brine_master_core::events::now_stamp(),
+        "return": value,
+        "success": true,
+    });
+    (tag, data)
+}
+
+async fn run_one(shared: &Arc<Shared>, token: &Token, chunk: &Json) -> Result<Json, ApiError> {
     let client = chunk.get("client").and_then(Json::as_str).unwrap_or("");
+    let normalized;
+    let chunk = if matches!(client, "runner" | "wheel" | "runner_async" | "wheel_async") {
+        normalized = kwargs_from_args(chunk);
+        &normalized
+    } else {
+        chunk
+    };
     match client {
         "local" | "local_async" => {
             let spec = spec_of(chunk)?;
@@ -453,9 +829,7 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
                 return Ok(json!({}));
             }
             shared.wait_job(&p.jid).await;
-            let full = chunk
-                .get("full_return")
-                .is_some_and(|f| f.as_bool() == Some(true) || f.as_str() == Some("true"));
+            let full = truthy(chunk.get("full_return"));
             let (returns, missing) = shared
                 .job_view(&p.jid)
                 .await
@@ -491,7 +865,50 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
                 warn!(user = %token.user, fun, "runner refused by external_auth ACL");
                 return Err(forbidden(format!("{} may not run {fun}", token.user)));
             }
-            runners::run(shared, token, fun, chunk).await.map_err(bad)
+            let value = runners::run(shared, token, fun, chunk).await.map_err(bad)?;
+            if !truthy(chunk.get("full_return")) {
+                return Ok(value);
+            }
+            // salt-api's `full_return`: the runner's return event.
+            let jid = shared.new_jid().await;
+            let (tag, data) = runner_return(token, fun, chunk, &jid, value);
+            shared.bus.fire(tag.clone(), from_json(&data));
+            Ok(json!({"tag": tag, "data": data}))
+        }
+        "runner_async" | "wheel_async" => {
+            // Answered at once with the job's tag; the result comes as its `ret` event.
+            let fun = chunk
+                .get("fun")
+                .and_then(Json::as_str)
+                .ok_or_else(|| bad("lowstate needs fun"))?
+                .to_owned();
+            let wheel = client == "wheel_async";
+            let allowed = if wheel {
+                token.perms.allows_wheel_fun(&fun)
+            } else {
+                token.perms.allows_runner(&fun)
+            };
+            if !allowed {
+                warn!(user = %token.user, fun, client, "call refused by external_auth ACL");
+                return Err(forbidden(format!("{} may not run {fun}", token.user)));
+            }
+            let jid = shared.new_jid().await;
+            let tag = format!("salt/{}/{jid}", if wheel { "wheel" } else { "run" });
+            let (sh, tok, ch, j) = (shared.clone(), token.clone(), chunk.clone(), jid.clone());
+            tokio::spawn(async move {
+                if wheel {
+                    crate::wheel::run(&sh, &tok, &fun, &ch, Some(j)).await;
+                    return;
+                }
+                let (value, ok) = match runners::run(&sh, &tok, &fun, &ch).await {
+                    Ok(v) => (v, true),
+                    Err(e) => (Json::String(e), false),
+                };
+                let (tag, mut data) = runner_return(&tok, &fun, &ch, &j, value);
+                data["success"] = json!(ok);
+                sh.bus.fire(tag, from_json(&data));
+            });
+            Ok(json!({"tag": tag, "jid": jid}))
         }
         "wheel" => {
             let fun = chunk
@@ -502,7 +919,7 @@ async fn run_chunk(shared: &Shared, token: &Token, chunk: &Json) -> Result<Json,
                 warn!(user = %token.user, fun, "wheel call refused by external_auth ACL");
                 return Err(forbidden(format!("{} may not run wheel {fun}", token.user)));
             }
-            Ok(crate::wheel::run(shared, token, fun, chunk).await)
+            Ok(crate::wheel::run(shared, token, fun, chunk, None).await)
         }
         other => Err(bad(format!(
             "unknown client {other:?} ({})",
@@ -520,7 +937,7 @@ async fn lowstate(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<R
     let chunks = parse_lowstate(ct, &body).map_err(bad)?;
     let mut out = Vec::with_capacity(chunks.len());
     for c in &chunks {
-        out.push(run_chunk(&shared, &token, c).await?);
+        out.extend(run_chunk(&shared, &token, c).await?);
     }
     Ok(axum::Json(json!({"return": out})).into_response())
 }
@@ -540,11 +957,15 @@ async fn minions_post(
         .publish(spec_of(&chunk)?, &token)
         .await
         .map_err(publish_error)?;
-    Ok(axum::Json(json!({
-        "return": [{"jid": p.jid, "minions": p.minions}],
-        "_links": {"jobs": [{"href": format!("/jobs/{}", p.jid)}]},
-    }))
-    .into_response())
+    // 202, as salt-api: the job is published, not done.
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "return": [{"jid": p.jid, "minions": p.minions}],
+            "_links": {"jobs": [{"href": format!("/jobs/{}", p.jid)}]},
+        })),
+    )
+        .into_response())
 }
 
 fn require_jobs(token: &Token) -> Result<(), ApiError> {

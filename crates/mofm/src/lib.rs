@@ -74,6 +74,10 @@ impl std::ops::Deref for Shared {
     }
 }
 
+/// The Salt version brine's API and runners report (`X-Salt-Version`, `manage.versions`): the
+/// release whose salt-api it answers as.
+pub const SALT_VERSION: &str = "3007.17";
+
 /// Redis, which holds the API tokens (`eauth_tokens: rediscluster`), could not be asked about
 /// one: the request is refused for now (503), not the token (401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +155,7 @@ impl Shared {
         user: &str,
         password: &str,
     ) -> Result<Option<(String, Token)>, TokenStoreDown> {
-        let Some(perms) = self.eauth.authenticate(eauth, user, password) else {
+        let Some(perms) = self.check_password(eauth, user, password).await else {
             return Ok(None);
         };
         let start = unix_secs();
@@ -186,6 +190,39 @@ impl Shared {
     /// Unix seconds when the API started.
     pub fn started(&self) -> u64 {
         self.started
+    }
+
+    /// The permissions of `user` if `password` is right for `eauth`. Off the async threads:
+    /// PAM blocks (and sleeps after a wrong password).
+    async fn check_password(&self, eauth: &str, user: &str, password: &str) -> Option<Perms> {
+        let (e, b, u, p) = (
+            self.eauth.clone(),
+            eauth.to_owned(),
+            user.to_owned(),
+            password.to_owned(),
+        );
+        tokio::task::spawn_blocking(move || e.authenticate(&b, &u, &p))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A session for credentials checked now, not kept (`POST /run`); `None` if refused.
+    pub async fn check_credentials(
+        &self,
+        eauth: &str,
+        user: &str,
+        password: &str,
+    ) -> Option<Token> {
+        let perms = self.check_password(eauth, user, password).await?;
+        let start = unix_secs();
+        Some(Token {
+            user: user.to_owned(),
+            eauth: eauth.to_owned(),
+            perms,
+            start,
+            expire: start + 60,
+        })
     }
 
     /// The HTTP API's limits (`rest_cherrypy`).
@@ -248,7 +285,15 @@ impl Mofm {
     /// [`brine_master_core::CoreError`] naming what failed (pki directory, key file, address in
     /// use, bad `external_auth`).
     pub async fn bind(cfg: MasterConfig) -> Result<Self, brine_master_core::CoreError> {
-        let eauth = Eauth::from_config(&cfg.external_auth)?;
+        let eauth = Eauth::from_config(&cfg.external_auth, cfg.sharedsecret.as_deref())?;
+        let eauth = if eauth.uses_pam() {
+            let service = cfg.pam_service.clone();
+            eauth.with_pam(Arc::new(move |user: &str, password: &str| {
+                brine_pam::authenticate(&service, user, password)
+            }))
+        } else {
+            eauth
+        };
         let (api_host, api_port) = (cfg.api_host.clone(), cfg.api_port);
         let root_token = random_hex(20);
         write_private(&root_token_path(&cfg.cachedir), root_token.as_bytes())?;

@@ -49,6 +49,29 @@ fn main() -> ExitCode {
         Ok(u) => u,
         Err(e) => return brine_daemon::usage_error("mofm", e),
     };
+    // What `Mofm::bind` would refuse, refused here too, so `--validate` says so (exit 64).
+    if let Err(e) =
+        brine_mofm::eauth::Eauth::from_config(&cfg.external_auth, cfg.sharedsecret.as_deref())
+    {
+        return brine_daemon::usage_error("mofm", e);
+    }
+    for (what, path, dir) in [
+        ("rest_cherrypy: app", cfg.api_app.as_ref(), false),
+        ("rest_cherrypy: static", cfg.api_static.as_ref(), true),
+    ] {
+        if let Some(p) = path
+            && !(if dir { p.is_dir() } else { p.is_file() })
+        {
+            return brine_daemon::usage_error(
+                "mofm",
+                format!(
+                    "{what}: {} is not a {}",
+                    p.display(),
+                    if dir { "directory" } else { "file" }
+                ),
+            );
+        }
+    }
     if args.validate {
         eprintln!(
             "mofm: configuration OK ({}:{}/{})",

@@ -148,8 +148,7 @@ async fn ask_all(
         .unwrap_or_default())
 }
 
-/// The Salt version brine's master reports (`manage.versions`' `Master`).
-const SALT_VERSION: &str = "3007.17";
+use crate::SALT_VERSION;
 
 /// Salt's version order: numeric parts compared as numbers (`3006.9` < `3006.10`).
 fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {

@@ -242,7 +242,12 @@ fn key_change(shared: &Shared, token: &Token, fun: &str, chunk: &Json) -> Result
 }
 
 /// The value of wheel function `fun` for `chunk`.
-async fn value(shared: &Shared, token: &Token, fun: &str, chunk: &Json) -> Result<Json, String> {
+pub(crate) async fn value(
+    shared: &Shared,
+    token: &Token,
+    fun: &str,
+    chunk: &Json,
+) -> Result<Json, String> {
     let keys = shared.keys();
     match fun {
         "key.list_all" => {
@@ -303,10 +308,20 @@ async fn value(shared: &Shared, token: &Token, fun: &str, chunk: &Json) -> Resul
     }
 }
 
-/// Run wheel function `fun` for `token` (already allowed by its ACL): salt-api's envelope.
+/// Run wheel function `fun` for `token` (already allowed by its ACL) as job `jid` (a new one
+/// if `None`): salt-api's envelope.
 /// A function that fails is `success: false` with the message as its return, as in Salt.
-pub(crate) async fn run(shared: &Shared, token: &Token, fun: &str, chunk: &Json) -> Json {
-    let jid = shared.new_jid().await;
+pub(crate) async fn run(
+    shared: &Shared,
+    token: &Token,
+    fun: &str,
+    chunk: &Json,
+    jid: Option<String>,
+) -> Json {
+    let jid = match jid {
+        Some(j) => j,
+        None => shared.new_jid().await,
+    };
     let tag = format!("salt/wheel/{jid}");
     let user = token.user.clone();
     shared.bus.fire(

@@ -15,7 +15,9 @@ use brine_test_support::{
 use serde_json::{Value as Json, json};
 
 mod api_tier;
+mod eauth;
 mod job_cache_redis;
+mod pepper;
 mod saltgui;
 
 struct Mofm {

@@ -141,6 +141,34 @@ impl Drop for Browser {
     }
 }
 
+/// `GET path` on 127.0.0.1:`port` with `Accept: accept`: status, content type, body.
+fn raw_get(port: u16, path: &str, accept: &str) -> (u16, String, String) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let ct = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, ct, body.to_owned())
+}
+
 /// A JavaScript condition: the visible page shows every one of `words` and no SaltGUI error
 /// (an `(error)` marker or an error row).
 fn shows(words: &[&str]) -> String {
@@ -199,6 +227,32 @@ fn saltgui_works_against_mofm() {
         "{}",
         m.log_tail()
     );
+
+    // The files as salt-api serves them: module scripts as JavaScript, the page to browsers,
+    // the API to scripts, nothing outside the static directory.
+    let (st, ct, _) = raw_get(api, "/static/scripts/index.js", "*/*");
+    assert_eq!((st, ct.as_str()), (200, "text/javascript; charset=utf-8"));
+    let (st, ct, body) = raw_get(api, "/?page=x", "text/html,*/*;q=0.8");
+    assert_eq!(st, 200);
+    assert!(
+        ct.starts_with("text/html") && body.contains("SaltGUI"),
+        "{ct}"
+    );
+    let (st, _, body) = raw_get(api, "/", "application/json");
+    assert!(st == 200 && body.contains("Welcome"), "{st} {body}");
+    for trick in [
+        "/static/../index.html",
+        "/static/%2e%2e/index.html",
+        "/static/scripts/%2e%2e/%2e%2e/index.html",
+        "/static/..%2findex.html",
+        "/static//etc/passwd",
+    ] {
+        let (st, _, body) = raw_get(api, trick, "*/*");
+        assert!(
+            st == 404 && !body.contains("SaltGUI"),
+            "{trick}: {st} {body}"
+        );
+    }
 
     let base = format!("http://127.0.0.1:{api}");
     let mut b = Browser::start();

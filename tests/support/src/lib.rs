@@ -56,6 +56,23 @@ pub fn peers_root() -> PathBuf {
     }
 }
 
+/// pepper, salt-api's command-line client (`scripts/salt-peer.sh` installs it next to the Salt
+/// peers).
+///
+/// # Panics
+/// If it is not installed, with the command that installs it.
+pub fn pepper_bin() -> PathBuf {
+    let dir = peers_root().join("pepper-0.7.6");
+    let bin = dir.join("bin/pepper");
+    assert!(
+        dir.join(".brine-complete").exists() && bin.exists(),
+        "pepper is not installed in {}.\nInstall it with:  scripts/salt-peer.sh 3007.17\n\
+         (API tests never skip: they need the real client)",
+        dir.display()
+    );
+    bin
+}
+
 /// The repository root (for scripts and fixtures).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
