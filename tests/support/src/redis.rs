@@ -77,12 +77,48 @@ impl RedisServer {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             netns: host.map(|h| h.name.clone()),
         };
-        r.spawn();
-        r
+        // A cluster node also listens on port + 10000 (its bus), which may be taken (by another
+        // test, or an outgoing connection's ephemeral port): pick another port and retry.
+        let cluster = extra.contains(&"--cluster-enabled");
+        for _ in 0..5 {
+            if cluster && r.netns.is_none() {
+                while std::net::TcpListener::bind((r.addr.as_str(), r.port + 10_000)).is_err() {
+                    r.port = free_port();
+                }
+            }
+            if r.try_spawn() {
+                return r;
+            }
+            if let Some(mut d) = r.daemon.take()
+                && d.alive()
+            {
+                break;
+            }
+            r.port = free_port();
+        }
+        panic!(
+            "redis-server did not answer on {}:{}: {}",
+            r.addr,
+            r.port,
+            crate::tail(&r.dir.path().join(format!("redis-{}.log", r.starts)), 10)
+        );
     }
 
     /// Start it again (same port, same data directory) after [`Self::stop`].
+    ///
+    /// # Panics
+    /// If it does not answer within 10 s.
     pub fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server did not answer on {}:{}",
+            self.addr,
+            self.port
+        );
+    }
+
+    /// Start it; whether it answered within 10 s.
+    fn try_spawn(&mut self) -> bool {
         let mut cmd = crate::netns::command_in(self.netns.as_deref(), &binary("redis-server"));
         cmd.args([
             "--port",
@@ -104,13 +140,9 @@ impl RedisServer {
         self.starts += 1;
         let log = self.dir.path().join(format!("redis-{}.log", self.starts));
         self.daemon = Some(Daemon::spawn(cmd, "redis-server", &log));
-        assert!(
-            wait_for(Duration::from_secs(10), || self.cli(&["PING"]).trim()
-                == "PONG"),
-            "redis-server did not answer on {}:{}",
-            self.addr,
-            self.port
-        );
+        wait_for(Duration::from_secs(10), || {
+            self.cli(&["PING"]).trim() == "PONG" || !self.daemon.as_mut().is_some_and(Daemon::alive)
+        }) && self.cli(&["PING"]).trim() == "PONG"
     }
 
     /// Stop it (SIGKILL: what an outage looks like to clients).
