@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod client;
 pub mod key;
 pub mod output;

@@ -213,6 +213,23 @@ fn pepper_command_forms_work_against_mofm() {
     let v = s.json(&["--json-file", file.to_str().unwrap()]);
     assert_eq!(rets(&v), json!({"pep-b": "raw"}), "{v}");
 
+    // brine's own CLI types arguments as Salt's CLI does (yamlify_arg, key=value).
+    let v = s.m.brine_json(&[
+        "pep-a",
+        "test.arg",
+        "1",
+        "True",
+        "{\"a\": 1}",
+        "a: 1",
+        "k=5",
+    ]);
+    assert_eq!(
+        v["pep-a"]["args"],
+        json!([1, true, {"a": 1}, "a: 1"]),
+        "{v}"
+    );
+    assert_eq!(v["pep-a"]["kwargs"]["k"], json!(5), "{v}");
+
     // A wrong password: pepper says so and exits non-zero; nothing was published.
     let jobs_before = s.m.job_count();
     let out = s.pepper_as("not-it", &["*", "test.ping"]);

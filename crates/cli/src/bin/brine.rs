@@ -128,24 +128,6 @@ fn tgt_type(a: &Args) -> &'static str {
 }
 
 /// Salt's CLI argument parsing: `key=value` (key an identifier) is a keyword argument.
-fn split_args(raw: &[String]) -> (Vec<Json>, Map<String, Json>) {
-    let mut args = Vec::new();
-    let mut kw = Map::new();
-    for s in raw {
-        match s.split_once('=') {
-            Some((k, v))
-                if !k.is_empty()
-                    && !k.starts_with(|c: char| c.is_ascii_digit())
-                    && k.chars().all(|c| c.is_alphanumeric() || c == '_') =>
-            {
-                kw.insert(k.to_owned(), Json::String(v.to_owned()));
-            }
-            _ => args.push(Json::String(s.clone())),
-        }
-    }
-    (args, kw)
-}
-
 struct JobResult {
     returns: Vec<(String, Json)>,
     missing: BTreeMap<String, String>,
@@ -307,7 +289,7 @@ fn run(a: &Args) -> Result<u8, String> {
         json!(a.rest[0])
     };
     let fun = &a.rest[1];
-    let (args, kwarg) = split_args(&a.rest[2..]);
+    let (args, kwarg) = brine_cli::args::parse(&a.rest[2..]);
     if let Some(b) = &a.batch {
         return batch(a, &api, &mut out, &tgt, ttype, fun, &args, &kwarg, b);
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use brine_cli::client::{Api, ConnectArgs};
 use brine_cli::output;
 use clap::Parser;
-use serde_json::{Map, Value as Json, json};
+use serde_json::json;
 
 /// Run a runner on the brine master.
 #[derive(Debug, Parser)]
@@ -37,16 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut args = Vec::new();
-    let mut kwarg = Map::new();
-    for s in &a.args {
-        match s.split_once('=') {
-            Some((k, v)) if !k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_') => {
-                kwarg.insert(k.to_owned(), Json::String(v.to_owned()));
-            }
-            _ => args.push(Json::String(s.clone())),
-        }
-    }
+    let (args, kwarg) = brine_cli::args::parse(&a.args);
     let chunk = json!([{"client": "runner", "fun": a.fun, "arg": args, "kwarg": kwarg}]);
     match api.post("/", &chunk) {
         Ok(r) => {
