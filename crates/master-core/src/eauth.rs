@@ -25,8 +25,8 @@
 //! PBKDF2-HMAC-SHA256, base64 fields; made by `brine --hash-password`) is verified as such
 //! whatever `^hashtype` says: salted hashes are what the file should hold.
 //!
-//! A user's permissions are their own entries plus those of `*` under the same backend, as
-//! Salt sums them. Entries are matched as Salt's `auth_check` does: a string is a function
+//! A user's permissions are their own entries under the backend, or those of `*` for a user it
+//! does not name (Salt's fallback). Entries are matched as Salt's `auth_check` does: a string is a function
 //! pattern (a regular expression matched at the start, [`fun_matches`]) allowed on any target
 //! (`@runner`, `@wheel`, `@jobs`... name whole client families); a mapping
 //! `{TARGET: [FUNCTION_PATTERNS]}` allows those functions only when every targeted minion
@@ -192,19 +192,13 @@ impl Eauth {
     }
 
     /// `user`'s permissions under `backend` (for a token issued after a password check, here or
-    /// on another master with the same configuration): the user's entries and those of `*`.
+    /// on another master with the same configuration): the user's own entries, or, for a user
+    /// the backend does not name, those of `*` (as Salt's `fill_auth_list` without
+    /// `permissive_acl`: `*` is the fallback, not an addition).
     pub fn permissions(&self, backend: &str, user: &str) -> Option<Perms> {
         let users = self.acl.get(backend)?;
-        let mut entries: Vec<Json> = Vec::new();
-        if let Some(own) = users.get(user) {
-            entries.extend(own.iter().cloned());
-        }
-        if user != "*"
-            && let Some(all) = users.get("*")
-        {
-            entries.extend(all.iter().cloned());
-        }
-        (users.contains_key(user) || users.contains_key("*")).then_some(Perms::Acl(entries))
+        let entries = users.get(user).or_else(|| users.get("*"))?;
+        Some(Perms::Acl(entries.clone()))
     }
 
     /// Check `user`'s password with `backend`; the user's permissions if it is right.
@@ -437,7 +431,7 @@ mod tests {
         assert!(!bob.allows_runner("manage.up"));
         assert_eq!(Perms::Root.targets_for("cmd.run"), Allowed::Anywhere);
         assert!(Eauth::from_config(&serde_json::json!({"ldap": {}}), None).is_err());
-        // '.*' is Salt's "everything" (a regular expression), and users add '*''s entries.
+        // '.*' is Salt's "everything" (a regular expression); '*' is for users not named.
         let cfg = serde_json::json!({
             "sharedsecret": {"ops": [".*"], "*": ["@jobs"]},
             "auto": {"demo": ["test.ping"]},
@@ -451,9 +445,13 @@ mod tests {
         assert!(e.authenticate("sharedsecret", "ops", "s3cre").is_none());
         assert!(e.authenticate("sharedsecret", "*", "s3cret").is_none());
         assert_eq!(ops.targets_for("cmd.run"), Allowed::Anywhere);
-        assert!(ops.allows_runner("jobs.lookup_jid") && !ops.allows_runner("manage.up"));
+        assert!(
+            !ops.allows_runner("jobs.lookup_jid"),
+            "'*' does not add to a named user"
+        );
         let anyone = e.authenticate("sharedsecret", "someone", "s3cret").unwrap();
         assert_eq!(anyone.targets_for("test.ping"), within(&[]));
+        assert!(anyone.allows_runner("jobs.lookup_jid") && !anyone.allows_runner("manage.up"));
         let demo = e.authenticate("auto", "demo", "anything").unwrap();
         assert_eq!(demo.targets_for("test.ping"), Allowed::Anywhere);
         assert_eq!(demo.targets_for("test.pin"), within(&[]));

@@ -367,13 +367,31 @@ async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Resp
         .into_response())
 }
 
+/// The most lowstate chunks one request may carry (each may be a publish or a password
+/// check; salt-api has no limit).
+pub const MAX_CHUNKS: usize = 64;
+
+fn at_most(chunks: Vec<Json>) -> Result<Vec<Json>, ApiError> {
+    if chunks.len() > MAX_CHUNKS {
+        warn!(
+            chunks = chunks.len(),
+            "API request with too many lowstate chunks refused"
+        );
+        return Err(bad(format!(
+            "{} lowstate chunks in one request; at most {MAX_CHUNKS}",
+            chunks.len()
+        )));
+    }
+    Ok(chunks)
+}
+
 /// The lowstate chunks of a request body (a list, or one object).
 fn chunks_of(headers: &HeaderMap, body: &Bytes) -> Result<Vec<Json>, ApiError> {
-    match body_json(headers, body)? {
-        Json::Array(a) => Ok(a),
-        o @ Json::Object(_) => Ok(vec![o]),
-        _ => Err(bad("expected a lowstate object or a list of them")),
-    }
+    at_most(match body_json(headers, body)? {
+        Json::Array(a) => a,
+        o @ Json::Object(_) => vec![o],
+        _ => return Err(bad("expected a lowstate object or a list of them")),
+    })
 }
 
 /// `POST /token`: salt-api's `auth.mk_token` — a token for each set of credentials, as a bare
@@ -752,7 +770,14 @@ async fn local_batch(
         ..spec.clone()
     };
     let p = shared.publish(ping, token).await.map_err(publish_error)?;
-    let up: Vec<String> = finished_returns(shared, &p.jid).await.into_keys().collect();
+    // Only minions the ping was published to: a minion answering a jid it was not sent
+    // does not join the batch.
+    let sent: std::collections::BTreeSet<&String> = p.minions.iter().collect();
+    let up: Vec<String> = finished_returns(shared, &p.jid)
+        .await
+        .into_keys()
+        .filter(|id| sent.contains(id))
+        .collect();
     let size = match batch.strip_suffix('%') {
         Some(pct) => {
             let pct: f64 = pct
@@ -892,10 +917,21 @@ async fn run_one(shared: &Arc<Shared>, token: &Token, chunk: &Json) -> Result<Js
                 warn!(user = %token.user, fun, client, "call refused by external_auth ACL");
                 return Err(forbidden(format!("{} may not run {fun}", token.user)));
             }
+            let Ok(permit) = shared.async_jobs.clone().try_acquire_owned() else {
+                warn!(user = %token.user, fun, "asynchronous runner/wheel call refused: too many running");
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} asynchronous runner and wheel calls are running already; retry",
+                        crate::MAX_ASYNC_CALLS
+                    ),
+                ));
+            };
             let jid = shared.new_jid().await;
             let tag = format!("salt/{}/{jid}", if wheel { "wheel" } else { "run" });
             let (sh, tok, ch, j) = (shared.clone(), token.clone(), chunk.clone(), jid.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 if wheel {
                     crate::wheel::run(&sh, &tok, &fun, &ch, Some(j)).await;
                     return;
@@ -934,7 +970,7 @@ async fn lowstate(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<R
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let chunks = parse_lowstate(ct, &body).map_err(bad)?;
+    let chunks = at_most(parse_lowstate(ct, &body).map_err(bad)?)?;
     let mut out = Vec::with_capacity(chunks.len());
     for c in &chunks {
         out.extend(run_chunk(&shared, &token, c).await?);
@@ -968,8 +1004,10 @@ async fn minions_post(
         .into_response())
 }
 
-fn require_jobs(token: &Token) -> Result<(), ApiError> {
-    if token.perms.allows_runner("jobs.list_jobs") {
+/// `GET /jobs` needs what `jobs.list_jobs` needs; `GET /jobs/<jid>`, which shows every
+/// return, what `jobs.list_job` needs (salt-api runs those runners with the token).
+fn require_jobs(token: &Token, runner: &str) -> Result<(), ApiError> {
+    if token.perms.allows_runner(runner) {
         Ok(())
     } else {
         Err(forbidden(format!(
@@ -981,7 +1019,7 @@ fn require_jobs(token: &Token) -> Result<(), ApiError> {
 
 async fn jobs(State(shared): S, headers: HeaderMap) -> Result<axum::Json<Json>, ApiError> {
     let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
-    require_jobs(&token)?;
+    require_jobs(&token, "jobs.list_jobs")?;
     let v = runners::run(&shared, &token, "jobs.list_jobs", &json!({}))
         .await
         .map_err(bad)?;
@@ -1007,7 +1045,7 @@ async fn job(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<axum::Json<Json>, ApiError> {
     let token = token_of(&shared, &headers, Auth::HeaderOrCookie).await?;
-    require_jobs(&token)?;
+    require_jobs(&token, "jobs.list_job")?;
     if !crate::valid_jid(&jid) {
         return Err(bad(format!("{jid:?} is not a job id")));
     }

@@ -57,7 +57,17 @@ pub struct Shared {
     eauth: Eauth,
     /// Unix seconds when the API started (`GET /stats`).
     started: u64,
+    /// `runner_async`/`wheel_async` calls running ([`MAX_ASYNC_CALLS`] at most).
+    async_jobs: Arc<tokio::sync::Semaphore>,
+    /// Password checks running at once ([`MAX_PASSWORD_CHECKS`]): each may take seconds (PBKDF2,
+    /// PAM's failure delay) on a blocking thread.
+    password_checks: tokio::sync::Semaphore,
 }
+
+/// `runner_async` and `wheel_async` calls running at most; more are refused (503).
+pub const MAX_ASYNC_CALLS: usize = 16;
+/// Password checks (logins, `/token`, `/run`) running at once; more wait their turn.
+pub const MAX_PASSWORD_CHECKS: usize = 4;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,6 +211,7 @@ impl Shared {
             user.to_owned(),
             password.to_owned(),
         );
+        let _turn = self.password_checks.acquire().await.ok()?;
         tokio::task::spawn_blocking(move || e.authenticate(&b, &u, &p))
             .await
             .ok()
@@ -317,6 +328,8 @@ impl Mofm {
             root_token,
             eauth,
             started: unix_secs(),
+            async_jobs: Arc::new(tokio::sync::Semaphore::new(MAX_ASYNC_CALLS)),
+            password_checks: tokio::sync::Semaphore::new(MAX_PASSWORD_CHECKS),
         });
         Ok(Self {
             server,

@@ -37,7 +37,7 @@ const DIRS: [(KeyDir, &str); 4] = [
 ];
 
 /// Options that never leave the master through `config.values` (Salt sends them; a web UI
-/// needs none of them).
+/// needs none of them), besides what [`redact`] leaves out.
 const SECRET_OPTIONS: &[&str] = &[
     "external_auth",
     "redis.password",
@@ -45,6 +45,29 @@ const SECRET_OPTIONS: &[&str] = &[
     "cluster.password",
     "keystore_password",
 ];
+
+/// Leave out, at any depth, options whose name suggests a credential (`pass`, `secret`,
+/// `token`, `key`, `cred`, any case): `config.values` goes to every `@wheel` user and, as its
+/// return event, to every event reader.
+fn redact(m: &mut Map<String, Json>) {
+    m.retain(|k, _| {
+        let k = k.to_ascii_lowercase();
+        !["pass", "secret", "token", "key", "cred"]
+            .iter()
+            .any(|w| k.contains(w))
+    });
+    for v in m.values_mut() {
+        redact_value(v);
+    }
+}
+
+fn redact_value(v: &mut Json) {
+    match v {
+        Json::Object(m) => redact(m),
+        Json::Array(a) => a.iter_mut().for_each(redact_value),
+        _ => {}
+    }
+}
 
 /// Argument `name` of a wheel lowstate chunk: top level, in `kwarg`, or positional `pos`.
 fn arg<'a>(chunk: &'a Json, name: &str, pos: usize) -> Option<&'a Json> {
@@ -136,9 +159,11 @@ fn key_details(keys: &KeyStore, pats: &[String], print: bool) -> Json {
         }
     };
     let mut m = Map::new();
-    if pats.iter().any(|p| p == "*") {
+    // The master's own keys under `local` for `*`: public keys only, and fingerprints only
+    // (`key.print` never shows them: `master.pem` is the master's private key).
+    if !print && pats.iter().any(|p| p == "*") {
         let mut local = Map::new();
-        for f in local_keys(keys) {
+        for f in local_keys(keys).into_iter().filter(|f| f.ends_with(".pub")) {
             if let Ok(pem) = std::fs::read_to_string(keys.dir().join(&f)) {
                 local.insert(f, json!(show(&pem)));
             }
@@ -285,7 +310,7 @@ pub(crate) async fn value(
             for k in SECRET_OPTIONS {
                 m.remove(*k);
             }
-            m.retain(|k, _| !k.ends_with("password") && !k.ends_with("secret"));
+            redact(&mut m);
             // Salt's defaults for what web UIs read when it is not configured.
             for (k, v) in [
                 ("nodegroups", json!({})),

@@ -15,6 +15,8 @@ const PAM_SUCCESS: c_int = 0;
 const PAM_BUF_ERR: c_int = 5;
 const PAM_CONV_ERR: c_int = 19;
 const PAM_PROMPT_ECHO_OFF: c_int = 1;
+/// An account with an empty password never logs in (Debian's `pam_unix` has `nullok`).
+const PAM_DISALLOW_NULL_AUTHTOK: c_int = 0x1;
 
 #[repr(C)]
 struct PamMessage {
@@ -138,10 +140,10 @@ pub fn authenticate(service: &str, user: &str, password: &str) -> bool {
         return false;
     }
     // SAFETY: `handle` is the live handle pam_start gave.
-    let mut rc = unsafe { pam_authenticate(handle, 0) };
+    let mut rc = unsafe { pam_authenticate(handle, PAM_DISALLOW_NULL_AUTHTOK) };
     if rc == PAM_SUCCESS {
         // SAFETY: as above.
-        rc = unsafe { pam_acct_mgmt(handle, 0) };
+        rc = unsafe { pam_acct_mgmt(handle, PAM_DISALLOW_NULL_AUTHTOK) };
     }
     // SAFETY: ends the handle exactly once; nothing uses it afterwards.
     unsafe { pam_end(handle, rc) };

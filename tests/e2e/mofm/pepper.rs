@@ -163,6 +163,25 @@ fn pepper_command_forms_work_against_mofm() {
         .unwrap_or("");
     assert_eq!(fp.len(), 95, "a sha256 fingerprint: {v}");
 
+    // The master's private key never leaves it: key.print '*' shows minions' public keys only.
+    let out = s.pepper(&["--client", "wheel", "key.print", "match=*"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("PUBLIC KEY"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !printed.contains("PRIVATE"),
+        "key.print leaked a private key:\n{printed}"
+    );
+    let v = s.json(&["--client", "wheel", "config.values"]);
+    let conf = &v["return"][0]["data"]["return"];
+    assert!(
+        conf.get("external_auth").is_none() && conf.get("interface").is_some(),
+        "{v}"
+    );
+
     // local_batch (--batch): every minion, one at a time.
     let v = s.json(&["--batch", "1", "*", "test.echo", "batched"]);
     let mut got: Vec<String> = v["return"]
