@@ -2,7 +2,8 @@
 //! into the project) — served by mofm's `rest_cherrypy: {app, static}` and driven by a headless
 //! Chromium (Debian's package) over the DevTools protocol, with two real salt-minions 3007 and a
 //! third whose key waits: log in, open the Minions, Keys, Grains, Pillars, Jobs and Events pages,
-//! run a job from the Manual Run box and open it on the Job page. Each page is asserted on what
+//! run a job from the Manual Run box and open it on the Job page, accept the waiting key and
+//! delete another with the wheel calls the Keys page makes. Each page is asserted on what
 //! it shows; screenshots go to `target/saltgui/`.
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -386,6 +387,47 @@ fn saltgui_works_against_mofm() {
                'Accept': 'application/json'}}).then(r => r.status)"
         ),
         json!(200)
+    );
+    // The Keys page's accept and delete buttons are wheel calls: key.accept lets the waiting
+    // minion in (it answers jobs), key.delete takes a key away (and rotates the AES key).
+    let tok = b
+        .eval("sessionStorage.getItem('token')")
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let wheel = |fun: &str, id: &str| {
+        let (st, v) = m.http(
+            "POST",
+            "/",
+            Some(&tok),
+            &json!([{"client": "wheel", "fun": fun, "match": id}]),
+        );
+        assert_eq!(st, 200, "{fun} {id}: {v}");
+        assert_eq!(v["return"][0]["data"]["success"], json!(true), "{v}");
+        v["return"][0]["data"]["return"].clone()
+    };
+    assert_eq!(
+        wheel("key.accept", "gui-waiting"),
+        json!({"minions": ["gui-waiting"]})
+    );
+    assert!(m.key("minions", "gui-waiting") && !m.key("minions_pre", "gui-waiting"));
+    assert!(wait_ping(&m, "gui-waiting", 90), "{}", m.log_tail());
+    b.open(&format!("{base}/#keys"));
+    b.wait(
+        &format!(
+            "{} && !document.body.innerText.includes('unaccepted')",
+            shows(&["gui-waiting"])
+        ),
+        "the Keys page after key.accept",
+    );
+    assert_eq!(wheel("key.delete", "gui-beta"), json!({}));
+    assert!(!m.key("minions", "gui-beta"));
+    assert!(
+        wait_for(Duration::from_secs(15), || m
+            .log()
+            .contains("AES key rotated")),
+        "deleting an accepted key rotates the AES key:\n{}",
+        m.log_tail()
     );
     drop(b);
     drop((alpha, beta, waiting));
