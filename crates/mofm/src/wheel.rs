@@ -199,65 +199,50 @@ fn rotate_aes(shared: &Shared) {
 }
 
 fn key_change(shared: &Shared, token: &Token, fun: &str, chunk: &Json) -> Result<Json, String> {
+    use brine_proto::auth::KeyAction;
     let pats = patterns(chunk)?;
     let keys = shared.keys();
     let err = |e: brine_master_core::keys::KeyError| e.to_string();
+    // Where the matched keys come from, what they become (nothing: deleted), and which
+    // `include_*` flags add a status (Salt's key.accept and key.reject).
+    type Becomes = Option<fn(String) -> KeyAction>;
+    let (mut from, to, extra): (Vec<KeyDir>, Becomes, &[(&str, KeyDir)]) = match fun {
+        "key.accept" => (
+            vec![KeyDir::Pending],
+            Some(KeyAction::WriteAccepted),
+            &[
+                ("include_rejected", KeyDir::Rejected),
+                ("include_denied", KeyDir::Denied),
+            ],
+        ),
+        "key.reject" => (
+            vec![KeyDir::Pending],
+            Some(KeyAction::WriteRejected),
+            &[
+                ("include_accepted", KeyDir::Accepted),
+                ("include_denied", KeyDir::Denied),
+            ],
+        ),
+        _ => (DIRS.iter().map(|(d, _)| *d).collect(), None, &[]),
+    };
+    from.extend(
+        extra
+            .iter()
+            .filter(|(f, _)| flag(chunk, f))
+            .map(|(_, d)| *d),
+    );
     let mut took_away = false;
-    match fun {
-        "key.accept" => {
-            let mut from = vec![KeyDir::Pending];
-            if flag(chunk, "include_rejected") {
-                from.push(KeyDir::Rejected);
+    for d in from {
+        for id in matching(keys, d, &pats) {
+            if let Some(action) = to {
+                let Ok(Some(pem)) = keys.read(d, &id) else {
+                    continue;
+                };
+                keys.apply(&id, &action(pem)).map_err(err)?;
             }
-            if flag(chunk, "include_denied") {
-                from.push(KeyDir::Denied);
-            }
-            for d in from {
-                for id in matching(keys, d, &pats) {
-                    if let Ok(Some(pem)) = keys.read(d, &id) {
-                        keys.apply(
-                            &id,
-                            &brine_proto::auth::KeyAction::WriteAccepted(pem.clone()),
-                        )
-                        .map_err(err)?;
-                        keys.remove(d, &id).map_err(err)?;
-                        info!(user = %token.user, minion_id = %id, "key accepted (wheel key.accept)");
-                    }
-                }
-            }
-        }
-        "key.reject" => {
-            let mut from = vec![KeyDir::Pending];
-            if flag(chunk, "include_accepted") {
-                from.push(KeyDir::Accepted);
-            }
-            if flag(chunk, "include_denied") {
-                from.push(KeyDir::Denied);
-            }
-            for d in from {
-                for id in matching(keys, d, &pats) {
-                    if let Ok(Some(pem)) = keys.read(d, &id) {
-                        keys.apply(
-                            &id,
-                            &brine_proto::auth::KeyAction::WriteRejected(pem.clone()),
-                        )
-                        .map_err(err)?;
-                        keys.remove(d, &id).map_err(err)?;
-                        took_away |= d == KeyDir::Accepted;
-                        info!(user = %token.user, minion_id = %id, "key rejected (wheel key.reject)");
-                    }
-                }
-            }
-        }
-        _ => {
-            // key.delete: every status.
-            for (d, _) in DIRS {
-                for id in matching(keys, d, &pats) {
-                    keys.remove(d, &id).map_err(err)?;
-                    took_away |= d == KeyDir::Accepted;
-                    info!(user = %token.user, minion_id = %id, "key deleted (wheel key.delete)");
-                }
-            }
+            keys.remove(d, &id).map_err(err)?;
+            took_away |= d == KeyDir::Accepted;
+            info!(user = %token.user, minion_id = %id, fun, "key changed by a wheel call");
         }
     }
     if took_away {

@@ -395,17 +395,17 @@ fn saltgui_works_against_mofm() {
         .as_str()
         .unwrap_or("")
         .to_owned();
-    let wheel = |fun: &str, id: &str| {
-        let (st, v) = m.http(
-            "POST",
-            "/",
-            Some(&tok),
-            &json!([{"client": "wheel", "fun": fun, "match": id}]),
-        );
+    let wheel_with = |fun: &str, id: &str, flags: Json| {
+        let mut chunk = json!({"client": "wheel", "fun": fun, "match": id});
+        for (k, v) in flags.as_object().into_iter().flatten() {
+            chunk[k] = v.clone();
+        }
+        let (st, v) = m.http("POST", "/", Some(&tok), &json!([chunk]));
         assert_eq!(st, 200, "{fun} {id}: {v}");
         assert_eq!(v["return"][0]["data"]["success"], json!(true), "{v}");
         v["return"][0]["data"]["return"].clone()
     };
+    let wheel = |fun: &str, id: &str| wheel_with(fun, id, json!({}));
     assert_eq!(
         wheel("key.accept", "gui-waiting"),
         json!({"minions": ["gui-waiting"]})
@@ -419,6 +419,15 @@ fn saltgui_works_against_mofm() {
             shows(&["gui-waiting"])
         ),
         "the Keys page after key.accept",
+    );
+    // key.reject leaves an accepted key alone unless include_accepted says otherwise.
+    assert_eq!(
+        wheel("key.reject", "gui-alpha"),
+        json!({"minions": ["gui-alpha"]})
+    );
+    assert_eq!(
+        wheel_with("key.reject", "gui-alpha", json!({"include_accepted": true})),
+        json!({"minions_rejected": ["gui-alpha"]})
     );
     assert_eq!(wheel("key.delete", "gui-beta"), json!({}));
     assert!(!m.key("minions", "gui-beta"));
