@@ -320,6 +320,30 @@ async fn index() -> axum::Json<Json> {
     axum::Json(json!({"return": "Welcome", "clients": CLIENTS}))
 }
 
+/// A login (`/login`, `/token`): the new token, or 401 (logged as `refused`) or 503.
+async fn logged_in(
+    shared: &Shared,
+    eauth: &str,
+    user: &str,
+    password: &str,
+    refused: &'static str,
+) -> Result<(String, Token), ApiError> {
+    match shared.login(eauth, user, password).await {
+        Ok(Some(x)) => Ok(x),
+        Ok(None) => {
+            warn!(user, eauth, "{refused}");
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "could not authenticate".into(),
+            ))
+        }
+        Err(crate::TokenStoreDown) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the token store (Redis) cannot take a new token now; retry".into(),
+        )),
+    }
+}
+
 /// The lowstate clients served.
 const CLIENTS: [&str; 7] = [
     "local",
@@ -335,22 +359,7 @@ async fn login(State(shared): S, headers: HeaderMap, body: Bytes) -> Result<Resp
     let b = body_json(&headers, &body)?;
     let field = |k: &str| b.get(k).and_then(Json::as_str).unwrap_or("");
     let (user, eauth) = (field("username"), field("eauth"));
-    let (tok, t) = match shared.login(eauth, user, field("password")).await {
-        Ok(Some(x)) => x,
-        Ok(None) => {
-            warn!(user, eauth, "API login refused");
-            return Err(ApiError(
-                StatusCode::UNAUTHORIZED,
-                "could not authenticate".into(),
-            ));
-        }
-        Err(crate::TokenStoreDown) => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the token store (Redis) cannot take a new token now; retry".into(),
-            ));
-        }
-    };
+    let (tok, t) = logged_in(&shared, eauth, user, field("password"), "API login refused").await?;
     info!(user, eauth, "API login");
     let body = json!({"return": [{
         "token": tok, "start": t.start, "expire": t.expire,
@@ -405,26 +414,17 @@ async fn token_route(
     for c in chunks_of(&headers, &body)? {
         let field = |k: &str| c.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
         let (user, eauth) = (field("username"), field("eauth"));
-        match shared.login(&eauth, &user, &field("password")).await {
-            Ok(Some((tok, t))) => {
-                info!(user, eauth, "API token made (/token)");
-                out.push(json!({"token": tok, "start": t.start, "expire": t.expire,
-                    "name": t.user, "eauth": t.eauth}));
-            }
-            Ok(None) => {
-                warn!(user, eauth, "API /token refused");
-                return Err(ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    "could not authenticate".into(),
-                ));
-            }
-            Err(crate::TokenStoreDown) => {
-                return Err(ApiError(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the token store (Redis) cannot take a new token now; retry".into(),
-                ));
-            }
-        }
+        let (tok, t) = logged_in(
+            &shared,
+            &eauth,
+            &user,
+            &field("password"),
+            "API /token refused",
+        )
+        .await?;
+        info!(user, eauth, "API token made (/token)");
+        out.push(json!({"token": tok, "start": t.start, "expire": t.expire,
+            "name": t.user, "eauth": t.eauth}));
     }
     Ok(axum::Json(Json::Array(out)).into_response())
 }

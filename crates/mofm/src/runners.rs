@@ -292,28 +292,10 @@ pub(crate) async fn run(
             let timeout = kwarg(chunk, "timeout", usize::MAX).and_then(Json::as_u64);
             let accepted: BTreeSet<String> = shared.accepted().into_iter().collect();
             // The runner itself was authorized; its ping goes to every accepted minion.
-            let p = MasterCore::publish(
-                shared,
-                PublishSpec {
-                    tgt: Value::str("*"),
-                    tgt_type: "glob".into(),
-                    fun: "test.ping".into(),
-                    arg: vec![],
-                    timeout,
-                    ret: String::new(),
-                },
-                &token.user,
-                None,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            let mut up = BTreeSet::new();
-            if !p.jid.is_empty() {
-                shared.wait_job(&p.jid).await;
-                if let Some((_, returns, _)) = shared.job_view(&p.jid).await {
-                    up = returns.into_keys().collect();
-                }
-            }
+            let up: BTreeSet<String> = ask_all(shared, token, "test.ping", timeout)
+                .await?
+                .into_keys()
+                .collect();
             let down: Vec<&String> = accepted.difference(&up).collect();
             Ok(match fun {
                 "manage.up" => json!(up),
