@@ -232,8 +232,9 @@ enum Auth {
     HeaderOrCookie,
 }
 
-async fn token_of(shared: &Shared, headers: &HeaderMap, auth: Auth) -> Result<Token, ApiError> {
-    let tok = headers
+/// The token a request presents: `X-Auth-Token`, else (where `auth` allows) the cookie.
+fn presented_token(headers: &HeaderMap, auth: Auth) -> Option<String> {
+    headers
         .get("x-auth-token")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
@@ -242,8 +243,11 @@ async fn token_of(shared: &Shared, headers: &HeaderMap, auth: Auth) -> Result<To
             (auth == Auth::HeaderOrCookie)
                 .then(|| session_cookie(headers))
                 .flatten()
-        });
-    let Some(tok) = tok else {
+        })
+}
+
+async fn token_of(shared: &Shared, headers: &HeaderMap, auth: Auth) -> Result<Token, ApiError> {
+    let Some(tok) = presented_token(headers, auth) else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "no token: log in at /login and send X-Auth-Token".into(),
@@ -569,13 +573,7 @@ async fn hook(
 }
 
 async fn logout(State(shared): S, headers: HeaderMap) -> Response {
-    let tok = headers
-        .get("x-auth-token")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
-        .or_else(|| session_cookie(&headers));
-    if let Some(t) = tok {
+    if let Some(t) = presented_token(&headers, Auth::HeaderOrCookie) {
         shared.logout(&t).await;
     }
     (

@@ -30,7 +30,9 @@ pub(crate) fn summary(jid: &str, load: &Value) -> Json {
     })
 }
 
-fn kwarg<'a>(chunk: &'a Json, name: &str, pos: usize) -> Option<&'a Json> {
+/// Argument `name` of a runner or wheel lowstate chunk: top level, in `kwarg`, or positional
+/// `pos`.
+pub(crate) fn kwarg<'a>(chunk: &'a Json, name: &str, pos: usize) -> Option<&'a Json> {
     chunk
         .get(name)
         .or_else(|| chunk.get("kwarg").and_then(|k| k.get(name)))

@@ -38,13 +38,7 @@ const DIRS: [(KeyDir, &str); 4] = [
 
 /// Options that never leave the master through `config.values` (Salt sends them; a web UI
 /// needs none of them), besides what [`redact`] leaves out.
-const SECRET_OPTIONS: &[&str] = &[
-    "external_auth",
-    "redis.password",
-    "sentinel.password",
-    "cluster.password",
-    "keystore_password",
-];
+const SECRET_OPTIONS: &[&str] = &["external_auth"];
 
 /// Leave out, at any depth, options whose name suggests a credential (`pass`, `secret`,
 /// `token`, `key`, `cred`, any case): `config.values` goes to every `@wheel` user and, as its
@@ -69,14 +63,7 @@ fn redact_value(v: &mut Json) {
     }
 }
 
-/// Argument `name` of a wheel lowstate chunk: top level, in `kwarg`, or positional `pos`.
-fn arg<'a>(chunk: &'a Json, name: &str, pos: usize) -> Option<&'a Json> {
-    chunk
-        .get(name)
-        .or_else(|| chunk.get("kwarg").and_then(|k| k.get(name)))
-        .or_else(|| chunk.get("arg").and_then(|a| a.get(pos)))
-        .filter(|v| !v.is_null())
-}
+use crate::runners::kwarg as arg;
 
 fn flag(chunk: &Json, name: &str) -> bool {
     match arg(chunk, name, usize::MAX) {
